@@ -1,0 +1,71 @@
+"""One way to build a configuration: Hydra's compose API over `configs/`.
+
+Every CLI and both Flower apps call `compose`, so an override means the same thing
+whether it comes from a command line, a Flower run-config or a test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from petite_fl.errors import ConfigError
+
+#: Extra config folders (os.pathsep-separated) searched after the built-in ones, e.g.
+#: a hospital's own `scanner/` or `site/` entries kept outside the checkout.
+EXTRA_DIRS_ENV = "PETITE_FL_CONFIG_PATH"
+
+
+def configs_dir() -> Path:
+    """The built-in `configs/` folder (repository root, next to the package)."""
+    path = Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(
+            f"petite-fl's configs/ folder was not found at {path}; install the project from "
+            "its checkout with `pip install -e .`"
+        )
+    return path
+
+
+def config_dirs() -> list[Path]:
+    """Built-in config folder first, then the user's extra folders."""
+    extra = [Path(p).expanduser() for p in os.environ.get(EXTRA_DIRS_ENV, "").split(os.pathsep)]
+    return [configs_dir(), *(p for p in extra if str(p) not in ("", "."))]
+
+
+def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `configs/<config_name>.yaml` with Hydra overrides, resolved and read-only."""
+    search = [f"file://{p.resolve()}" for p in config_dirs()[1:]]
+    all_overrides = list(overrides)
+    if search:
+        all_overrides.append(f"hydra.searchpath=[{','.join(search)}]")
+    try:
+        with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=all_overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(
+            f"configuration '{config_name}' with overrides {list(overrides)}: {_first_line(exc)}"
+        ) from None
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def expand_path(value: str | os.PathLike[str]) -> Path:
+    """A config path with `~` expanded and made absolute (Flower runs apps from a copy)."""
+    return Path(value).expanduser().resolve()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of a Hydra/OmegaConf error (Hydra often wraps an empty one)."""
+    while exc is not None and not str(exc).strip() and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
