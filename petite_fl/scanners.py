@@ -7,7 +7,7 @@ count level and reconstruction. Adding one means adding one YAML file (see READM
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def available_scanners() -> list[str]:
     return sorted(_scanner_files())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(path: Path) -> Scanner:
     try:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
