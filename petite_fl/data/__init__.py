@@ -1,0 +1,1 @@
+"""PET data: the synthetic five-scanner generator, NIfTI site manifests and loaders."""
