@@ -1,0 +1,37 @@
+"""What every petite CLI shares: one-line user errors, Ctrl-C, a console."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from rich.console import Console
+
+from petite_fl.errors import PetiteError
+
+# Rich falls back to 80 columns when output is piped or logged: tables need more.
+_WIDTH = None if sys.stdout.isatty() else 160
+console = Console(highlight=False, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, width=_WIDTH)
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def run_cli(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a CLI body: user errors print as `prog: error: ...` (no traceback) and exit 2."""
+    try:
+        return int(body() or 0)
+    except PetiteError as exc:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        err_console.print(f"[bold red]{prog}: error:[/] {lines[0]}", soft_wrap=True)
+        for line in lines[1:]:
+            err_console.print(f"  {line}", soft_wrap=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        err_console.print(f"{prog}: interrupted")
+        return EXIT_INTERRUPTED
+
+
+def exit_with(code: int) -> None:
+    sys.exit(code)
