@@ -1,0 +1,67 @@
+"""Shared fixtures: real NIfTI files in tmp_path, a small generated synthetic data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from petite_fl.config import compose
+from petite_fl.data.synthetic import SynthSpec, generate
+
+SMALL_SHAPE = (24, 22, 20)
+
+
+def smooth_volume(seed: int = 0, shape: tuple[int, int, int] = SMALL_SHAPE) -> np.ndarray:
+    """A positive blob with noise: a stand-in PET volume that is small and valid."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    blob = np.exp(-4.0 * (grid**2).sum(0))
+    return (1000.0 * blob + 20.0 * rng.random(shape)).astype(np.float32)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def write_site(folder: Path, n: int = 3, splits: tuple[str, ...] = ("train", "val", "test")) -> Path:
+    """A valid site of `n` small subjects with a manifest; returns the manifest path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        sid = f"sub-{i + 1:03d}"
+        write_nifti(folder / f"{sid}_input.nii.gz", smooth_volume(2 * i))
+        write_nifti(folder / f"{sid}_target.nii.gz", smooth_volume(2 * i + 1))
+        rows.append({"id": sid, "split": splits[i % len(splits)],
+                     "input": f"{sid}_input.nii.gz", "target": f"{sid}_target.nii.gz"})
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({"format": "petite-fl/site-manifest", "version": 1,
+                                    "site": folder.name, "subjects": rows}))
+    return manifest
+
+
+@pytest.fixture
+def small_site(tmp_path: Path) -> Path:
+    return write_site(tmp_path / "site")
+
+
+def small_spec(**changes) -> SynthSpec:
+    """The tiny data config with two subjects per scanner (one train, one test)."""
+    cfg = compose(overrides=["data=tiny", "data.synth.subjects=2",
+                             "data.synth.splits={train:1,val:0,test:1}"])
+    spec = SynthSpec.from_config(cfg.data.synth)
+    return SynthSpec(**{**spec.__dict__, **changes})
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> tuple[Path, dict]:
+    """All five scanners, two subjects each, generated once per test session."""
+    out = tmp_path_factory.mktemp("synthetic") / "synthetic-small"
+    info, made = generate(small_spec(), out, workers=2)
+    assert made
+    return out, info

@@ -1,0 +1,58 @@
+"""One configuration system: Hydra compose over configs/, with user config folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf.errors import ReadonlyConfigError
+
+from petite_fl.config import EXTRA_DIRS_ENV, compose, configs_dir
+from petite_fl.errors import ConfigError
+from petite_fl.scanners import available_scanners, get_scanner
+
+DATA_CONFIGS = sorted(p.stem for p in (configs_dir() / "data").glob("*.yaml"))
+
+
+def test_default_config_composes_with_the_five_scanners():
+    cfg = compose()
+    assert list(cfg.data.synth.scanners) == [f"scanner{i}" for i in range(1, 6)]
+    assert cfg.data.loader.scaling == "minmax"
+
+
+@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_every_data_config_composes_and_its_splits_add_up(name):
+    cfg = compose(overrides=[f"data={name}"])
+    synth = cfg.data.synth
+    assert sum(synth.splits.values()) == synth.subjects
+
+
+def test_paper_protocol_is_one_option_away():
+    assert compose(overrides=["data=paper"]).data.synth.subjects == 45
+
+
+def test_overrides_apply_and_config_is_read_only():
+    cfg = compose(overrides=["data.synth.seed=7"])
+    assert cfg.data.synth.seed == 7
+    with pytest.raises(ReadonlyConfigError):
+        cfg.data.synth.seed = 8
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [("data=nope", "data/nope"), ("data.synth.subjectz=3", "subjectz")],
+)
+def test_bad_overrides_give_a_config_error_naming_them(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        compose(overrides=[override])
+
+
+def test_a_user_adds_a_scanner_with_one_yaml_file(tmp_path: Path, monkeypatch):
+    text = (configs_dir() / "scanner" / "scanner4.yaml").read_text()
+    (tmp_path / "scanner").mkdir()
+    (tmp_path / "scanner" / "hospital7.yaml").write_text(text.replace("scanner4", "hospital7"))
+    monkeypatch.setenv(EXTRA_DIRS_ENV, str(tmp_path))
+    assert "hospital7" in available_scanners()
+    assert get_scanner("hospital7").matrix == (128, 128, 90)
+    cfg = compose(overrides=["+scanner=hospital7"])
+    assert cfg.scanner.name == "hospital7"

@@ -1,0 +1,145 @@
+"""The synthetic data carry the physics that makes cross-scanner fine-tuning necessary."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from petite_fl.data.acquisition import acquire, blur_to_resolution, noise_ratio
+from petite_fl.data.manifest import read_manifest
+from petite_fl.data.synthetic import generate, synthesize_subject
+from petite_fl.errors import ConfigError
+from petite_fl.scanners import get_scanner
+from tests.conftest import small_spec
+
+SCANNERS = [f"scanner{i}" for i in range(1, 6)]
+SQRT6 = float(np.sqrt(6.0))
+
+
+@pytest.mark.parametrize("name", SCANNERS)
+def test_files_have_the_scanner_exact_shape_zooms_and_ras_affine(synthetic_dataset, name):
+    out, _ = synthetic_dataset
+    scanner = get_scanner(name)
+    manifest = read_manifest(out / name / "manifest.json")
+    assert manifest.counts() == {"train": 1, "val": 0, "test": 1}
+    for entry in manifest.subjects:
+        for path in (entry.input, entry.target):
+            img = nib.load(path)
+            assert img.shape == scanner.matrix
+            assert np.allclose(img.header.get_zooms(), scanner.voxel_mm, atol=1e-5)
+            assert np.allclose(img.affine, scanner.affine, atol=1e-4)
+            assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+            assert img.get_data_dtype() == np.int16  # stored like scanner exports, with a slope
+
+
+@pytest.mark.parametrize("name", SCANNERS)
+def test_input_noise_exceeds_target_noise_by_sqrt6(name):
+    # 1 frame vs the mean of 6 independent frames: RMS error ratio √6 in expectation.
+    # The estimate averages ~10^5 correlated head voxels (≥ 10^3 independent noise
+    # grains at these resolutions), so its sampling error is ~2 %; 5 % leaves margin.
+    scan = synthesize_subject(get_scanner(name), 0, small_spec())
+    assert noise_ratio(scan) == pytest.approx(SQRT6, rel=0.05)
+
+
+def test_recorded_noise_ratios_on_disk_are_near_sqrt6(synthetic_dataset):
+    _, info = synthetic_dataset
+    ratios = [s["noise_ratio"] for s in info["subjects"]]
+    assert len(ratios) == 10
+    assert np.mean(ratios) == pytest.approx(SQRT6, rel=0.02)
+
+
+def test_six_explicit_frames_have_the_same_statistics_as_the_fast_path():
+    scanner = get_scanner("scanner5")
+    activity = np.ones(scanner.matrix, np.float32)
+    fast = acquire(activity, scanner, np.random.default_rng(1))
+    slow = acquire(activity, scanner, np.random.default_rng(2), explicit_frames=True)
+    core = (slice(16, -16),) * 3
+    for a, b in ((fast.input, slow.input), (fast.target, slow.target)):
+        assert np.std(a[core]) == pytest.approx(np.std(b[core]), rel=0.05)
+    assert np.mean(fast.target[core]) == pytest.approx(np.mean(slow.target[core]), rel=0.01)
+
+
+@pytest.mark.parametrize("name", SCANNERS)
+def test_one_frame_noise_matches_the_scanner_count_level(name):
+    # Uniform activity 1 (grey matter): relative noise of one frame = sqrt((1 + bg) / counts).
+    scanner = get_scanner(name)
+    scan = acquire(np.ones(scanner.matrix, np.float32), scanner, np.random.default_rng(0),
+                   background=0.02)
+    expected = np.sqrt(1.02 / scanner.acquisition.counts_per_voxel)
+    assert np.std(scan.input) / np.mean(scan.input) == pytest.approx(expected, rel=0.03)
+
+
+def _fwhm_mm(scanner_name: str) -> np.ndarray:
+    """Imaged point source: FWHM (mm) along each axis from the second moment."""
+    scanner = get_scanner(scanner_name)
+    point = np.zeros(scanner.matrix, np.float32)
+    centre = tuple(n // 2 for n in scanner.matrix)
+    point[centre] = 1.0
+    image = blur_to_resolution(point, scanner)
+    fwhm = []
+    for axis in range(3):
+        profile = image.sum(axis=tuple(a for a in range(3) if a != axis))
+        x = (np.arange(profile.size) - centre[axis]) * scanner.voxel_mm[axis]
+        sigma = np.sqrt(np.sum(profile * x**2) / np.sum(profile))
+        fwhm.append(2.3548 * sigma)
+    return np.array(fwhm)
+
+
+@pytest.mark.parametrize("name", SCANNERS)
+def test_measured_resolution_is_the_scanner_fwhm(name):
+    expected = np.array(get_scanner(name).acquisition.fwhm_mm)
+    assert _fwhm_mm(name) == pytest.approx(expected, rel=0.05)
+
+
+def test_scanners_differ_measurably_in_resolution():
+    measured = {name: _fwhm_mm(name).mean() for name in SCANNERS}
+    assert measured["scanner5"] - measured["scanner1"] > 2.0  # mm
+    assert len({round(v, 1) for v in measured.values()}) == len(SCANNERS)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_same_seed_gives_identical_bytes_whatever_the_worker_count(tmp_path: Path):
+    spec = small_spec(scanners=("scanner5", "scanner4"))
+    generate(spec, tmp_path / "a", workers=1)
+    generate(spec, tmp_path / "b", workers=2)
+    generate(small_spec(scanners=("scanner5", "scanner4"), seed=99), tmp_path / "c", workers=1)
+    a, b, c = (_digest(tmp_path / k) for k in "abc")
+    assert len(a) == 2 * (4 + 1) + 1  # 4 images + manifest per scanner, dataset.json
+    assert a == b
+    assert a["scanner5/sub-001_input.nii.gz"] != c["scanner5/sub-001_input.nii.gz"]
+
+
+def test_a_second_call_does_nothing_and_a_changed_spec_regenerates(tmp_path: Path):
+    spec = small_spec(scanners=("scanner5",))
+    _, made = generate(spec, tmp_path / "d", workers=1)
+    first = (tmp_path / "d" / "scanner5" / "sub-001_input.nii.gz").stat().st_mtime_ns
+    _, made_again = generate(spec, tmp_path / "d", workers=1)
+    assert made and not made_again
+    assert (tmp_path / "d" / "scanner5" / "sub-001_input.nii.gz").stat().st_mtime_ns == first
+    _, remade = generate(small_spec(scanners=("scanner5",), seed=5), tmp_path / "d", workers=1)
+    assert remade
+    assert not list(tmp_path.glob(".d.*"))  # no staging or old folders left behind
+
+
+def test_subjects_vary_in_anatomy():
+    scanner = get_scanner("scanner5")
+    a = synthesize_subject(scanner, 0, small_spec()).noise_free
+    b = synthesize_subject(scanner, 1, small_spec()).noise_free
+    head_a, head_b = a > 0.1, b > 0.1
+    overlap = (head_a & head_b).sum() / (head_a | head_b).sum()
+    assert overlap < 0.97  # different size, pose and shape
+
+
+def test_splits_that_do_not_add_up_are_refused():
+    with pytest.raises(ConfigError, match="add up"):
+        small_spec(subjects=3).validate()
