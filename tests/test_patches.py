@@ -7,7 +7,8 @@ import pytest
 import torch
 from monai.data import DataLoader
 
-from petite_fl.data.patches import patch_dataset
+from petite_fl.config import compose
+from petite_fl.data.patches import patch_dataset, site_patch_dataset
 from petite_fl.data.site import load_site
 from petite_fl.scanners import get_scanner
 
@@ -55,7 +56,7 @@ def test_synthetic_site_gives_scanner_sized_patches_in_unit_range(synthetic_data
     out, _ = synthetic_dataset
     site = load_site(out / name / "manifest.json", splits=("train",))
     patch = get_scanner(name).patch
-    patches = patch_dataset(site.arrays("train"), patch, seed=0)[0]
+    patches = site_patch_dataset(site, "train", compose().data.loader, seed=0)[0]
     assert len(patches) == 4
     for p in patches:
         assert p["input"].shape == (1, *patch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -128,7 +129,15 @@ def test_a_second_call_does_nothing_and_a_changed_spec_regenerates(tmp_path: Pat
     assert (tmp_path / "d" / "scanner5" / "sub-001_input.nii.gz").stat().st_mtime_ns == first
     _, remade = generate(small_spec(scanners=("scanner5",), seed=5), tmp_path / "d", workers=1)
     assert remade
-    assert not list(tmp_path.glob(".d.*"))  # no staging or old folders left behind
+    leftovers = list(tmp_path.glob(".d.partial-*")) + list(tmp_path.glob(".d.old-*"))
+    assert not leftovers  # no staging or old folders left behind
+
+
+def test_concurrent_requests_generate_once(tmp_path: Path):
+    spec = small_spec(scanners=("scanner5",), subjects=1, splits=(("train", 1), ("val", 0), ("test", 0)))
+    with ThreadPoolExecutor(2) as pool:
+        made = sorted(m for _, m in pool.map(lambda _: generate(spec, tmp_path / "e", workers=1), range(2)))
+    assert made == [False, True]
 
 
 def test_subjects_vary_in_anatomy():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from monai.data import Dataset
@@ -13,6 +14,10 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     SpatialPadd,
 )
+
+from petite_fl.data.site import SiteData
+from petite_fl.errors import DataError
+from petite_fl.scanners import get_scanner
 
 KEYS = ("input", "target")
 
@@ -56,3 +61,19 @@ def patch_dataset(
     )
     transform.set_random_state(seed=seed)  # after Compose, which reseeds its members
     return Dataset(data=items, transform=transform)
+
+
+def site_patch_dataset(site: SiteData, split: str, loader: Any, seed: int = 0,
+                       patch: Sequence[int] | None = None) -> Dataset:
+    """Training patches of a site's split, sized by its scanner (registry) unless given."""
+    if patch is None:
+        if site.manifest.scanner is None:
+            raise DataError(f"{site.manifest.path}: no 'scanner' field, so the patch size must be given")
+        patch = get_scanner(site.manifest.scanner).patch
+    return patch_dataset(
+        site.arrays(split), patch,
+        patches_per_volume=int(loader.patches_per_volume),
+        foreground_threshold=float(loader.foreground_threshold),
+        foreground_ratio=float(loader.foreground_ratio),
+        seed=seed,
+    )

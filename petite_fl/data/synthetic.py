@@ -7,6 +7,7 @@ a scanner does not change the others' data.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -176,9 +177,24 @@ def generate(
     out_dir = Path(out_dir)
     scanners = [get_scanner(name) for name in spec.scanners]
     expected = fingerprint(spec, scanners)
-    if not force and is_current(out_dir, expected):
-        return json.loads((out_dir / DATASET_FILE).read_text()), False
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (e.g. simulated sites) may ask for the same data set at once:
+    # one generates, the others wait and then find it current.
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and is_current(out_dir, expected):
+            return json.loads((out_dir / DATASET_FILE).read_text()), False
+        return _generate_locked(spec, scanners, expected, out_dir, workers, on_subject), True
 
+
+def _generate_locked(
+    spec: SynthSpec,
+    scanners: list[Scanner],
+    expected: str,
+    out_dir: Path,
+    workers: int,
+    on_subject: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     jobs = [(s, i, spec, str(staging)) for s in scanners for i in range(spec.subjects)]
@@ -203,7 +219,7 @@ def generate(
     }
     write_json(staging / DATASET_FILE, info)
     _swap_in(staging, out_dir)
-    return info, True
+    return info
 
 
 def _run_jobs(jobs: list, workers: int, on_subject: Callable | None) -> list[dict[str, Any]]:
