@@ -30,7 +30,8 @@ def _volume(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pair(pred, target, mask):
-    p, t = _volume(pred), _volume(target).to(pred.device if torch.is_tensor(pred) else "cpu")
+    p = _volume(pred)
+    t = _volume(target).to(p.device)
     if p.shape != t.shape:
         raise ValueError(f"prediction {tuple(p.shape)} and target {tuple(t.shape)} differ in shape")
     m = None
@@ -40,7 +41,7 @@ def _pair(pred, target, mask):
             raise ValueError(f"mask {tuple(m.shape)} and volume {tuple(p.shape)} differ in shape")
         if not m.any():
             raise ValueError("the mask is empty")
-    return p, t.to(p.device), m
+    return p, t, m
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,

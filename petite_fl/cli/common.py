@@ -31,7 +31,3 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         err_console.print(f"{prog}: interrupted")
         return EXIT_INTERRUPTED
-
-
-def exit_with(code: int) -> None:
-    sys.exit(code)
