@@ -1,0 +1,34 @@
+"""LayerNorm tuning: train only the normalisation layers' affine parameters.
+
+Zhao et al., "Tuning LayerNorm in Attention", ICLR 2024 — HF peft's `LNTuningConfig`,
+which trains a copy of each target norm and leaves the backbone's own untouched.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from peft import LNTuningConfig, inject_adapter_in_model
+from peft.tuners.ln_tuning.layer import LNTuningLayer
+
+from petite_fl.peft.base import Method
+from petite_fl.peft.registry import register_method
+
+
+@register_method
+class LayerNormTuning(Method):
+    name = "layernorm"
+    summary = "LayerNorm tuning (HF peft LN tuning)"
+
+    def inject(self, model, part, args) -> None:
+        targets = model.peft_sites(self.name, part)
+        if not targets:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # peft: "already found a peft_config"
+            inject_adapter_in_model(LNTuningConfig(target_modules=targets), model, adapter_name="default")
+
+    def merge(self, model) -> None:
+        for module in model.modules():
+            if isinstance(module, LNTuningLayer) and not module.merged:
+                module.merge()
