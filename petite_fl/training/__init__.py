@@ -1,0 +1,1 @@
+"""Single-site training, inference and evaluation (no Flower here)."""

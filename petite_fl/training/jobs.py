@@ -1,0 +1,256 @@
+"""Single-site jobs as the CLIs and experiments run them: pretrain, fine-tune, evaluate, infer.
+
+Each job takes the composed config, works on a site (a synthetic scanner name, generated
+on first use, or a manifest path), writes its files atomically into a folder derived from
+the config (so that running the same command again resumes or reuses), and returns them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from petite_fl.artifacts import load_adapter, load_backbone, save_adapter, save_backbone
+from petite_fl.atomic import atomic_path, write_json
+from petite_fl.config import expand_path
+from petite_fl.data.manifest import read_manifest
+from petite_fl.data.patches import site_patch_dataset
+from petite_fl.data.site import load_site
+from petite_fl.data.synthetic import SynthSpec, dataset_dir, generate, site_manifest
+from petite_fl.errors import ConfigError
+from petite_fl.models.base import Backbone
+from petite_fl.models.registry import build_from_config
+from petite_fl.peft.apply import (
+    PeftModelState,
+    adapter_state_dict,
+    apply_peft,
+    count_parameters,
+    load_adapter_state,
+    merge_peft,
+)
+from petite_fl.peft.spec import PeftSpec, spec_from_config
+from petite_fl.scanners import available_scanners, get_scanner
+from petite_fl.training.device import resolve_device, use_amp
+from petite_fl.training.inference import evaluate_site, summarise
+from petite_fl.training.objectives import Adversarial, make_objective
+from petite_fl.training.trainer import train
+
+
+def config_hash(*parts: Any) -> str:
+    blob = json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p
+                       for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def resolve_site(cfg: DictConfig, ref: str) -> Path:
+    """A manifest path for a site: a scanner of the synthetic data set (made if needed) or a file."""
+    ref = str(ref)
+    if ref in available_scanners() and not Path(ref).is_file():
+        if ref not in cfg.data.synth.scanners:
+            raise ConfigError(f"site '{ref}' is not in data.synth.scanners {list(cfg.data.synth.scanners)}")
+        generate(SynthSpec.from_config(cfg.data.synth), dataset_dir(cfg.data), workers=int(cfg.data.synth.workers))
+        return site_manifest(cfg.data, ref)
+    path = expand_path(ref)
+    if not path.is_file():
+        raise ConfigError(f"site '{ref}' is neither a registered scanner ({', '.join(available_scanners())}) "
+                          "nor a manifest file")
+    return path
+
+
+def training_patch(manifest: Path, train_cfg: DictConfig, multiple: int) -> tuple[int, int, int]:
+    """The site's scanner patch, scaled by train.patch_scale; must stay a multiple of the backbone's."""
+    scanner = read_manifest(manifest).scanner
+    if scanner is None:
+        raise ConfigError(f"{manifest}: no 'scanner' field, so petite-fl cannot pick the training patch size")
+    patch = tuple(round(p * float(train_cfg.patch_scale)) for p in get_scanner(scanner).patch)
+    if any(p % multiple or p == 0 for p in patch):
+        raise ConfigError(f"patch {patch} (scanner {scanner} × train.patch_scale={train_cfg.patch_scale}) "
+                          f"is not a multiple of {multiple}")
+    return patch
+
+
+def _device_and_amp(cfg: DictConfig) -> tuple[torch.device, bool]:
+    device = resolve_device(str(cfg.train.device))
+    return device, use_amp(cfg.train.amp, device)
+
+
+def _dataset(cfg: DictConfig, manifest: Path, model: Backbone, seed: int):
+    """(training patches of the site, patch size)."""
+    site = load_site(manifest, splits=("train",), scaling=str(cfg.data.loader.scaling))
+    if not site.pairs["train"]:
+        raise ConfigError(f"{manifest}: the site has no 'train' subjects to learn from")
+    patch = training_patch(manifest, cfg.train, model.size_multiple)
+    return site_patch_dataset(site, "train", cfg.data.loader, seed=seed, patch=patch), patch
+
+
+# -- pretrain --------------------------------------------------------------------------
+
+
+def default_backbone_path(cfg: DictConfig) -> Path:
+    key = config_hash(cfg.model, cfg.train.pretrain, cfg.train.loss, cfg.train.patch_scale, cfg.train.batch_size,
+                      cfg.data.synth, cfg.data.loader, str(cfg.source), cfg.seed)
+    name = f"{cfg.model.name}-{cfg.model.preset}-{Path(str(cfg.source)).stem}-{key}.safetensors"
+    return expand_path(cfg.paths.cache) / "backbones" / name
+
+
+def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Full training of a backbone on the source site's training split (reused if done)."""
+    path = Path(out) if out else default_backbone_path(cfg)
+    if path.is_file():
+        return path, load_backbone(path)[1]
+    torch.manual_seed(int(cfg.seed))
+    manifest = resolve_site(cfg, cfg.source)
+    device, amp = _device_and_amp(cfg)
+    model = build_from_config(cfg.model).to(device)
+    objective = make_objective(cfg.train, model.name, str(cfg.model.preset), device)
+    dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed))
+    result = train(model, dataset, objective,
+                   steps=int(cfg.train.pretrain.steps), lr=float(cfg.train.pretrain.lr), train_cfg=cfg.train,
+                   device=device, amp=amp, checkpoint=path.with_suffix(".ckpt"),
+                   label=f"pretraining {model.name} on {Path(str(cfg.source)).stem}", quiet=quiet)
+    save_backbone(model, path, provenance={"source": str(cfg.source), "steps": result.steps, "patch": list(patch),
+                                           "final_loss": result.final_loss, "seconds": result.seconds})
+    if isinstance(objective, Adversarial):
+        with atomic_path(path.with_suffix(".disc.pt")) as tmp:
+            torch.save(objective.d.state_dict(), tmp)
+    path.with_suffix(".ckpt").unlink(missing_ok=True)
+    return path, load_backbone(path)[1]
+
+
+def backbone_for(cfg: DictConfig, quiet: bool = False) -> Path:
+    return expand_path(cfg.backbone) if cfg.backbone else pretrain(cfg, quiet=quiet)[0]
+
+
+# -- fine-tune -------------------------------------------------------------------------
+
+
+def finetune_dir(cfg: DictConfig, backbone_sha: str) -> Path:
+    if cfg.out:
+        return expand_path(cfg.out)
+    key = config_hash(cfg.peft, cfg.train.finetune, cfg.train.patch_scale, cfg.train.batch_size, cfg.data.loader,
+                      str(cfg.target), backbone_sha, cfg.seed)
+    label = str(cfg.peft.name)
+    return expand_path(cfg.paths.cache) / "runs" / "finetune" / f"{Path(str(cfg.target)).stem}-{label}-{key}"
+
+
+def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
+    """PEFT / Mix-PEFT / full fine-tuning on the target site → adapter file (+ JSON spec)."""
+    backbone_path = backbone_for(cfg, quiet)
+    device, amp = _device_and_amp(cfg)
+    model, meta = load_backbone(backbone_path, device)
+    spec = spec_from_config(cfg.peft, model)
+    out = finetune_dir(cfg, meta["sha256"])
+    adapter_path = out / "adapter.safetensors"
+    if adapter_path.is_file():
+        return adapter_path, load_adapter(adapter_path, meta)[1]
+    state = apply_peft(model, spec)
+    model.to(device)
+    trainable, total = count_parameters(model, state)
+    torch.manual_seed(int(cfg.seed))
+    manifest = resolve_site(cfg, cfg.target)
+    objective = make_objective(cfg.train, model.name, str(meta["config"].get("preset", cfg.model.preset)), device)
+    disc = backbone_path.with_suffix(".disc.pt")
+    if isinstance(objective, Adversarial) and disc.is_file():
+        objective.d.load_state_dict(torch.load(disc, map_location=device))
+    steps = int(cfg.train.finetune.steps) if spec.kind != "none" else 0
+    dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed) + 1)
+    result = train(model, dataset, objective, steps=steps,
+                   lr=float(cfg.peft.lr), train_cfg=cfg.train, device=device, amp=amp,
+                   checkpoint=out / "checkpoint.pt", label=f"fine-tuning {spec.label} on {Path(str(cfg.target)).stem}",
+                   quiet=quiet)
+    save_adapter(adapter_path, adapter_state_dict(model, state), spec.to_dict(), meta, extra={
+        "target": str(cfg.target), "patch": list(patch), "trainable_percent": 100.0 * trainable / total,
+        "trainable_parameters": trainable, "steps": result.steps,
+        "final_loss": result.final_loss, "seconds": result.seconds, "backbone_file": str(backbone_path)})
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return adapter_path, load_adapter(adapter_path, meta)[1]
+
+
+# -- using a backbone + adapter ---------------------------------------------------------
+
+
+def load_model(backbone_path: Path, adapter_path: Path | None, device: torch.device,
+               merge: bool = True) -> tuple[Backbone, dict[str, Any], dict[str, Any] | None]:
+    """A backbone with its adapter applied (and merged where possible) for inference."""
+    model, meta = load_backbone(backbone_path, device)
+    if adapter_path is None:
+        return model.eval(), meta, None
+    tensors, adapter_meta = load_adapter(adapter_path, meta)
+    state: PeftModelState = apply_peft(model, PeftSpec.from_dict(adapter_meta["peft"]))
+    load_adapter_state(model, state, tensors)
+    model.to(device)
+    if merge:
+        merge_peft(model, state)
+    return model.eval(), meta, adapter_meta
+
+
+def evaluate(cfg: DictConfig, site_ref: str, backbone_path: Path, adapter_path: Path | None,
+             out: Path | None = None, quiet: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Metrics per subject of the evaluation split, their mean ± std; CSV and JSON in `out`."""
+    device, amp = _device_and_amp(cfg)
+    model, _, adapter_meta = load_model(backbone_path, adapter_path, device)
+    manifest = resolve_site(cfg, site_ref)
+    split = str(cfg.train.eval.split)
+    site = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling))
+    if not site.pairs[split]:
+        raise ConfigError(f"{manifest}: no '{split}' subjects to evaluate (train.eval.split)")
+    roi = training_patch(manifest, cfg.train, model.size_multiple)
+    rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=cfg.train.eval,
+                         foreground_threshold=float(cfg.data.loader.foreground_threshold), amp=amp, quiet=quiet)
+    summary = {"site": site.manifest.site, "split": split, "subjects": len(rows),
+               "peft": (adapter_meta or {}).get("peft", {"kind": "none"}), "metrics": summarise(rows)}
+    if out is not None:
+        write_metrics(Path(out), rows, summary)
+    return rows, summary
+
+
+def write_metrics(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_json(out / "metrics.json", {"subjects": rows, **summary})
+
+
+def infer_file(cfg: DictConfig, input_path: Path, output_path: Path, backbone_path: Path,
+               adapter_path: Path | None) -> Path:
+    """NIfTI in → NIfTI out, with the input's affine and header."""
+    import nibabel as nib
+
+    from petite_fl.data.nifti import load_volume
+    from petite_fl.data.site import scale_volume
+    from petite_fl.training.inference import predict_volume
+
+    device, amp = _device_and_amp(cfg)
+    model, meta, adapter_meta = load_model(backbone_path, adapter_path, device)
+    volume = load_volume(input_path, what="input")
+    scaled = scale_volume(volume.data, str(cfg.data.loader.scaling))
+    # The window of the adapter's training (the target scanner), else of the pretraining.
+    roi = tuple((adapter_meta or {}).get("patch") or meta["provenance"].get("patch") or model.example_input().shape[2:])
+    pred = predict_volume(model, scaled, roi, device=device, overlap=float(cfg.train.eval.overlap),
+                          sw_batch_size=int(cfg.train.eval.sw_batch_size), amp=amp)
+    if str(cfg.data.loader.scaling) == "minmax":  # back to the input's intensity range
+        lo, hi = float(volume.data.min()), float(volume.data.max())
+        pred = pred * (hi - lo) + lo
+    original = nib.load(input_path)
+    # The model ran on the RAS+ array: put the result back in the file's own orientation.
+    to_original = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
+                                                  nib.orientations.io_orientation(original.affine))
+    data = nib.orientations.apply_orientation(pred, to_original).astype(np.float32)
+    header = original.header.copy()
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(1.0, 0.0)
+    if len(header.get_data_shape()) == 4:
+        header.set_data_shape(data.shape)
+    img = nib.Nifti1Image(data, original.affine, header=header)
+    with atomic_path(output_path) as tmp:
+        nib.save(img, tmp)
+    return output_path
