@@ -26,10 +26,14 @@ DECODER = ("encoder1", "encoder2", "encoder3", "encoder4", "decoder5", "decoder4
 PRESETS = {
     # The paper's settings; pretraining patches of 64³.
     "paper": dict(img_size=(64, 64, 64), feature_size=32, hidden_size=768, mlp_dim=3072, num_layers=12,
-                  num_heads=12, proj_type="perceptron", norm_name="instance", res_block=True, dropout_rate=0.0),
-    # Same code, CPU-sized: 12 layers kept because hidden states 3, 6, 9 are tapped.
+                  num_heads=12, proj_type="perceptron", norm_name="instance", res_block=True, dropout_rate=0.0,
+                  residual=False),
+    # Same code, CPU-sized: 12 layers kept because hidden states 3, 6, 9 are tapped. A global
+    # residual (output = input + network) so that minutes of CPU training start from the
+    # short scan itself instead of from noise; the paper's UNETR has none.
     "tiny": dict(img_size=(32, 32, 32), feature_size=8, hidden_size=48, mlp_dim=192, num_layers=12,
-                 num_heads=4, proj_type="perceptron", norm_name="instance", res_block=True, dropout_rate=0.0),
+                 num_heads=4, proj_type="perceptron", norm_name="instance", res_block=True, dropout_rate=0.0,
+                 residual=True),
 }
 
 
@@ -43,10 +47,11 @@ class PetiteUNETR(Backbone):
     single_method_parts: ClassVar[dict[str, tuple[str, ...]]] = {"lora": ("encoder",)}
 
     def __init__(self, img_size, feature_size, hidden_size, mlp_dim, num_layers, num_heads,
-                 proj_type, norm_name, res_block, dropout_rate) -> None:
+                 proj_type, norm_name, res_block, dropout_rate, residual: bool = False) -> None:
         super().__init__(img_size=list(img_size), feature_size=feature_size, hidden_size=hidden_size,
                          mlp_dim=mlp_dim, num_layers=num_layers, num_heads=num_heads, proj_type=proj_type,
-                         norm_name=norm_name, res_block=res_block, dropout_rate=dropout_rate)
+                         norm_name=norm_name, res_block=res_block, dropout_rate=dropout_rate, residual=residual)
+        self.residual = residual
         self.unetr = UNETR(in_channels=1, out_channels=1, img_size=tuple(img_size), feature_size=feature_size,
                            hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads, proj_type=proj_type,
                            norm_name=norm_name, res_block=res_block, dropout_rate=dropout_rate)
@@ -60,6 +65,9 @@ class PetiteUNETR(Backbone):
             # that no PEFT method places (or counts) parameters that cannot change the output.
             block.norm_cross_attn = nn.Identity()
         self.grid = tuple(s // PATCH for s in img_size)
+        if residual:  # start exactly at the identity (the short scan), as residual denoisers do
+            nn.init.zeros_(self.unetr.out.conv.conv.weight)
+            nn.init.zeros_(self.unetr.out.conv.conv.bias)
 
     # -- Backbone contract --------------------------------------------------------------
 
@@ -157,4 +165,5 @@ class PetiteUNETR(Backbone):
         dec3 = u.decoder5(feat(last), enc4)
         dec2 = u.decoder4(dec3, enc3)
         dec1 = u.decoder3(dec2, enc2)
-        return u.out(u.decoder2(dec1, enc1))
+        out = u.out(u.decoder2(dec1, enc1))
+        return x + out if self.residual else out

@@ -22,13 +22,14 @@ METRICS = ("psnr", "ssim", "nrmse", "psnr_fg", "ssim_fg", "nrmse_fg")
 @torch.no_grad()
 def predict_volume(model: nn.Module, volume: np.ndarray, roi: Sequence[int], *, device: torch.device,
                    overlap: float = 0.5, sw_batch_size: int = 4, amp: bool = False) -> np.ndarray:
-    """Predict a whole (scaled) volume with overlapping windows of the training patch size."""
+    """Predict a whole (scaled) volume with overlapping windows of the training patch size, ≥ 0."""
     model.eval()
     x = torch.as_tensor(volume, dtype=torch.float32, device=device)[None, None]
     with autocast(device, amp):
         y = sliding_window_inference(x, tuple(int(r) for r in roi), sw_batch_size, model,
                                      overlap=overlap, mode="gaussian")
-    return y[0, 0].float().cpu().numpy()
+    # PET activity is non-negative (the reconstructions the network learns from are too).
+    return y[0, 0].float().clamp_min(0.0).cpu().numpy()
 
 
 def evaluate_site(model: nn.Module, site: SiteData, split: str, roi: Sequence[int], *, device: torch.device,

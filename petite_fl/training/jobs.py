@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from petite_fl import __version__
 from petite_fl.artifacts import load_adapter, load_backbone, save_adapter, save_backbone
 from petite_fl.atomic import atomic_path, write_json
 from petite_fl.config import expand_path
@@ -26,7 +27,7 @@ from petite_fl.data.site import load_site
 from petite_fl.data.synthetic import SynthSpec, dataset_dir, generate, site_manifest
 from petite_fl.errors import ConfigError
 from petite_fl.models.base import Backbone
-from petite_fl.models.registry import build_from_config
+from petite_fl.models.registry import build_from_config, resolve_model_config
 from petite_fl.peft.apply import (
     PeftModelState,
     adapter_state_dict,
@@ -94,8 +95,11 @@ def _dataset(cfg: DictConfig, manifest: Path, model: Backbone, seed: int):
 
 
 def default_backbone_path(cfg: DictConfig) -> Path:
-    key = config_hash(cfg.model, cfg.train.pretrain, cfg.train.loss, cfg.train.patch_scale, cfg.train.batch_size,
-                      cfg.data.synth, cfg.data.loader, str(cfg.source), cfg.seed)
+    # The resolved constructor arguments, not just the preset's name: a changed preset
+    # must not reuse a stale cached backbone.
+    model = resolve_model_config(str(cfg.model.name), str(cfg.model.preset), **dict(cfg.model.overrides or {}))
+    key = config_hash(__version__, model, cfg.train.pretrain, cfg.train.loss, cfg.train.patch_scale,
+                      cfg.train.batch_size, cfg.data.synth, cfg.data.loader, str(cfg.source), cfg.seed)
     name = f"{cfg.model.name}-{cfg.model.preset}-{Path(str(cfg.source)).stem}-{key}.safetensors"
     return expand_path(cfg.paths.cache) / "backbones" / name
 
@@ -217,7 +221,7 @@ def write_metrics(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    write_json(out / "metrics.json", {"subjects": rows, **summary})
+    write_json(out / "metrics.json", {**summary, "per_subject": rows})
 
 
 def infer_file(cfg: DictConfig, input_path: Path, output_path: Path, backbone_path: Path,

@@ -1,0 +1,1 @@
+"""Experiments, simulations and benchmarks built on petite_fl (run from the repository root)."""
