@@ -119,7 +119,8 @@ def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> t
                    steps=int(cfg.train.pretrain.steps), lr=float(cfg.train.pretrain.lr), train_cfg=cfg.train,
                    device=device, amp=amp, checkpoint=path.with_suffix(".ckpt"),
                    label=f"pretraining {model.name} on {Path(str(cfg.source)).stem}", quiet=quiet)
-    save_backbone(model, path, provenance={"source": str(cfg.source), "steps": result.steps, "patch": list(patch),
+    save_backbone(model, path, provenance={"source": str(cfg.source), "preset": str(cfg.model.preset),
+                                           "steps": result.steps, "patch": list(patch),
                                            "final_loss": result.final_loss, "seconds": result.seconds})
     if isinstance(objective, Adversarial):
         with atomic_path(path.with_suffix(".disc.pt")) as tmp:
@@ -159,7 +160,8 @@ def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]
     trainable, total = count_parameters(model, state)
     torch.manual_seed(int(cfg.seed))
     manifest = resolve_site(cfg, cfg.target)
-    objective = make_objective(cfg.train, model.name, str(meta["config"].get("preset", cfg.model.preset)), device)
+    preset = str(meta["provenance"].get("preset", cfg.model.preset))  # the discriminator must match
+    objective = make_objective(cfg.train, model.name, preset, device)
     disc = backbone_path.with_suffix(".disc.pt")
     if isinstance(objective, Adversarial) and disc.is_file():
         objective.d.load_state_dict(torch.load(disc, map_location=device))
