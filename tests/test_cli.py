@@ -45,3 +45,14 @@ def test_scanners_lists_every_registered_scanner_with_rationales(capsys):
     text = _text(capsys)
     for i in range(1, 6):
         assert f"scanner{i}.fwhm_mm" in text
+
+
+def test_peft_list_shows_the_21_combinations_at_paper_size(capsys):
+    from petite_fl.cli.main import main as petite
+
+    assert petite(["peft", "list"]) == 0
+    text = _text(capsys)
+    assert "21 feasible Mix-PEFT combinations in all" in text
+    assert "12 Mix-PEFT combinations" in text and "9 Mix-PEFT combinations" in text
+    assert "lora+ssf+bitfit ← PETITE" in text and "vpt+lora+bitfit ← PETITE" in text
+    assert "101,670,049" in text  # UNETR at paper size
