@@ -12,7 +12,6 @@ trainable) as Markdown and CSV.
 
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from rich.table import Table
 
-from petite_fl.atomic import atomic_path, write_json
+from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.cli.common import console, run_cli
 from petite_fl.config import compose, expand_path
 from petite_fl.data.site import load_site
@@ -83,11 +82,7 @@ def _row(label: str, percent: float, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(out: Path, rows: list[dict[str, Any]], cfg: Any, seconds: float) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "results.csv", rows)
     title = (f"{cfg.model.name} ({cfg.model.preset}), pretrained on {Path(str(cfg.source)).stem}, "
              f"fine-tuned and tested on {Path(str(cfg.target)).stem}")
     lines = [f"### {title}", "",

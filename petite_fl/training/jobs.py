@@ -7,7 +7,6 @@ the config (so that running the same command again resumes or reuses), and retur
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from pathlib import Path
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
 from petite_fl.artifacts import load_adapter, load_backbone, save_adapter, save_backbone
-from petite_fl.atomic import atomic_path, write_json
+from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.patches import site_patch_dataset
@@ -218,11 +217,7 @@ def evaluate(cfg: DictConfig, site_ref: str, backbone_path: Path, adapter_path: 
 
 
 def write_metrics(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "metrics.csv", rows)
     write_json(out / "metrics.json", {**summary, "per_subject": rows})
 
 
