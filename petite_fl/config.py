@@ -7,8 +7,10 @@ whether it comes from a command line, a Flower run-config or a test.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -21,6 +23,7 @@ from petite_fl.errors import ConfigError
 #: Extra config folders (os.pathsep-separated) searched after the built-in ones, e.g.
 #: a hospital's own `scanner/` or `site/` entries kept outside the checkout.
 EXTRA_DIRS_ENV = "PETITE_FL_CONFIG_PATH"
+_PLAIN = re.compile(r"[A-Za-z0-9_\-./\[\],]+")
 
 
 def configs_dir() -> Path:
@@ -56,6 +59,32 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
         ) from None
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
+    """Flower's flat run-config (dotted keys, scalar values) → Hydra overrides.
+
+    `{"model": "cvtgan", "train.finetune.steps": 50, "peft.bitfit": False}` →
+    `["model=cvtgan", "train.finetune.steps=50", "peft.bitfit=false"]`. Strings are quoted
+    for Hydra unless they are plain words, so paths and values with spaces survive.
+    """
+    overrides = []
+    for key, value in run_config.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        elif isinstance(value, str):
+            text = value if _PLAIN.fullmatch(value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        else:
+            raise ConfigError(f"run-config '{key}': unsupported value {value!r} (use str, int, float or bool)")
+        overrides.append(f"{key}={text}")
+    return overrides
+
+
+def compose_from_run_config(run_config: Mapping[str, Any], config_name: str = "config") -> DictConfig:
+    """The bridge both Flower apps use: the same composition as the CLIs."""
+    return compose(config_name, overrides_from_run_config(run_config))
 
 
 def expand_path(value: str | os.PathLike[str]) -> Path:

@@ -56,3 +56,19 @@ def test_a_user_adds_a_scanner_with_one_yaml_file(tmp_path: Path, monkeypatch):
     assert get_scanner("hospital7").matrix == (128, 128, 90)
     cfg = compose(overrides=["+scanner=hospital7"])
     assert cfg.scanner.name == "hospital7"
+
+
+def test_flower_run_config_bridges_to_the_same_composition():
+    from petite_fl.config import compose_from_run_config, overrides_from_run_config
+
+    run_config = {"model": "cvtgan", "train.finetune.steps": 7, "peft.bitfit": False, "train.patch_scale": 0.5,
+                  "out": "/tmp/a dir/it's", "data.synth.scanners": "[scanner4,scanner5]"}
+    assert overrides_from_run_config(run_config)[:4] == [
+        "model=cvtgan", "train.finetune.steps=7", "peft.bitfit=false", "train.patch_scale=0.5"]
+    cfg = compose_from_run_config(run_config)
+    assert cfg == compose(overrides=["model=cvtgan", "train.finetune.steps=7", "peft.bitfit=false",
+                                     "train.patch_scale=0.5", "out='/tmp/a dir/it\\'s'",
+                                     "data.synth.scanners=[scanner4,scanner5]"])
+    assert cfg.out == "/tmp/a dir/it's" and list(cfg.data.synth.scanners) == ["scanner4", "scanner5"]
+    with pytest.raises(ConfigError, match="unsupported value"):
+        overrides_from_run_config({"x": [1, 2]})

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 
-from rich.console import Console
-
+from petite_fl.console import console, err_console
 from petite_fl.errors import PetiteError
 
-# Rich falls back to 80 columns when output is piped or logged: tables need more.
-_WIDTH = None if sys.stdout.isatty() else 160
-console = Console(highlight=False, width=_WIDTH)
-err_console = Console(stderr=True, highlight=False, width=_WIDTH)
+__all__ = ["console", "err_console", "run_cli"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

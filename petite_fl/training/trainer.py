@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from petite_fl.atomic import atomic_path
+from petite_fl.console import console
 from petite_fl.training.objectives import Objective
 
 
@@ -73,18 +74,24 @@ def train(
     loader = DataLoader(dataset, batch_size=int(train_cfg.batch_size), shuffle=True,
                         num_workers=int(train_cfg.num_workers), pin_memory=device.type == "cuda")
     every = max(1, int(train_cfg.checkpoint_every))
+    log_every = max(1, int(train_cfg.log_every))
+    # A progress bar in a terminal; plain lines every `log_every` steps in logs and pipes.
+    log_lines = not quiet and not console.is_terminal
     begin = time.perf_counter()
     model.train()
     batches = _batches(loader, device)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=quiet,
-                  transient=True) as progress:
+                  TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), disable=quiet or log_lines,
+                  transient=True, console=console) as progress:
         task = progress.add_task(label, total=steps, completed=start, loss="–")
         for step in range(start, steps):
             logs = objective.step(model, next(batches), optimizer, scaler, amp)
             scheduler.step()
             history.append({"step": step + 1, **logs})
             progress.update(task, advance=1, loss=f"{logs['loss']:.4g}")
+            if log_lines and ((step + 1) % log_every == 0 or step + 1 == steps):
+                console.print(f"{label}: step {step + 1}/{steps} loss {logs['loss']:.4g} "
+                              f"({time.perf_counter() - begin:.0f} s)")
             if checkpoint is not None and ((step + 1) % every == 0 or step + 1 == steps):
                 _save(checkpoint, step + 1, model, names, optimizer, scheduler, scaler, objective, history)
     model.eval()
