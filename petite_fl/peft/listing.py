@@ -9,7 +9,7 @@ import torch
 
 from petite_fl.models.registry import available_backbones, build_backbone
 from petite_fl.peft.apply import apply_peft, count_parameters
-from petite_fl.peft.spec import PeftSpec, feasible_mixes, spec_from_config
+from petite_fl.peft.spec import PETITE_CHOICE, PeftSpec, feasible_mixes, spec_from_config
 
 SINGLE = ("layernorm", "bitfit", "lora", "adapter", "ssf", "vpt", "full")
 
@@ -25,8 +25,6 @@ def _count(backbone: str, preset: str, spec_or_cfg: PeftSpec | dict) -> tuple[st
 
 def peft_table(preset: str = "paper") -> list[dict[str, object]]:
     """Rows: backbone, kind (single | mix), label, trainable, total, percent, petite?"""
-    from petite_fl.peft.spec import PETITE_CHOICE
-
     rows = []
     for backbone in available_backbones():
         with torch.device("meta"):
