@@ -56,14 +56,14 @@ def _read(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return tensors, meta
 
 
-def save_backbone(model: Backbone, path: str | Path, provenance: dict[str, Any] | None = None) -> str:
-    """Write a backbone file; returns its SHA-256."""
-    state = {k: v for k, v in model.state_dict().items()}
+def save_backbone(model: Backbone, path: str | Path, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a backbone file; returns its metadata (model, config, SHA-256, provenance)."""
+    state = dict(model.state_dict())
     sha = tensors_sha256(state, model.config)
     meta = {"kind": "backbone", "model": model.name, "config": model.config, "sha256": sha,
             "provenance": provenance or {}}
     _write(Path(path), state, meta)
-    return sha
+    return json.loads(json.dumps(meta))  # as a reader of the file will see it
 
 
 def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> tuple[Backbone, dict[str, Any]]:

@@ -118,14 +118,14 @@ def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> t
                    steps=int(cfg.train.pretrain.steps), lr=float(cfg.train.pretrain.lr), train_cfg=cfg.train,
                    device=device, amp=amp, checkpoint=path.with_suffix(".ckpt"),
                    label=f"pretraining {model.name} on {Path(str(cfg.source)).stem}", quiet=quiet)
-    save_backbone(model, path, provenance={"source": str(cfg.source), "preset": str(cfg.model.preset),
+    meta = save_backbone(model, path, provenance={"source": str(cfg.source), "preset": str(cfg.model.preset),
                                            "steps": result.steps, "patch": list(patch),
                                            "final_loss": result.final_loss, "seconds": result.seconds})
     if isinstance(objective, Adversarial):
         with atomic_path(path.with_suffix(".disc.pt")) as tmp:
             torch.save(objective.d.state_dict(), tmp)
     path.with_suffix(".ckpt").unlink(missing_ok=True)
-    return path, load_backbone(path)[1]
+    return path, meta
 
 
 def backbone_for(cfg: DictConfig, quiet: bool = False) -> Path:
