@@ -72,13 +72,9 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> tuple
     sha = tensors_sha256(tensors, meta["config"])
     if sha != meta.get("sha256"):
         raise PetiteError(f"{path}: backbone content does not match its recorded SHA-256 (corrupt file?)")
-    model = build_backbone(meta["model"], "paper", **_constructor_args(meta["config"]))
+    model = build_backbone(meta["model"], "paper", **meta["config"])
     model.load_state_dict(tensors)
     return model.to(device), meta
-
-
-def _constructor_args(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: (tuple(v) if isinstance(v, list) and k == "img_size" else v) for k, v in config.items()}
 
 
 def save_adapter(path: str | Path, tensors: dict[str, torch.Tensor], spec: dict[str, Any],

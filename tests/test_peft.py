@@ -159,6 +159,8 @@ def test_injection_alone_does_not_change_the_output(backbone):
         ("unetr", {"name": "lora", "args": {"lora": {"rank": 4}}}, r"unknown argument\(s\) \['rank'\]"),
         ("unetr", {"name": "lora", "args": {"adapter": {"reduction": 4}}}, "unused method"),
         ("unetr", {"name": "dora"}, "unknown PEFT method 'dora'"),
+        ("unetr", {"name": "lora", "args": {"lora": {"r": 0}}}, "r must be at least 1"),
+        ("cvtgan", {"name": "adapter", "args": {"adapter": {"reduction": 0}}}, "reduction must be at least 1"),
     ],
 )
 def test_infeasible_specs_are_refused_saying_why_and_what_is_allowed(backbone, cfg, fragment):

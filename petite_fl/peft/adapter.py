@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from petite_fl.errors import ConfigError
 from petite_fl.peft.base import Method, add_output_hook
 from petite_fl.peft.registry import register_method
 
@@ -46,10 +45,9 @@ class Adapters(Method):
     additive = True
     Args = AdapterArgs
     summary = "bottleneck adapters"
+    positive_args = ("reduction",)
 
     def inject(self, model, part, args: AdapterArgs) -> None:
-        if args.reduction < 1:
-            raise ConfigError(f"PEFT method 'adapter': reduction must be at least 1, got {args.reduction}")
         modules = dict(model.named_modules())
         for site in model.peft_sites(self.name, part):
             target = modules[site.module]

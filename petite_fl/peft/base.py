@@ -9,6 +9,7 @@ folded into the backbone's weights for inference.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -33,6 +34,8 @@ class Method:
     Args: ClassVar[type] = NoArgs
     #: the paper's short description, for listings
     summary: ClassVar[str] = ""
+    #: arguments that must be at least 1 (ranks, reduction factors)
+    positive_args: ClassVar[tuple[str, ...]] = ()
 
     def parse_args(self, backbone: Backbone, part: str, given: dict[str, Any]) -> Any:
         """Backbone defaults for this part, overridden by `given`; unknown names refused."""
@@ -45,9 +48,13 @@ class Method:
             )
         merged = {**backbone.peft_defaults(self.name, part), **given}
         try:
-            return self.Args(**{k: v for k, v in merged.items() if k in allowed})
+            args = self.Args(**{k: v for k, v in merged.items() if k in allowed})
         except TypeError as exc:
             raise ConfigError(f"PEFT method '{self.name}': {exc}") from None
+        for name in self.positive_args:
+            if getattr(args, name) < 1:
+                raise ConfigError(f"PEFT method '{self.name}': {name} must be at least 1, got {getattr(args, name)}")
+        return args
 
     def parts(self, backbone: Backbone) -> tuple[str, ...]:
         """Parts where the method can go on this backbone."""
@@ -58,6 +65,19 @@ class Method:
 
     def merge(self, model: nn.Module) -> None:
         """Fold the method into the weights where possible (default: not foldable)."""
+
+
+def inject_hf_peft(config: Any, model: nn.Module) -> None:
+    """Inject an HF peft tuner into a plain nn.Module (no PeftModel wrapper).
+
+    peft warns "already found a peft_config" on every call after the first; petite-fl
+    injects per part and per method on purpose, so that warning is silenced here.
+    """
+    from peft import inject_adapter_in_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        inject_adapter_in_model(config, model, adapter_name="default")
 
 
 def channel_view(t: torch.Tensor, layout: str, ndim: int) -> torch.Tensor:

@@ -6,12 +6,10 @@ which trains a copy of each target norm and leaves the backbone's own untouched.
 
 from __future__ import annotations
 
-import warnings
-
-from peft import LNTuningConfig, inject_adapter_in_model
+from peft import LNTuningConfig
 from peft.tuners.ln_tuning.layer import LNTuningLayer
 
-from petite_fl.peft.base import Method
+from petite_fl.peft.base import Method, inject_hf_peft
 from petite_fl.peft.registry import register_method
 
 
@@ -24,9 +22,7 @@ class LayerNormTuning(Method):
         targets = model.peft_sites(self.name, part)
         if not targets:
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # peft: "already found a peft_config"
-            inject_adapter_in_model(LNTuningConfig(target_modules=targets), model, adapter_name="default")
+        inject_hf_peft(LNTuningConfig(target_modules=targets), model)
 
     def merge(self, model) -> None:
         for module in model.modules():

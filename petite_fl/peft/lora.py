@@ -7,15 +7,13 @@ wrong. B starts at zero, so injection does not change the output.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
-from peft import LoraConfig, inject_adapter_in_model
+from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import Conv3d as LoraConv3d
 
-from petite_fl.errors import ConfigError
-from petite_fl.peft.base import Method
+from petite_fl.peft.base import Method, inject_hf_peft
 from petite_fl.peft.registry import register_method
 
 
@@ -32,18 +30,15 @@ class LoRA(Method):
     additive = True
     Args = LoraArgs
     summary = "LoRA (HF peft; Linear and Conv3d)"
+    positive_args = ("r",)
 
     def inject(self, model, part, args: LoraArgs) -> None:
-        if args.r < 1:
-            raise ConfigError(f"PEFT method 'lora': r must be at least 1, got {args.r}")
         targets = model.peft_sites(self.name, part)
         if not targets:
             return
         config = LoraConfig(r=int(args.r), lora_alpha=float(args.alpha), lora_dropout=float(args.dropout),
                             target_modules=targets, bias="none")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # peft: "already found a peft_config"
-            inject_adapter_in_model(config, model, adapter_name="default")
+        inject_hf_peft(config, model)
 
     def merge(self, model) -> None:
         for module in model.modules():
