@@ -65,11 +65,14 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
     """Flower's flat run-config (dotted keys, scalar values) → Hydra overrides.
 
     `{"model": "cvtgan", "train.finetune.steps": 50, "peft.bitfit": False}` →
-    `["model=cvtgan", "train.finetune.steps=50", "peft.bitfit=false"]`. Strings are quoted
+    `["model=cvtgan", "train.finetune.steps=50", "peft.bitfit=false"]`; an empty string
+    keeps the default of configs/ (TOML has no null). Strings are quoted
     for Hydra unless they are plain words, so paths and values with spaces survive.
     """
     overrides = []
     for key, value in run_config.items():
+        if value == "":  # pyproject's way of saying "the configs/ default" (TOML has no null)
+            continue
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, (int, float)):

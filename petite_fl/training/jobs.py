@@ -76,7 +76,7 @@ def training_patch(manifest: Path, train_cfg: DictConfig, multiple: int) -> tupl
     return patch
 
 
-def _device_and_amp(cfg: DictConfig) -> tuple[torch.device, bool]:
+def device_and_amp(cfg: DictConfig) -> tuple[torch.device, bool]:
     device = resolve_device(str(cfg.train.device))
     return device, use_amp(cfg.train.amp, device)
 
@@ -110,7 +110,7 @@ def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> t
         return path, load_backbone(path)[1]
     torch.manual_seed(int(cfg.seed))
     manifest = resolve_site(cfg, cfg.source)
-    device, amp = _device_and_amp(cfg)
+    device, amp = device_and_amp(cfg)
     model = build_from_config(cfg.model).to(device)
     objective = make_objective(cfg.train, model.name, str(cfg.model.preset), device)
     dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed))
@@ -147,7 +147,7 @@ def finetune_dir(cfg: DictConfig, backbone_sha: str) -> Path:
 def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
     """PEFT / Mix-PEFT / full fine-tuning on the target site → adapter file (+ JSON spec)."""
     backbone_path = backbone_for(cfg, quiet)
-    device, amp = _device_and_amp(cfg)
+    device, amp = device_and_amp(cfg)
     model, meta = load_backbone(backbone_path, device)
     spec = spec_from_config(cfg.peft, model)
     out = finetune_dir(cfg, meta["sha256"])
@@ -199,7 +199,7 @@ def load_model(backbone_path: Path, adapter_path: Path | None, device: torch.dev
 def evaluate(cfg: DictConfig, site_ref: str, backbone_path: Path, adapter_path: Path | None,
              out: Path | None = None, quiet: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Metrics per subject of the evaluation split, their mean ± std; CSV and JSON in `out`."""
-    device, amp = _device_and_amp(cfg)
+    device, amp = device_and_amp(cfg)
     model, _, adapter_meta = load_model(backbone_path, adapter_path, device)
     manifest = resolve_site(cfg, site_ref)
     split = str(cfg.train.eval.split)
@@ -230,7 +230,7 @@ def infer_file(cfg: DictConfig, input_path: Path, output_path: Path, backbone_pa
     from petite_fl.data.site import scale_volume
     from petite_fl.training.inference import predict_volume
 
-    device, amp = _device_and_amp(cfg)
+    device, amp = device_and_amp(cfg)
     model, meta, adapter_meta = load_model(backbone_path, adapter_path, device)
     volume = load_volume(input_path, what="input")
     scaled = scale_volume(volume.data, str(cfg.data.loader.scaling))

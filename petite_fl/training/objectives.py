@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,7 +16,16 @@ DEFAULT_LOSS = {"unetr": "mse", "cvtgan": "gan"}
 
 
 class Objective:
-    """One optimisation step of the network on a batch {input, target}."""
+    """One optimisation step of the network on a batch {input, target}.
+
+    `penalty`, when set, is added to the network's loss (FedProx's proximal term, Ditto's
+    pull toward the shared adapter): a function of the model returning a scalar tensor.
+    """
+
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None
+
+    def _with_penalty(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+        return loss + self.penalty(model) if self.penalty is not None else loss
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, amp: bool) -> dict[str, float]:
@@ -37,7 +47,7 @@ class Supervised(Objective):
         optimizer.zero_grad(set_to_none=True)
         with autocast(x.device, amp):
             loss = self.loss(model(x).float(), y)
-        scaler.scale(loss).backward()
+        scaler.scale(self._with_penalty(model, loss)).backward()
         scaler.step(optimizer)
         scaler.update()
         return {"loss": float(loss.detach())}
@@ -70,7 +80,7 @@ class Adversarial(Objective):
         adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         l1 = F.l1_loss(fake, y)
         g_loss = adv + self.l1_weight * l1
-        scaler.scale(g_loss).backward()
+        scaler.scale(self._with_penalty(model, g_loss)).backward()
         scaler.step(optimizer)
         scaler.update()
         return {"loss": float(g_loss.detach()), "l1": float(l1.detach()), "d_loss": float(d_loss.detach())}

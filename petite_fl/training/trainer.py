@@ -61,12 +61,20 @@ def train(
     checkpoint: Path | None = None,
     label: str = "training",
     quiet: bool = False,
+    schedule_offset: int = 0,
+    schedule_total: int | None = None,
 ) -> TrainResult:
-    """Train the parameters of `model` that require grad for `steps` optimiser steps."""
+    """Train the parameters of `model` that require grad for `steps` optimiser steps.
+
+    The learning rate follows warm-up + cosine over `schedule_total` steps (default:
+    `steps`), starting at `schedule_offset`: a federated site trains round r as steps
+    [(r-1)·S, r·S) of one schedule over all rounds, as a single-site run would.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(train_cfg.weight_decay))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(int(train_cfg.warmup_steps), steps))
+    factor = cosine_with_warmup(int(train_cfg.warmup_steps), schedule_total or steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(schedule_offset + step))
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     start, history = 0, []
     if checkpoint is not None and checkpoint.is_file():

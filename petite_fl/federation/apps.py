@@ -1,0 +1,79 @@
+"""The two Flower apps' logic, kept in the library so that `server/` and `client/` are wiring.
+
+Both sides build their configuration the same way: the run's flat run-config through
+`petite_fl.config` (the single bridge), plus the overrides the server attaches to a
+message when it runs several arms in one run (`petite compare`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from omegaconf import DictConfig
+
+from petite_fl.config import compose, overrides_from_run_config
+from petite_fl.errors import PetiteError
+from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
+from petite_fl.federation.server import Coordinator
+from petite_fl.federation.site import SiteWorker, site_for_node
+from petite_fl.federation.strategies import build_strategy
+
+#: Error code of a site that refused a message for a reason it states (bad data, config).
+SITE_REFUSED = 1001
+
+
+def config_for(run_config: dict[str, Any], extra: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    return compose("config", [*overrides_from_run_config(run_config), *extra])
+
+
+def _extra(message: Message) -> list[str]:
+    c = message.content.config_records.get(CONFIG)
+    return list(json.loads(str(c["overrides"]))) if c is not None and "overrides" in c else []
+
+
+# -- site side -------------------------------------------------------------------------
+
+
+def handle(message: Message, context: Context) -> Message:
+    """Answer one message of the server; a site's own refusal travels as a clear error reply."""
+    try:
+        cfg = config_for(dict(context.run_config), _extra(message))
+        worker = SiteWorker(cfg, site_for_node(cfg, dict(context.node_config)))
+        kind = message.metadata.message_type
+        c = message.content.config_records.get(CONFIG)
+        if kind == "query.hello":
+            return Message(RecordDict({CONFIG: ConfigRecord(worker.hello())}), reply_to=message)
+        if kind == "query.backbone":
+            meta = json.loads(str(c["meta"]))
+            tensors = from_record(message.content.array_records[ARRAYS])
+            worker.receive_backbone(tensors, meta)
+            return Message(RecordDict({METRICS: MetricRecord({"bytes": record_bytes(message.content)})}),
+                           reply_to=message)
+        strategy = build_strategy(cfg.strategy)
+        received = from_record(message.content.array_records.get(ARRAYS))
+        if kind == "train":
+            upload, metrics = worker.train_round(strategy, str(c["run"]), int(c["round"]), int(c["rounds"]),
+                                                 int(c["steps"]), str(c["sha256"]), received, bool(c["validate"]))
+            return Message(RecordDict({ARRAYS: to_record(upload) if upload else ArrayRecord(),
+                                       METRICS: MetricRecord(metrics)}), reply_to=message)
+        if kind == "evaluate":
+            metrics, path = worker.finish(strategy, str(c["run"]), int(c["round"]), str(c["sha256"]), received,
+                                          tuple(str(c["splits"]).split(",")))
+            return Message(RecordDict({METRICS: MetricRecord(metrics), CONFIG: ConfigRecord({"adapter": str(path)})}),
+                           reply_to=message)
+        raise PetiteError(f"unknown message type '{kind}'")
+    except PetiteError as exc:
+        site = dict(context.node_config).get("site") or f"partition {dict(context.node_config).get('partition-id')}"
+        return message.create_error_reply(Error(SITE_REFUSED, f"site {site}: {exc}"))
+
+
+# -- server side -----------------------------------------------------------------------
+
+
+def serve(grid: Grid, context: Context) -> dict[str, Any]:
+    """The ServerApp's main: one federated run of the configured strategy."""
+    cfg = config_for(dict(context.run_config))
+    return Coordinator(cfg, grid).run()

@@ -1,0 +1,50 @@
+"""Tensors in and out of Flower records, and the bytes they take on the wire.
+
+Flower's `ArrayRecord` refuses bfloat16, so tensors travel as float32 (or their own
+dtype when it is float16/float32) and come back in the dtype the receiver's model uses.
+Byte counts are taken from the records actually sent, not from a formula.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from petite_fl.errors import PetiteError
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+
+def to_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    """A state dict as an ArrayRecord (names kept; bfloat16 cast to float32)."""
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().to("cpu")
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        out[name] = t.contiguous()
+    return ArrayRecord(out) if out else ArrayRecord()
+
+
+def from_record(record: ArrayRecord | None) -> dict[str, torch.Tensor]:
+    if record is None or not len(record):
+        return {}
+    return dict(record.to_torch_state_dict())
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes of every array a message carries (its tensor payload)."""
+    return int(sum(rec.count_bytes() for rec in content.array_records.values()))
+
+
+def config_json(record: ConfigRecord, key: str) -> Any:
+    """A JSON-encoded value of a config record (nested dicts travel as JSON strings)."""
+    if key not in record:
+        raise PetiteError(f"message config lacks '{key}'")
+    return json.loads(str(record[key]))

@@ -1,0 +1,385 @@
+"""The server half of a federated run, over any Flower `Grid` (simulation or deployment).
+
+The rounds are driven here rather than by `flwr.serverapp.strategy.FedAvg.start`
+because petite-fl sends per-node content (the backbone only to sites that lack it),
+averages only the shared subset of the PEFT tensors, and must reject a bad reply itself
+before Flower's reply checks would end the ServerApp (../shared/FLOWER.md).
+
+Message flow: `query.hello` (site name, backbone hashes held, sample count) →
+`query.backbone` to sites without it → rounds of `train` (global shared tensors down,
+the site's shared tensors up; the site validates the model it starts from) → `evaluate`
+(final model on val and test). After every round the server checkpoints atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+from petite_fl import __version__
+from petite_fl.artifacts import load_backbone, save_adapter
+from petite_fl.atomic import atomic_path, write_csv, write_json
+from petite_fl.config import expand_path
+from petite_fl.console import console
+from petite_fl.errors import PetiteError
+from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
+from petite_fl.federation.site import site_list
+from petite_fl.federation.strategies import Strategy, build_strategy
+from petite_fl.peft.apply import adapter_state_dict, apply_peft
+from petite_fl.peft.spec import spec_from_config
+from petite_fl.training.jobs import backbone_for, config_hash
+
+HELLO, BACKBONE, TRAIN, EVALUATE = "query.hello", "query.backbone", "train", "evaluate"
+METRIC_KEYS = ("psnr", "ssim", "nrmse", "psnr_fg", "ssim_fg", "nrmse_fg")
+# Settings that do not change what a run computes, so they do not change its name.
+_RUN_NEUTRAL = ("resume", "timeout", "wait_for_sites", "run_name", "site_root", "min_sites")
+
+
+def run_name_for(cfg: DictConfig, backbone_sha: str) -> str:
+    if cfg.federation.run_name:
+        return str(cfg.federation.run_name)
+    fed = {k: v for k, v in OmegaConf.to_container(cfg.federation, resolve=True).items() if k not in _RUN_NEUTRAL}
+    key = config_hash(__version__, cfg.strategy, cfg.peft, cfg.train, cfg.data, fed, cfg.seed, backbone_sha)
+    return f"{cfg.strategy.name}-{cfg.peft.name}-{key}"
+
+
+def default_run_dir(cfg: DictConfig, run_name: str) -> Path:
+    return expand_path(cfg.out) if cfg.out else expand_path(cfg.paths.cache) / "runs" / "federated" / run_name
+
+
+@dataclass
+class SiteInfo:
+    node_id: int
+    site: str
+    num_examples: int
+    held: list[str]
+    device: str
+
+
+@dataclass
+class RunLog:
+    """What the run measured; written as CSV/JSON after every round."""
+
+    train_rows: list[dict[str, Any]] = field(default_factory=list)
+    eval_rows: list[dict[str, Any]] = field(default_factory=list)
+    transfer_rows: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train": self.train_rows, "eval": self.eval_rows, "transfer": self.transfer_rows,
+                "rejected": self.rejected}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunLog:
+        return cls(list(data["train"]), list(data["eval"]), list(data["transfer"]), list(data.get("rejected", [])))
+
+
+class Coordinator:
+    """Runs one federated job of `cfg.strategy` over the nodes of `grid`."""
+
+    def __init__(self, cfg: DictConfig, grid: Grid, quiet: bool = False) -> None:
+        self.cfg = cfg
+        self.grid = grid
+        self.quiet = quiet
+        self.strategy: Strategy = build_strategy(cfg.strategy)
+        self.sites = site_list(cfg)
+        self.rounds = int(cfg.federation.rounds)
+        self.steps = int(cfg.federation.local_steps)
+        if self.rounds < 0 or self.steps < 1:
+            raise PetiteError(f"federation.rounds must be ≥ 0 and federation.local_steps ≥ 1, "
+                              f"got {self.rounds} and {self.steps}")
+        self.min_sites = int(cfg.federation.min_sites or len(self.sites))
+        self.timeout = float(cfg.federation.timeout)
+        self.log = RunLog()
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            console.print(f"server · {text}", markup=False, highlight=False)
+
+    # -- messaging ------------------------------------------------------------------
+    def exchange(self, contents: Mapping[int, RecordDict], message_type: str, group: str
+                 ) -> tuple[dict[int, RecordDict], dict[int, str]]:
+        """Send one message per node, collect replies: ({node: content}, {node: error})."""
+        messages = [Message(content=c, dst_node_id=n, message_type=message_type, group_id=group)
+                    for n, c in contents.items()]
+        replies, errors = {}, {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                errors[node] = reply.error.reason or f"error code {reply.error.code}"
+            else:
+                replies[node] = reply.content
+        for node in contents:
+            if node not in replies and node not in errors:
+                errors[node] = f"no reply within federation.timeout={self.timeout:g} s"
+        return replies, errors
+
+    def _wait_for_nodes(self) -> list[int]:
+        deadline = time.monotonic() + float(self.cfg.federation.wait_for_sites)
+        while True:
+            nodes = sorted(self.grid.get_node_ids())
+            if len(nodes) >= len(self.sites) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        if len(nodes) < self.min_sites:
+            raise PetiteError(f"only {len(nodes)} site(s) connected within federation.wait_for_sites="
+                              f"{self.cfg.federation.wait_for_sites} s; {self.min_sites} needed (federation.min_sites)")
+        return nodes
+
+    def hello(self) -> dict[int, SiteInfo]:
+        nodes = self._wait_for_nodes()
+        replies, errors = self.exchange({n: RecordDict() for n in nodes}, HELLO, "hello")
+        infos: dict[int, SiteInfo] = {}
+        for node, content in replies.items():
+            c = content.config_records[CONFIG]
+            site = str(c["site"])
+            if site in {i.site for i in infos.values()}:
+                errors[node] = f"a second node claims site '{site}'"
+                continue
+            if site not in self.sites:
+                errors[node] = f"site '{site}' is not in federation.sites {self.sites}"
+                continue
+            held = [h for h in str(c["held"]).split(",") if h]
+            infos[node] = SiteInfo(node, site, int(c["num_examples"]), held, str(c["device"]))
+        for node, why in errors.items():
+            self.say(f"node {node} left out: {why}")
+        if len(infos) < self.min_sites:
+            raise PetiteError(f"{len(infos)} site(s) ready, {self.min_sites} needed: "
+                              + "; ".join(f"node {n}: {w}" for n, w in errors.items()))
+        self.say("sites: " + ", ".join(f"{i.site} ({i.num_examples} training scans, {i.device})"
+                                       for i in sorted(infos.values(), key=lambda i: i.site)))
+        return infos
+
+    def distribute(self, infos: dict[int, SiteInfo], backbone_path: Path) -> dict[str, Any]:
+        """Send the frozen backbone to every site that does not hold its hash."""
+        model, meta = load_backbone(backbone_path)
+        need = [n for n, i in infos.items() if meta["sha256"] not in i.held]
+        sent: dict[int, int] = {}
+        content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()),
+                              CONFIG: ConfigRecord({"meta": json.dumps(meta)})})
+        size = self.backbone_payload = record_bytes(content)
+        if need:
+            self.say(f"sending backbone {meta['sha256'][:12]}… ({size / 2**20:.1f} MiB) to "
+                     + ", ".join(infos[n].site for n in need))
+            replies, errors = self.exchange({n: content for n in need}, BACKBONE, "backbone")
+            for node, why in errors.items():
+                self.say(f"site {infos[node].site} did not take the backbone: {why}")
+                infos.pop(node)
+            sent = {n: size for n in replies}
+        for node, info in infos.items():
+            self.log.transfer_rows.append({"round": 0, "site": info.site, "what": "backbone",
+                                           "bytes_down": sent.get(node, 0), "bytes_up": 0})
+        if len(infos) < self.min_sites:
+            raise PetiteError(f"only {len(infos)} site(s) hold the backbone, {self.min_sites} needed")
+        return meta
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def _save_checkpoint(self, path: Path, rnd: int, global_tensors: dict[str, torch.Tensor], sha: str) -> None:
+        payload = {"round": rnd, "global": global_tensors, "rng": torch.get_rng_state(), "backbone_sha256": sha,
+                   "strategy": OmegaConf.to_container(self.cfg.strategy, resolve=True), "log": self.log.to_dict(),
+                   "version": __version__}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def _load_checkpoint(self, path: Path, sha: str, names: list[str]) -> tuple[int, dict[str, torch.Tensor]]:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if payload["backbone_sha256"] != sha or sorted(payload["global"]) != sorted(names):
+            raise PetiteError(f"{path}: checkpoint of another backbone or PEFT spec; use another run folder "
+                              "or federation.resume=false")
+        torch.set_rng_state(payload["rng"])
+        self.log = RunLog.from_dict(payload["log"])
+        return int(payload["round"]), payload["global"]
+
+    # -- the run ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        backbone_path = backbone_for(cfg, quiet=self.quiet)
+        infos = self.hello()
+        meta = self.distribute(infos, backbone_path)
+        sha = meta["sha256"]
+        run_name = run_name_for(cfg, sha)
+        run_dir = default_run_dir(cfg, run_name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            tmp.write_text(OmegaConf.to_yaml(cfg))
+
+        model, _ = load_backbone(backbone_path)
+        torch.manual_seed(int(cfg.seed))  # the sites initialise the same way
+        state = apply_peft(model, spec_from_config(cfg.peft, model))
+        init = adapter_state_dict(model, state)
+        shared, personal = self.strategy.split(state.trainable)
+        global_tensors = {n: init[n] for n in shared}
+        self.say(f"run {run_name}: {self.strategy.describe()}; {len(shared)} shared / {len(personal)} personal "
+                 f"tensors; {self.rounds} rounds × {self.steps} local steps → {run_dir}")
+
+        checkpoint = run_dir / "checkpoint.pt"
+        start = 0
+        if checkpoint.is_file() and bool(cfg.federation.resume):
+            start, global_tensors = self._load_checkpoint(checkpoint, sha, shared)
+            self.say(f"resuming after round {start}")
+        by_site = {i.site: i for i in infos.values()}
+        every = max(1, int(cfg.federation.eval_every))
+        for rnd in range(start + 1, self.rounds + 1):
+            begin = time.perf_counter()
+            validate = (rnd - 1) % every == 0
+            content = RecordDict({ARRAYS: to_record(global_tensors), CONFIG: ConfigRecord({
+                "run": run_name, "round": rnd, "rounds": self.rounds, "steps": self.steps, "sha256": sha,
+                "validate": validate})})
+            down = record_bytes(content)
+            replies, errors = self.exchange({n: content for n in infos}, TRAIN, f"round-{rnd}")
+            updates = []
+            for node, reply in replies.items():
+                site = infos[node].site
+                problem = self._check(reply, global_tensors)
+                if problem:
+                    errors[node] = problem
+                    self.log.rejected.append({"round": rnd, "site": site, "reason": problem})
+                    continue
+                upload = from_record(reply.array_records.get(ARRAYS))
+                m = dict(reply.metric_records[METRICS])
+                updates.append((upload, int(m["num-examples"])))
+                self.log.train_rows.append({"round": rnd, "site": site, "train_loss": m.get("train_loss"),
+                                            "seconds": m.get("seconds")})
+                self.log.transfer_rows.append({"round": rnd, "site": site, "what": "peft",
+                                               "bytes_down": down, "bytes_up": record_bytes(reply)})
+                if validate:
+                    self._eval_row(rnd - 1, site, "val", m)
+            for node, why in errors.items():
+                self.say(f"round {rnd}: site {infos[node].site} left out: {why}")
+            if len(updates) < self.min_sites:
+                raise PetiteError(f"round {rnd}: {len(updates)} valid update(s), {self.min_sites} needed "
+                                  f"(federation.min_sites); the last completed round ({rnd - 1}) is checkpointed")
+            global_tensors = self.strategy.aggregate(global_tensors, updates)
+            self._save_checkpoint(checkpoint, rnd, global_tensors, sha)
+            self._write(run_dir)
+            self.say(f"round {rnd}/{self.rounds} done in {time.perf_counter() - begin:.0f} s"
+                     + (self._val_line(rnd - 1) if validate else ""))
+
+        # Final model of every site: validation (round R) and test.
+        content = RecordDict({ARRAYS: to_record(global_tensors), CONFIG: ConfigRecord({
+            "run": run_name, "round": self.rounds, "rounds": self.rounds, "sha256": sha, "splits": "val,test"})})
+        replies, errors = self.exchange({n: content for n in infos}, EVALUATE, "final")
+        adapters = {}
+        for node, reply in replies.items():
+            site, m = infos[node].site, dict(reply.metric_records[METRICS])
+            self.log.eval_rows = [r for r in self.log.eval_rows
+                                  if not (r["site"] == site and r["round"] == self.rounds)]
+            self._eval_row(self.rounds, site, "val", m)
+            self._eval_row(self.rounds, site, "test", m)
+            adapters[site] = str(reply.config_records[CONFIG]["adapter"])
+        for node, why in errors.items():
+            self.say(f"final evaluation: site {infos[node].site} left out: {why}")
+        if global_tensors:
+            save_adapter(run_dir / "global-adapter.safetensors", global_tensors, state.spec.to_dict(), meta,
+                         extra={"run": run_name, "strategy": self.strategy.name, "rounds": self.rounds,
+                                "shared_only": bool(personal),
+                                "note": "the shared tensors only; each site holds its personal ones" if personal
+                                else "the whole global adapter"})
+        summary = self._summary(run_name, run_dir, meta, state, shared, by_site, adapters)
+        self._write(run_dir, summary)
+        self._print_summary(summary)
+        return summary
+
+    # -- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _check(reply: RecordDict, expected: Mapping[str, torch.Tensor]) -> str | None:
+        """Why a train reply cannot be averaged, or None."""
+        if METRICS not in reply.metric_records or "num-examples" not in reply.metric_records[METRICS]:
+            return "reply without num-examples"
+        if int(reply.metric_records[METRICS]["num-examples"]) <= 0:
+            return "reply with a non-positive num-examples"
+        upload = from_record(reply.array_records.get(ARRAYS))
+        if set(upload) != set(expected):
+            diff = sorted(set(upload) ^ set(expected))[:3]
+            return f"tensor names differ from the shared set ({diff})"
+        for name, t in upload.items():
+            if tuple(t.shape) != tuple(expected[name].shape):
+                return f"tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}"
+            if not torch.isfinite(t).all():
+                return f"tensor '{name}' has NaN or Inf values"
+        return None
+
+    def _eval_row(self, rnd: int, site: str, split: str, m: Mapping[str, Any]) -> None:
+        if f"{split}_psnr" not in m:
+            return
+        self.log.eval_rows.append({"round": rnd, "site": site, "split": split,
+                                   "subjects": int(m.get(f"{split}_subjects", 1)),
+                                   **{k: float(m[f"{split}_{k}"]) for k in METRIC_KEYS if f"{split}_{k}" in m}})
+
+    def weighted_mean(self, rnd: int, split: str) -> dict[str, float]:
+        rows = [r for r in self.log.eval_rows if r["round"] == rnd and r["split"] == split]
+        total = sum(r["subjects"] for r in rows)
+        if not total:
+            return {}
+        return {k: sum(r[k] * r["subjects"] for r in rows) / total for k in METRIC_KEYS if all(k in r for r in rows)}
+
+    def _val_line(self, rnd: int) -> str:
+        mean = self.weighted_mean(rnd, "val")
+        return f"; val after round {rnd}: PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}" if mean else ""
+
+    def _summary(self, run_name, run_dir, meta, state, shared, by_site, adapters) -> dict[str, Any]:
+        backbone_bytes = {r["site"]: r["bytes_down"] for r in self.log.transfer_rows if r["what"] == "backbone"}
+        peft_rows = [r for r in self.log.transfer_rows if r["what"] == "peft"]
+        backbone_size = self.backbone_payload  # the record the backbone travels in, as a PEFT update does
+        sites = {}
+        for site in sorted(by_site):
+            test = next((r for r in self.log.eval_rows if r["site"] == site and r["split"] == "test"), None)
+            ups = [r["bytes_up"] for r in peft_rows if r["site"] == site]
+            downs = [r["bytes_down"] for r in peft_rows if r["site"] == site]
+            sites[site] = {"test": test, "adapter": adapters.get(site), "backbone_bytes": backbone_bytes.get(site, 0),
+                           "upload_bytes_per_round": max(ups) if ups else 0,
+                           "download_bytes_per_round": max(downs) if downs else 0}
+        up = max((s["upload_bytes_per_round"] for s in sites.values()), default=0)
+        return {"run": run_name, "run_dir": str(run_dir), "strategy": self.strategy.name,
+                "describe": self.strategy.describe(), "peft": state.spec.label, "rounds": self.rounds,
+                "local_steps": self.steps, "backbone_sha256": meta["sha256"], "backbone_payload_bytes": backbone_size,
+                "shared_tensors": len(shared), "trainable_tensors": len(state.names),
+                "upload_bytes_per_round": up, "upload_percent_of_backbone": 100.0 * up / backbone_size,
+                "test_mean": self.weighted_mean(self.rounds, "test"), "sites": sites,
+                "rejected": self.log.rejected}
+
+    def _write(self, run_dir: Path, summary: dict[str, Any] | None = None) -> None:
+        write_csv(run_dir / "train.csv", self.log.train_rows)
+        write_csv(run_dir / "metrics.csv", self.log.eval_rows)
+        write_csv(run_dir / "transfer.csv", self.log.transfer_rows)
+        write_json(run_dir / "log.json", self.log.to_dict())
+        if summary is not None:
+            write_json(run_dir / "summary.json", summary)
+
+    def _print_summary(self, summary: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        from rich.table import Table
+
+        table = Table(title=f"{summary['strategy']} · {summary['peft']} · {summary['rounds']} rounds "
+                            f"× {summary['local_steps']} steps (test split)")
+        for col in ("site", "PSNR dB", "SSIM", "NRMSE", "upload/round", "backbone received"):
+            table.add_column(col, justify="right" if col != "site" else "left")
+        for site, s in summary["sites"].items():
+            t = s["test"] or {}
+            table.add_row(site, f"{t.get('psnr', float('nan')):.2f}", f"{t.get('ssim', float('nan')):.4f}",
+                          f"{t.get('nrmse', float('nan')):.4f}", _size(s["upload_bytes_per_round"]),
+                          _size(s["backbone_bytes"]))
+        mean = summary["test_mean"]
+        if mean:
+            table.add_row("mean", f"{mean['psnr']:.2f}", f"{mean['ssim']:.4f}", f"{mean['nrmse']:.4f}", "", "")
+        console.print(table)
+        console.print(f"upload per site per round: {summary['upload_percent_of_backbone']:.3f} % of the backbone; "
+                      f"results in {summary['run_dir']}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"

@@ -1,0 +1,225 @@
+"""The site half of a federated run: what a scanner site does with each message.
+
+A `SiteWorker` is rebuilt for every message (in deployment each message gets a fresh
+ClientApp process), so everything that must outlive a message is on the site's disk,
+under `federation.site_root/<site>/`: the backbone cache (by SHA-256), and per run the
+personal tensors of the last rounds. Nothing personal is held by the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from petite_fl.artifacts import save_adapter
+from petite_fl.atomic import atomic_path
+from petite_fl.config import expand_path
+from petite_fl.console import console
+from petite_fl.data.patches import site_patch_dataset
+from petite_fl.data.site import load_site
+from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.federation.backbone_cache import BackboneCache
+from petite_fl.federation.strategies import LocalTraining, Strategy
+from petite_fl.models.registry import build_backbone
+from petite_fl.peft.apply import adapter_state_dict, apply_peft, load_adapter_state
+from petite_fl.peft.spec import spec_from_config
+from petite_fl.training.inference import evaluate_site, summarise
+from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
+from petite_fl.training.objectives import make_objective
+from petite_fl.training.trainer import train
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+KEEP_ROUNDS = 2  # personal state of the last rounds kept (a resumed round re-reads round r-1)
+
+
+def site_list(cfg: DictConfig) -> list[str]:
+    """federation.sites as a list (a YAML list or a comma-separated string from a run-config)."""
+    sites = cfg.federation.sites
+    items = [s.strip() for s in sites.split(",")] if isinstance(sites, str) else [str(s) for s in sites]
+    items = [s for s in items if s]
+    if not items:
+        raise ConfigError("federation.sites is empty")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"federation.sites lists a site twice: {items}")
+    return items
+
+
+def site_for_node(cfg: DictConfig, node_config: Mapping[str, Any]) -> str:
+    """The site this node serves: node-config `site` (deployment) or partition-id (simulation)."""
+    if node_config.get("site"):
+        return str(node_config["site"])
+    if "partition-id" not in node_config:
+        raise ConfigError("this node has neither a 'site' nor a 'partition-id' in its node config")
+    sites, pid = site_list(cfg), int(node_config["partition-id"])
+    if pid >= len(sites):
+        raise ConfigError(f"node partition {pid} has no site: federation.sites lists {len(sites)} ({sites}); "
+                          "run as many supernodes as sites")
+    return sites[pid]
+
+
+def round_seed(seed: int, site: str, rnd: int, salt: str = "") -> int:
+    """A seed per (run seed, site, round): a resumed round draws the same patches."""
+    return int(hashlib.sha256(f"{seed}/{site}/{rnd}/{salt}".encode()).hexdigest()[:8], 16)
+
+
+def flat_metrics(prefix: str, summary: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {f"{prefix}_{k}": float(v["mean"]) for k, v in summary.items()}
+
+
+class SiteWorker:
+    """One site's data, caches and state; methods answer the server's messages."""
+
+    def __init__(self, cfg: DictConfig, site: str) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.dir = expand_path(cfg.federation.site_root) / _SAFE.sub("_", site)
+        self.cache = BackboneCache(self.dir / "backbones")
+        self.manifest = resolve_site(cfg, site)  # the synthetic data set is made on first use
+        self.device, self.amp = device_and_amp(cfg)
+
+    # -- handshake and backbone -------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        site = load_site(self.manifest, splits=("train",), scaling=str(self.cfg.data.loader.scaling))
+        n_train = len(site.pairs["train"])
+        if not n_train:
+            raise ConfigError(f"site {self.site}: {self.manifest} has no 'train' subjects")
+        return {"site": self.site, "held": ",".join(self.cache.held()), "num_examples": n_train,
+                "device": str(self.device)}
+
+    def receive_backbone(self, tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+        """Store a backbone sent by the server, after checking it hashes as announced."""
+        model = build_backbone(str(meta["model"]), "paper", **dict(meta["config"]))
+        model.load_state_dict(tensors)
+        return self.cache.store(model, str(meta["sha256"]), dict(meta.get("provenance") or {}))
+
+    # -- rounds ----------------------------------------------------------------------
+    def run_dir(self, run_name: str) -> Path:
+        return self.dir / "runs" / _SAFE.sub("_", run_name)
+
+    def _prepare(self, sha256: str):
+        model, meta = self.cache.load(sha256, self.device)
+        spec = spec_from_config(self.cfg.peft, model)
+        torch.manual_seed(int(self.cfg.seed))  # the server initialises the same way
+        state = apply_peft(model, spec)
+        model.to(self.device)
+        init = adapter_state_dict(model, state)
+        return model, state, meta, init
+
+    def _personal(self, run_name: str, rnd: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Personal tensors after round `rnd` (nothing before round 1)."""
+        if rnd <= 0:
+            return {}, {}
+        path = self.run_dir(run_name) / f"personal-r{rnd:04d}.safetensors"
+        if not path.is_file():
+            raise PetiteError(f"site {self.site}: personal state of round {rnd} of run '{run_name}' is missing "
+                              f"({path}); was the site's folder cleared?")
+        with safe_open(str(path), framework="pt") as fh:
+            extra = json.loads((fh.metadata() or {}).get("petite_fl", "{}"))
+        objective = self.run_dir(run_name) / f"objective-r{rnd:04d}.pt"
+        if objective.is_file():
+            extra["objective"] = torch.load(objective, map_location="cpu", weights_only=False)
+        return load_file(str(path)), extra
+
+    def _save_personal(self, run_name: str, rnd: int, tensors: dict[str, torch.Tensor],
+                       objective_state: dict[str, Any], sha256: str) -> None:
+        folder = self.run_dir(run_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / f"personal-r{rnd:04d}.safetensors") as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                      metadata={"petite_fl": json.dumps({"round": rnd, "backbone_sha256": sha256})})
+        if objective_state:  # a GAN's discriminator stays at the site
+            with atomic_path(folder / f"objective-r{rnd:04d}.pt") as tmp:
+                torch.save(objective_state, tmp)
+        for old in folder.glob("*-r*.*"):
+            m = re.search(r"-r(\d+)\.", old.name)
+            if m and int(m.group(1)) <= rnd - KEEP_ROUNDS:
+                old.unlink(missing_ok=True)
+
+    def _evaluate(self, model: torch.nn.Module, split: str, overlap: float | None = None) -> dict[str, float]:
+        site = load_site(self.manifest, splits=(split,), scaling=str(self.cfg.data.loader.scaling))
+        if not site.pairs[split]:
+            raise ConfigError(f"site {self.site}: {self.manifest} has no '{split}' subjects to evaluate")
+        roi = training_patch(self.manifest, self.cfg.train, model.size_multiple)
+        eval_cfg = dict(self.cfg.train.eval)
+        if overlap is not None:
+            eval_cfg["overlap"] = overlap
+        rows = evaluate_site(model, site, split, roi, device=self.device, eval_cfg=SimpleNamespace(**eval_cfg),
+                             foreground_threshold=float(self.cfg.data.loader.foreground_threshold),
+                             amp=self.amp, quiet=True)
+        return {**flat_metrics(split, summarise(rows)), f"{split}_subjects": len(rows)}
+
+    def train_round(self, strategy: Strategy, run_name: str, rnd: int, total_rounds: int, steps: int,
+                    sha256: str, received: dict[str, torch.Tensor], validate: bool
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Validate the model the round starts from (optional), train, keep the personal part."""
+        begin = time.perf_counter()
+        model, state, meta, init = self._prepare(sha256)
+        personal, extra = self._personal(run_name, rnd - 1)
+        metrics: dict[str, float] = {}
+        if validate:
+            load_adapter_state(model, state, strategy.current_adapter(init, received, personal))
+            metrics.update(self._evaluate(model, "val", float(self.cfg.federation.val_overlap)))
+        objective = make_objective(self.cfg.train, model.name, str(meta["provenance"].get("preset", "tiny")),
+                                   self.device)
+        if "objective" in extra:
+            objective.load_state_dict(extra["objective"])
+        site = load_site(self.manifest, splits=("train",), scaling=str(self.cfg.data.loader.scaling))
+        metrics["num-examples"] = len(site.pairs["train"])  # the weight of this site's update
+        patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
+        dataset = site_patch_dataset(site, "train", self.cfg.data.loader,
+                                     seed=round_seed(int(self.cfg.seed), self.site, rnd) % 2**31, patch=patch)
+        calls = [0]
+
+        def train_steps(n: int, penalty, offset: int, total: int) -> float:
+            calls[0] += 1
+            torch.manual_seed(round_seed(int(self.cfg.seed), self.site, rnd, f"train{calls[0]}") % 2**31)
+            objective.penalty = penalty
+            result = train(model, dataset, objective, steps=n, lr=float(self.cfg.peft.lr), train_cfg=self.cfg.train,
+                           device=self.device, amp=self.amp, quiet=True,
+                           schedule_offset=offset, schedule_total=total)
+            objective.penalty = None
+            return result.final_loss
+
+        job = LocalTraining(names=state.names, load=lambda t: load_adapter_state(model, state, dict(t)),
+                            read=lambda: adapter_state_dict(model, state), train=train_steps,
+                            round=rnd, steps=steps, total_rounds=total_rounds)
+        update = strategy.local_update(job, init, received, personal)
+        if set(update.upload) != set(received):
+            raise PetiteError(f"site {self.site}: strategy {strategy.name} would upload "
+                              f"{sorted(set(update.upload) ^ set(received))[:5]} beyond the shared tensors")
+        self._save_personal(run_name, rnd, update.personal, objective.state_dict(), sha256)
+        seconds = time.perf_counter() - begin
+        metrics.update(update.logs)
+        metrics["seconds"] = seconds
+        console.print(f"site {self.site} · round {rnd}/{total_rounds}: {steps} steps, "
+                      f"loss {update.logs.get('train_loss', float('nan')):.4g}, {seconds:.0f} s",
+                      markup=False, highlight=False)
+        return update.upload, metrics
+
+    def finish(self, strategy: Strategy, run_name: str, rnd: int, sha256: str,
+               received: dict[str, torch.Tensor], splits: tuple[str, ...]) -> tuple[dict[str, float], Path]:
+        """Metrics of the final model and its adapter file, kept at the site."""
+        model, state, meta, init = self._prepare(sha256)
+        personal, _ = self._personal(run_name, rnd)
+        adapter = strategy.current_adapter(init, received, personal)
+        load_adapter_state(model, state, adapter)
+        metrics: dict[str, float] = {}
+        for split in splits:  # validation as in the rounds (a comparable curve), test as configured
+            metrics.update(self._evaluate(model, split, float(self.cfg.federation.val_overlap) if split == "val"
+                                          else None))
+        path = self.run_dir(run_name) / "adapter.safetensors"
+        patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
+        save_adapter(path, adapter, state.spec.to_dict(), meta, extra={
+            "site": self.site, "run": run_name, "strategy": strategy.name, "rounds": rnd, "patch": list(patch)})
+        return metrics, path

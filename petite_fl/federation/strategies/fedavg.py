@@ -1,0 +1,16 @@
+"""`fedavg`: all PEFT tensors averaged into one global adapter (McMahan et al., AISTATS 2017).
+
+With `proximal_mu > 0` each site adds μ/2‖θ − θ_global‖² to its loss (FedProx, Li et al.,
+MLSys 2020). Narrowing `sharing` (e.g. keep `*/ssf` and `*/layernorm` local, FedBN-style)
+is a config file, not a new strategy.
+"""
+
+from __future__ import annotations
+
+from petite_fl.federation.strategies.base import Strategy
+from petite_fl.federation.strategies.registry import register
+
+
+@register
+class FedAvg(Strategy):
+    name = "fedavg"

@@ -1,0 +1,63 @@
+"""An in-process Flower Grid for fast tests of the real ServerApp/ClientApp logic (no Ray).
+
+Each message is handed to the real ClientApp object with a per-node Context, and the
+reply comes back as Flower would return it. Every message and reply is kept so tests can
+inspect what travelled. Creating instruction messages outside a Flower run needs the
+task identity set; that private API is touched here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+
+class InProcessGrid(Grid):
+    def __init__(self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]],
+                 fail: dict[int, set[str]] | None = None) -> None:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        self.app = client_app
+        self.run_config = dict(run_config)
+        self.nodes = {1000 + i: dict(c) for i, c in enumerate(node_configs)}
+        self.fail = fail or {}  # node id -> message types it crashes on
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+
+    def set_run(self, run) -> None:  # pragma: no cover - not used by petite-fl
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages):  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        out = []
+        for msg in messages:
+            self.sent.append(msg)
+            node = msg.metadata.dst_node_id
+            if msg.metadata.message_type in self.fail.get(node, set()):
+                continue  # the node "crashed": no reply
+            context = Context(run_id=1, node_id=node, node_config=self.nodes[node], state=RecordDict(),
+                              run_config=self.run_config)
+            reply = self.app(msg, context)
+            self.replies.append(reply)
+            out.append(reply)
+        return out
