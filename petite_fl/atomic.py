@@ -42,8 +42,9 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
 
 
 def write_csv(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
-    """Write rows (dicts with the same keys) as CSV atomically, header from the first row."""
+    """Write rows as CSV atomically; the header is every key, in order of first appearance."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from petite_fl.errors import ConfigError
 #: Extra config folders (os.pathsep-separated) searched after the built-in ones, e.g.
 #: a hospital's own `scanner/` or `site/` entries kept outside the checkout.
 EXTRA_DIRS_ENV = "PETITE_FL_CONFIG_PATH"
+#: Run-config key holding further Hydra overrides (Flower only overrides keys it lists).
+EXTRA_OVERRIDES = "overrides"
 _PLAIN = re.compile(r"[A-Za-z0-9_\-./\[\],]+")
 
 
@@ -69,9 +72,12 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
     keeps the default of configs/ (TOML has no null). Strings are quoted
     for Hydra unless they are plain words, so paths and values with spaces survive.
     """
-    overrides = []
+    overrides, extra = [], []
     for key, value in run_config.items():
         if value == "":  # pyproject's way of saying "the configs/ default" (TOML has no null)
+            continue
+        if key == EXTRA_OVERRIDES:  # any other Hydra overrides, space-separated, applied last
+            extra = shlex.split(str(value))
             continue
         if isinstance(value, bool):
             text = "true" if value else "false"
@@ -82,7 +88,7 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
         else:
             raise ConfigError(f"run-config '{key}': unsupported value {value!r} (use str, int, float or bool)")
         overrides.append(f"{key}={text}")
-    return overrides
+    return overrides + extra
 
 
 def compose_from_run_config(run_config: Mapping[str, Any], config_name: str = "config") -> DictConfig:

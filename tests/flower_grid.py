@@ -8,7 +8,7 @@ task identity set; that private API is touched here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
@@ -19,12 +19,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 class InProcessGrid(Grid):
     def __init__(self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]],
-                 fail: dict[int, set[str]] | None = None) -> None:
+                 fail: dict[int, Callable[[Message], bool]] | None = None) -> None:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
         self.app = client_app
         self.run_config = dict(run_config)
         self.nodes = {1000 + i: dict(c) for i, c in enumerate(node_configs)}
-        self.fail = fail or {}  # node id -> message types it crashes on
+        self.fail = fail or {}  # node id -> which messages it "crashes" on (no reply)
         self.sent: list[Message] = []
         self.replies: list[Message] = []
 
@@ -53,8 +53,8 @@ class InProcessGrid(Grid):
         for msg in messages:
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
-            if msg.metadata.message_type in self.fail.get(node, set()):
-                continue  # the node "crashed": no reply
+            if node in self.fail and self.fail[node](msg):
+                continue
             context = Context(run_id=1, node_id=node, node_config=self.nodes[node], state=RecordDict(),
                               run_config=self.run_config)
             reply = self.app(msg, context)

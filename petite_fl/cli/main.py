@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for metrics.csv / metrics.json")
     p.add_argument("overrides", **over)
 
+    p = sub.add_parser("compare", help="the main job: local vs federated PEFT on the five scanners → report")
+    p.add_argument("--arms", help="comma-separated arms (default: no-finetune,local,fedavg,shared-encoder,"
+                                  "personalized; also local-full; see compare.arms in configs/config.yaml)")
+    p.add_argument("--out", type=Path, help="report folder (default: under the cache, by config)")
+    p.add_argument("overrides", **over)
+
+    p = sub.add_parser("simulate", help="one federated run in Flower's simulation engine (`flwr run` + status)")
+    p.add_argument("overrides", **over)
+
     p = sub.add_parser("peft", help="PEFT methods and Mix-PEFT combinations")
     peft_sub = p.add_subparsers(dest="peft_command", required=True)
     lst = peft_sub.add_parser("list", help="every feasible combination with its trainable share")
@@ -109,6 +118,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from simulation.compare import run
+
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
+    run(list(args.overrides), arms, args.out)
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    import shlex
+
+    from petite_fl.federation.site import site_list
+    from simulation.compare import compare_config
+    from simulation.flower_run import LocalSimulation, resources
+
+    cfg = compare_config(list(args.overrides))  # validates the overrides before Flower starts
+    cpus, gpus = resources(str(cfg.train.device))
+    with LocalSimulation() as sim:
+        result = sim.run({"overrides": shlex.join(args.overrides)}, num_supernodes=len(site_list(cfg)),
+                         cpus_per_client=cpus, gpus_per_client=gpus)
+    console.print(f"Flower run {result.run_id}: {result.status} in {result.seconds:.0f} s")
+    return 0
+
+
 def cmd_peft(args) -> int:
     from petite_fl.peft.listing import peft_table
 
@@ -129,8 +162,8 @@ def cmd_peft(args) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "finetune": cmd_finetune, "infer": cmd_infer, "evaluate": cmd_evaluate,
-            "peft": cmd_peft}
+COMMANDS = {"compare": cmd_compare, "simulate": cmd_simulate, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
+            "infer": cmd_infer, "evaluate": cmd_evaluate, "peft": cmd_peft}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,17 @@ message when it runs several arms in one run (`petite compare`).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
+from petite_fl.atomic import write_json
 from petite_fl.config import compose, overrides_from_run_config
-from petite_fl.errors import PetiteError
+from petite_fl.console import console
+from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
 from petite_fl.federation.server import Coordinator
 from petite_fl.federation.site import SiteWorker, site_for_node
@@ -74,6 +77,30 @@ def handle(message: Message, context: Context) -> Message:
 
 
 def serve(grid: Grid, context: Context) -> dict[str, Any]:
-    """The ServerApp's main: one federated run of the configured strategy."""
-    cfg = config_for(dict(context.run_config))
-    return Coordinator(cfg, grid).run()
+    """The ServerApp's main: one federated run, or the arms of a comparison one after the other."""
+    run_config = dict(context.run_config)
+    cfg = config_for(run_config)
+    arms = [str(a) for a in (cfg.compare.run or [])]
+    if not arms:
+        return Coordinator(cfg, grid).run()
+    if not cfg.compare.dir:
+        raise ConfigError("compare.run is set but compare.dir is not")
+    unknown = [a for a in arms if a not in cfg.compare.arms]
+    if unknown:
+        raise ConfigError(f"compare.run: unknown arm(s) {unknown}; defined: {', '.join(cfg.compare.arms)}")
+    results, failed = {}, {}
+    for i, arm in enumerate(arms, 1):
+        out = Path(str(cfg.compare.dir)) / "arms" / arm
+        overrides = [*[str(o) for o in cfg.compare.arms[arm]], f"out={out}", "compare.run=null"]
+        console.print(f"server · arm {i}/{len(arms)}: {arm} ({' '.join(overrides[:-2])})", markup=False)
+        try:
+            arm_cfg = config_for(run_config, overrides)
+            results[arm] = Coordinator(arm_cfg, grid, overrides=overrides, label=arm).run()
+        except PetiteError as exc:  # one arm failing does not lose the others
+            failed[arm] = str(exc)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "error.json", {"arm": arm, "error": str(exc)})
+            console.print(f"server · arm {arm} failed: {exc}", markup=False)
+    if failed:
+        raise PetiteError("arms failed: " + "; ".join(f"{a}: {e}" for a, e in failed.items()))
+    return results

@@ -86,8 +86,12 @@ class RunLog:
 class Coordinator:
     """Runs one federated job of `cfg.strategy` over the nodes of `grid`."""
 
-    def __init__(self, cfg: DictConfig, grid: Grid, quiet: bool = False) -> None:
+    def __init__(self, cfg: DictConfig, grid: Grid, quiet: bool = False, overrides: list[str] | None = None,
+                 label: str | None = None) -> None:
         self.cfg = cfg
+        # Hydra overrides on top of the run-config that the sites must apply too (compare arms).
+        self.overrides = json.dumps(list(overrides or []))
+        self.label = label
         self.grid = grid
         self.quiet = quiet
         self.strategy: Strategy = build_strategy(cfg.strategy)
@@ -103,14 +107,21 @@ class Coordinator:
 
     def say(self, text: str) -> None:
         if not self.quiet:
-            console.print(f"server · {text}", markup=False, highlight=False)
+            prefix = f"server · {self.label} · " if self.label else "server · "
+            console.print(prefix + text, markup=False, highlight=False)
 
     # -- messaging ------------------------------------------------------------------
     def exchange(self, contents: Mapping[int, RecordDict], message_type: str, group: str
                  ) -> tuple[dict[int, RecordDict], dict[int, str]]:
         """Send one message per node, collect replies: ({node: content}, {node: error})."""
-        messages = [Message(content=c, dst_node_id=n, message_type=message_type, group_id=group)
-                    for n, c in contents.items()]
+        messages = []
+        for n, c in contents.items():
+            c = RecordDict(dict(c.items()))  # a shallow copy per node, with the run's overrides
+            config = ConfigRecord(dict(c.config_records[CONFIG])) if CONFIG in c.config_records else ConfigRecord()
+            config["overrides"] = self.overrides
+            c[CONFIG] = config
+            messages.append(Message(content=c, dst_node_id=n, message_type=message_type,
+                                    group_id=f"{self.label}/{group}" if self.label else group))
         replies, errors = {}, {}
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
             node = reply.metadata.src_node_id
@@ -216,6 +227,8 @@ class Coordinator:
         torch.manual_seed(int(cfg.seed))  # the sites initialise the same way
         state = apply_peft(model, spec_from_config(cfg.peft, model))
         init = adapter_state_dict(model, state)
+        if not state.names and self.rounds:
+            raise PetiteError(f"peft={cfg.peft.name} trains nothing; evaluate the backbone with federation.rounds=0")
         shared, personal = self.strategy.split(state.trainable)
         global_tensors = {n: init[n] for n in shared}
         self.say(f"run {run_name}: {self.strategy.describe()}; {len(shared)} shared / {len(personal)} personal "

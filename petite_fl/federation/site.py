@@ -34,7 +34,7 @@ from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft, load_adapter_state
 from petite_fl.peft.spec import spec_from_config
-from petite_fl.training.inference import evaluate_site, summarise
+from petite_fl.training.inference import evaluate_patches, evaluate_site, summarise
 from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
 from petite_fl.training.objectives import make_objective
 from petite_fl.training.trainer import train
@@ -146,17 +146,23 @@ class SiteWorker:
             if m and int(m.group(1)) <= rnd - KEEP_ROUNDS:
                 old.unlink(missing_ok=True)
 
-    def _evaluate(self, model: torch.nn.Module, split: str, overlap: float | None = None) -> dict[str, float]:
+    def _evaluate(self, model: torch.nn.Module, split: str, per_round: bool = False) -> dict[str, float]:
+        """Whole-volume metrics of a split; per-round validation per `federation.val`."""
         site = load_site(self.manifest, splits=(split,), scaling=str(self.cfg.data.loader.scaling))
         if not site.pairs[split]:
             raise ConfigError(f"site {self.site}: {self.manifest} has no '{split}' subjects to evaluate")
         roi = training_patch(self.manifest, self.cfg.train, model.size_multiple)
-        eval_cfg = dict(self.cfg.train.eval)
-        if overlap is not None:
-            eval_cfg["overlap"] = overlap
-        rows = evaluate_site(model, site, split, roi, device=self.device, eval_cfg=SimpleNamespace(**eval_cfg),
-                             foreground_threshold=float(self.cfg.data.loader.foreground_threshold),
-                             amp=self.amp, quiet=True)
+        threshold = float(self.cfg.data.loader.foreground_threshold)
+        val = self.cfg.federation.val
+        if per_round and str(val.mode) == "patches":
+            rows = evaluate_patches(model, site, split, roi, device=self.device, patches=int(val.patches),
+                                    seed=int(self.cfg.seed), foreground_threshold=threshold, amp=self.amp)
+        else:
+            eval_cfg = dict(self.cfg.train.eval)
+            if per_round:
+                eval_cfg["overlap"] = float(val.overlap)
+            rows = evaluate_site(model, site, split, roi, device=self.device, eval_cfg=SimpleNamespace(**eval_cfg),
+                                 foreground_threshold=threshold, amp=self.amp, quiet=True)
         return {**flat_metrics(split, summarise(rows)), f"{split}_subjects": len(rows)}
 
     def train_round(self, strategy: Strategy, run_name: str, rnd: int, total_rounds: int, steps: int,
@@ -169,7 +175,7 @@ class SiteWorker:
         metrics: dict[str, float] = {}
         if validate:
             load_adapter_state(model, state, strategy.current_adapter(init, received, personal))
-            metrics.update(self._evaluate(model, "val", float(self.cfg.federation.val_overlap)))
+            metrics.update(self._evaluate(model, "val", per_round=True))
         objective = make_objective(self.cfg.train, model.name, str(meta["provenance"].get("preset", "tiny")),
                                    self.device)
         if "objective" in extra:
@@ -215,9 +221,8 @@ class SiteWorker:
         adapter = strategy.current_adapter(init, received, personal)
         load_adapter_state(model, state, adapter)
         metrics: dict[str, float] = {}
-        for split in splits:  # validation as in the rounds (a comparable curve), test as configured
-            metrics.update(self._evaluate(model, split, float(self.cfg.federation.val_overlap) if split == "val"
-                                          else None))
+        for split in splits:  # validation as in the rounds (a comparable curve), test whole-volume
+            metrics.update(self._evaluate(model, split, per_round=split == "val"))
         path = self.run_dir(run_name) / "adapter.safetensors"
         patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
         save_adapter(path, adapter, state.spec.to_dict(), meta, extra={

@@ -1,0 +1,170 @@
+"""Federated runs of the real ServerApp/ClientApp logic, in process: two tiny sites, two rounds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flower_grid import InProcessGrid
+from safetensors.torch import load_file
+
+from client.app import app as client_app
+from petite_fl.artifacts import load_adapter, load_backbone
+from petite_fl.errors import PetiteError
+from petite_fl.federation.apps import config_for
+from petite_fl.federation.server import Coordinator
+from petite_fl.training.jobs import backbone_for
+
+SITES = ["scanner4", "scanner5"]
+NODES = [{"partition-id": i, "num-partitions": len(SITES)} for i in range(len(SITES))]
+
+
+def run_config(cache: Path, **extra) -> dict:
+    rc = {"paths.cache": str(cache), "data": "tiny", "data.synth.scanners": "[scanner4,scanner5]",
+          "data.synth.workers": 1, "source": "scanner4", "train": "tiny", "train.pretrain.steps": 4,
+          "train.batch_size": 1, "data.loader.patches_per_volume": 2, "train.eval.overlap": 0.0,
+          "overrides": "federation.val.patches=4", "federation.sites": "[scanner4,scanner5]", "federation.rounds": 2,
+          "federation.local_steps": 2, "federation.wait_for_sites": 1}
+    rc.update(extra)
+    return rc
+
+
+def federate(rc: dict, nodes=NODES, fail=None) -> tuple[dict, InProcessGrid]:
+    grid = InProcessGrid(client_app, rc, nodes, fail=fail)
+    return Coordinator(config_for(rc), grid, quiet=True).run(), grid
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("petite-fed")
+
+
+@pytest.fixture(scope="module")
+def runs(cache) -> dict:
+    """One two-round run per strategy on the same data and backbone."""
+    return {name: federate(run_config(cache, strategy=name))
+            for name in ("local", "fedavg", "shared-encoder", "personalized")}
+
+
+@pytest.fixture(scope="module")
+def backbone(cache, runs):
+    model, meta = load_backbone(backbone_for(config_for(run_config(cache))))
+    return model, meta
+
+
+def arrays(messages, exclude=("query.backbone",)) -> list[set[str]]:
+    """Tensor names of every message/reply, except the backbone distribution."""
+    out = []
+    for m in messages:
+        if m.has_error() or m.metadata.message_type in exclude:
+            continue
+        for rec in m.content.array_records.values():
+            out.append(set(rec.keys()))
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["local", "fedavg", "shared-encoder", "personalized"])
+def test_each_strategy_completes_two_rounds_with_metrics_and_adapters(runs, strategy):
+    summary, _ = runs[strategy]
+    assert summary["strategy"] == strategy and summary["rounds"] == 2
+    run_dir = Path(summary["run_dir"])
+    for site in SITES:
+        test = summary["sites"][site]["test"]
+        assert test["split"] == "test" and 10 < test["psnr"] < 60 and 0 < test["ssim"] <= 1
+        tensors, meta = load_adapter(summary["sites"][site]["adapter"])
+        assert meta["site"] == site and meta["strategy"] == strategy and tensors
+    rows = list(csv_rows(run_dir / "metrics.csv"))
+    # validation of the round-0 model (no fine-tuning) and after every round, per site
+    assert {(int(r["round"]), r["site"]) for r in rows if r["split"] == "val"} == {
+        (rnd, s) for rnd in (0, 1, 2) for s in SITES}
+    assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file()
+    assert (run_dir / "global-adapter.safetensors").is_file() == (strategy != "local")
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with open(path) as fh:
+        yield from csv.DictReader(fh)
+
+
+def test_local_sends_no_peft_tensor_and_fedavg_sends_all(runs):
+    local_summary, local_grid = runs["local"]
+    assert local_summary["upload_bytes_per_round"] == 0
+    assert all(not names for names in arrays(local_grid.replies))
+    fedavg_summary, fedavg_grid = runs["fedavg"]
+    uploads = [names for names in arrays(fedavg_grid.replies) if names]
+    assert len(uploads) == 2 * len(SITES)  # two rounds, every site
+    assert all(len(names) == fedavg_summary["trainable_tensors"] for names in uploads)
+
+
+def test_no_backbone_tensor_travels_after_distribution(runs, backbone):
+    model, _ = backbone
+    backbone_names = set(model.state_dict())
+    for strategy, (_, grid) in runs.items():
+        for names in arrays(grid.sent) + arrays(grid.replies):
+            assert not names & backbone_names, f"{strategy}: backbone tensors in a round message"
+        # and the distribution message itself is the backbone, sent once per site
+        dist = [m for m in grid.sent if m.metadata.message_type == "query.backbone"]
+        assert len(dist) <= len(SITES)
+
+
+def test_shared_encoder_never_sends_a_decoder_tensor(runs, backbone):
+    model, _ = backbone
+    summary, grid = runs["shared-encoder"]
+    sent_up = set().union(*arrays(grid.replies))
+    sent_down = set().union(*arrays(grid.sent))
+    assert sent_up and sent_up == sent_down
+    assert {model.part_of(n) for n in sent_up} == {"encoder"}
+    assert summary["shared_tensors"] < summary["trainable_tensors"]
+
+
+def test_personalized_keeps_a_personal_adapter_that_differs_from_the_global(runs):
+    summary, _ = runs["personalized"]
+    global_tensors, _ = load_adapter(Path(summary["run_dir"]) / "global-adapter.safetensors")
+    personal = [load_adapter(summary["sites"][s]["adapter"])[0] for s in SITES]
+    assert set(personal[0]) == set(global_tensors)
+    assert any(not torch.equal(personal[0][n], global_tensors[n]) for n in global_tensors)
+    assert any(not torch.equal(personal[0][n], personal[1][n]) for n in global_tensors)
+
+
+def test_a_second_run_with_the_cache_receives_zero_backbone_bytes(cache, runs):
+    first, _ = runs["local"]  # the first run of the module sent one copy to each site
+    assert all(s["backbone_bytes"] > 0 for s in first["sites"].values())
+    second, grid = federate(run_config(cache, strategy="fedavg", **{"federation.rounds": 0}))
+    assert all(s["backbone_bytes"] == 0 for s in second["sites"].values())
+    assert not [m for m in grid.sent if m.metadata.message_type == "query.backbone"]
+
+
+def test_resume_gives_the_same_final_adapters_as_an_uninterrupted_run(cache, runs):
+    summary, _ = runs["shared-encoder"]
+    # Site scanner5 "crashes" in round 2: the server stops with round 1 checkpointed.
+    crashing = {NODES.index(NODES[1]) + 1000: lambda m: m.metadata.group_id == "round-2"}
+    rc = run_config(cache, strategy="shared-encoder", **{"federation.run_name": "resumed"})
+    with pytest.raises(PetiteError, match="round 2"):
+        federate(rc, fail=crashing)
+    resumed, _ = federate(rc)
+    a = load_file(Path(summary["run_dir"]) / "global-adapter.safetensors")
+    b = load_file(Path(resumed["run_dir"]) / "global-adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for site in SITES:
+        pa, pb = load_file(summary["sites"][site]["adapter"]), load_file(resumed["sites"][site]["adapter"])
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    log = json.loads((Path(resumed["run_dir"]) / "log.json").read_text())
+    assert sorted({r["round"] for r in log["train"]}) == [1, 2]
+
+
+def test_a_site_with_bad_data_is_refused_by_name_and_the_others_go_on(cache, tmp_path, runs):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    nodes = [NODES[0], {"site": str(bad)}]
+    rc = run_config(cache, strategy="fedavg", **{"federation.sites": f"[scanner4,{bad}]",
+                                                 "federation.min_sites": 1, "federation.rounds": 1})
+    summary, grid = federate(rc, nodes=nodes)
+    errors = [r.error.reason for r in grid.replies if r.has_error()]
+    assert errors and str(bad) in errors[0]
+    assert list(summary["sites"]) == ["scanner4"]
+    with pytest.raises(PetiteError, match="1 site"):
+        federate(run_config(cache, strategy="fedavg", **{"federation.sites": f"[scanner4,{bad}]"}), nodes=nodes)
