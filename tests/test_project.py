@@ -22,5 +22,5 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_readme_opens_with_the_main_job_then_the_test_command():
     readme = _command_lines((ROOT / "README.md").read_text())
     assert len(readme) >= 2
-    assert "petite-data synth" in readme[0]
+    assert readme[0].endswith("petite compare")  # the federated local-vs-federated comparison
     assert "pytest" in readme[1]

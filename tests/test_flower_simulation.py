@@ -1,0 +1,49 @@
+"""The real `flwr run` simulation engine: a private SuperLink, two tiny sites, one round.
+
+Slowest part of the suite (Ray start-up and Flower's polling): one SuperLink serves both
+runs, and it is stopped at the end whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from petite_fl.errors import PetiteError
+from simulation.flower_run import LocalSimulation, app_defaults
+
+TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
+        "train.pretrain.steps=4", "train.batch_size=1", "data.loader.patches_per_volume=2", "train.eval.overlap=0",
+        "federation.val.patches=2", "federation.sites=[scanner4,scanner5]", "federation.rounds=1",
+        "federation.local_steps=2", "federation.wait_for_sites=30"]
+
+
+def test_pyproject_declares_the_flower_app_and_its_defaults_compose():
+    from petite_fl.config import compose_from_run_config
+
+    defaults = app_defaults()
+    cfg = compose_from_run_config(defaults)
+    assert cfg.strategy.name == defaults["strategy"] and cfg.model.preset == "tiny"
+    assert cfg.federation.rounds == defaults["federation.rounds"] and cfg.backbone is None
+
+
+def test_flwr_run_completes_and_a_failed_run_is_reported_as_failed(tmp_path):
+    lines: list[str] = []
+    with LocalSimulation(home=tmp_path / "flwr", echo=lines.append) as sim:
+        overrides = [f"paths.cache={tmp_path / 'cache'}", *TINY]
+        result = sim.run({"overrides": shlex.join(overrides)}, num_supernodes=2)
+        assert result.status == "finished:completed"
+        runs = list((tmp_path / "cache" / "runs" / "federated").iterdir())
+        summary = json.loads((runs[0] / "summary.json").read_text())
+        assert sorted(summary["sites"]) == ["scanner4", "scanner5"]
+        assert all(Path(s["adapter"]).is_file() and s["test"]["psnr"] > 10 for s in summary["sites"].values())
+        assert all(s["backbone_bytes"] > 0 for s in summary["sites"].values())
+        # A run whose ServerApp fails must not look like a success (`--stream` exits 0).
+        with pytest.raises(PetiteError, match="failed"):
+            sim.run({"overrides": shlex.join([*overrides, "federation.local_steps=0"])}, num_supernodes=2)
+        process = sim.process
+    assert process.poll() is not None  # the private SuperLink is gone
+    assert any("site scanner5" in line for line in lines)
