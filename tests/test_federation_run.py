@@ -154,6 +154,9 @@ def test_resume_gives_the_same_final_adapters_as_an_uninterrupted_run(cache, run
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
     log = json.loads((Path(resumed["run_dir"]) / "log.json").read_text())
     assert sorted({r["round"] for r in log["train"]}) == [1, 2]
+    # the restart was a second session of the run: the sites already held the backbone
+    assert all(s["backbone_bytes"] == 0 for s in resumed["sites"].values())
+    assert sorted({r["session"] for r in log["transfer"] if r["what"] == "backbone"}) == [1, 2]
 
 
 def test_a_site_with_bad_data_is_refused_by_name_and_the_others_go_on(cache, tmp_path, runs):

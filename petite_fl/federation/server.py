@@ -175,6 +175,7 @@ class Coordinator:
         model, meta = load_backbone(backbone_path)
         need = [n for n, i in infos.items() if meta["sha256"] not in i.held]
         sent: dict[int, int] = {}
+        begin = time.perf_counter()
         content = RecordDict({ARRAYS: ArrayRecord(model.state_dict()),
                               CONFIG: ConfigRecord({"meta": json.dumps(meta)})})
         size = self.backbone_payload = record_bytes(content)
@@ -186,9 +187,12 @@ class Coordinator:
                 self.say(f"site {infos[node].site} did not take the backbone: {why}")
                 infos.pop(node)
             sent = {n: size for n in replies}
-        for node, info in infos.items():
-            self.log.transfer_rows.append({"round": 0, "site": info.site, "what": "backbone",
-                                           "bytes_down": sent.get(node, 0), "bytes_up": 0})
+            self.say(f"backbone delivered in {time.perf_counter() - begin:.1f} s")
+        seconds = time.perf_counter() - begin
+        # Kept aside: a resumed run restores its log from the checkpoint, then adds these.
+        self.backbone_rows = [{"round": 0, "site": info.site, "what": "backbone", "bytes_down": sent.get(node, 0),
+                               "bytes_up": 0, "seconds": round(seconds, 2) if node in sent else 0.0}
+                              for node, info in infos.items()]
         if len(infos) < self.min_sites:
             raise PetiteError(f"only {len(infos)} site(s) hold the backbone, {self.min_sites} needed")
         return meta
@@ -239,6 +243,9 @@ class Coordinator:
         if checkpoint.is_file() and bool(cfg.federation.resume):
             start, global_tensors = self._load_checkpoint(checkpoint, sha, shared)
             self.say(f"resuming after round {start}")
+        session = 1 + max((int(r.get("session", 1)) for r in self.log.transfer_rows), default=0)
+        self.backbone_rows = [{**r, "session": session} for r in self.backbone_rows]
+        self.log.transfer_rows.extend(self.backbone_rows)  # what this start of the run received
         by_site = {i.site: i for i in infos.values()}
         every = max(1, int(cfg.federation.eval_every))
         for rnd in range(start + 1, self.rounds + 1):
@@ -340,7 +347,7 @@ class Coordinator:
         return f"; val after round {rnd}: PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}" if mean else ""
 
     def _summary(self, run_name, run_dir, meta, state, shared, by_site, adapters) -> dict[str, Any]:
-        backbone_bytes = {r["site"]: r["bytes_down"] for r in self.log.transfer_rows if r["what"] == "backbone"}
+        backbone_bytes = {r["site"]: r["bytes_down"] for r in self.backbone_rows}  # this start of the run
         peft_rows = [r for r in self.log.transfer_rows if r["what"] == "peft"]
         backbone_size = self.backbone_payload  # the record the backbone travels in, as a PEFT update does
         sites = {}
