@@ -19,7 +19,7 @@ def test_registry_has_one_config_per_strategy_and_refuses_unknown_names():
     assert available_strategies() == ["fedavg", "local", "personalized", "shared-encoder"]
     for name in ("local", "fedavg", "shared-encoder", "personalized", "fedbn"):
         assert strategy(name).name in available_strategies()
-    with pytest.raises(ConfigError, match="strategy.name 'fedsgd'"):
+    with pytest.raises(ConfigError, match=r"strategy\.name 'fedsgd'"):
         build_strategy({"name": "fedsgd"})
 
 
