@@ -256,6 +256,7 @@ def _figures(folder, data, sites, curves, cfg, backbone) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = []
     arms = list(data)
@@ -289,6 +290,8 @@ def _figures(folder, data, sites, curves, cfg, backbone) -> list[str]:
     a2.set(xlabel="round", ylabel="training loss, mean over sites", title="local training loss")
     a2.set_yscale("log")
     a1.legend(fontsize=7)
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     names.append(_save(fig, folder / "convergence.png"))
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm in arms:
@@ -298,6 +301,7 @@ def _figures(folder, data, sites, curves, cfg, backbone) -> list[str]:
             ax.plot(rounds, [sum(int(r["bytes_up"]) for r in tr if int(r["round"]) == k) / 1024 for k in rounds],
                     "o-", label=arm, color=colors[arm])
     ax.set(xlabel="round", ylabel="KiB uploaded (all sites)", title="upload per round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7)
     names.append(_save(fig, folder / "bytes_per_round.png"))
     names += _slices(folder, data, sites, cfg, backbone)

@@ -47,3 +47,17 @@ def test_flwr_run_completes_and_a_failed_run_is_reported_as_failed(tmp_path):
         process = sim.process
     assert process.poll() is not None  # the private SuperLink is gone
     assert any("site scanner5" in line for line in lines)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "strategy=fedsgd"], "strategy"),
+    (["compare", "--arms", "local,bogus"], "unknown arm"),
+    (["simulate", "federation.sites=[]"], "federation.sites is empty"),
+])
+def test_bad_simulation_settings_fail_before_flower_starts(argv, message, capsys, tmp_path, monkeypatch):
+    from petite_fl.cli.main import main
+
+    monkeypatch.setenv("PETITE_FL_HOME", str(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -130,10 +130,12 @@ def cmd_simulate(args) -> int:
     import shlex
 
     from petite_fl.federation.site import site_list
+    from petite_fl.federation.strategies import build_strategy
     from simulation.compare import compare_config
     from simulation.flower_run import LocalSimulation, resources
 
     cfg = compare_config(list(args.overrides))  # validates the overrides before Flower starts
+    build_strategy(cfg.strategy)
     cpus, gpus = resources(str(cfg.train.device))
     with LocalSimulation() as sim:
         result = sim.run({"overrides": shlex.join(args.overrides)}, num_supernodes=len(site_list(cfg)),
