@@ -171,3 +171,13 @@ def test_a_site_with_bad_data_is_refused_by_name_and_the_others_go_on(cache, tmp
     assert list(summary["sites"]) == ["scanner4"]
     with pytest.raises(PetiteError, match="1 site"):
         federate(run_config(cache, strategy="fedavg", **{"federation.sites": f"[scanner4,{bad}]"}), nodes=nodes)
+
+
+def test_a_site_missing_a_round_rejoins_with_its_own_last_state(cache, runs):
+    rc = run_config(cache, strategy="shared-encoder", **{"federation.rounds": 3, "federation.min_sites": 1,
+                                                         "federation.run_name": "dropout"})
+    summary, _ = federate(rc, fail={1001: lambda m: m.metadata.group_id == "round-2"})
+    log = json.loads((Path(summary["run_dir"]) / "log.json").read_text())
+    assert sorted(r["round"] for r in log["train"] if r["site"] == "scanner5") == [1, 3]
+    assert sorted(r["round"] for r in log["train"] if r["site"] == "scanner4") == [1, 2, 3]
+    assert summary["sites"]["scanner5"]["test"]["psnr"] > 10

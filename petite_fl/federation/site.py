@@ -117,13 +117,24 @@ class SiteWorker:
         return model, state, meta, init
 
     def _personal(self, run_name: str, rnd: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Personal tensors after round `rnd` (nothing before round 1)."""
+        """Personal tensors as of round `rnd`: from the latest round ≤ `rnd` this site trained.
+
+        Not necessarily `rnd` itself: a site left out of a round (slow, crashed) continues
+        from its own last state when it rejoins.
+        """
         if rnd <= 0:
             return {}, {}
-        path = self.run_dir(run_name) / f"personal-r{rnd:04d}.safetensors"
-        if not path.is_file():
-            raise PetiteError(f"site {self.site}: personal state of round {rnd} of run '{run_name}' is missing "
-                              f"({path}); was the site's folder cleared?")
+        folder = self.run_dir(run_name)
+        rounds = sorted((int(m.group(1)) for p in folder.glob("personal-r*.safetensors")
+                         if (m := re.fullmatch(r"personal-r(\d+)\.safetensors", p.name))), reverse=True)
+        done = [r for r in rounds if r <= rnd]
+        if not done:
+            if self._trained_before(run_name):
+                raise PetiteError(f"site {self.site}: no personal state of run '{run_name}' up to round {rnd} "
+                                  f"in {folder}; was the site's folder cleared?")
+            return {}, {}  # the site joins this run now: it starts from the initial adapter
+        rnd = done[0]
+        path = folder / f"personal-r{rnd:04d}.safetensors"
         with safe_open(str(path), framework="pt") as fh:
             extra = json.loads((fh.metadata() or {}).get("petite_fl", "{}"))
         objective = self.run_dir(run_name) / f"objective-r{rnd:04d}.pt"
@@ -131,10 +142,14 @@ class SiteWorker:
             extra["objective"] = torch.load(objective, map_location="cpu", weights_only=False)
         return load_file(str(path)), extra
 
+    def _trained_before(self, run_name: str) -> bool:
+        return (self.run_dir(run_name) / "joined").is_file()
+
     def _save_personal(self, run_name: str, rnd: int, tensors: dict[str, torch.Tensor],
                        objective_state: dict[str, Any], sha256: str) -> None:
         folder = self.run_dir(run_name)
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "joined").touch()
         with atomic_path(folder / f"personal-r{rnd:04d}.safetensors") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                       metadata={"petite_fl": json.dumps({"round": rnd, "backbone_sha256": sha256})})
