@@ -344,7 +344,12 @@ class Coordinator:
 
     def _val_line(self, rnd: int) -> str:
         mean = self.weighted_mean(rnd, "val")
-        return f"; val after round {rnd}: PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}" if mean else ""
+        if not mean:
+            return ""
+        sites = ", ".join(f"{r['site']} {r['psnr']:.2f}" for r in self.log.eval_rows
+                          if r["round"] == rnd and r["split"] == "val")
+        return (f"; val after round {rnd}: PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.4f}, "
+                f"NRMSE {mean['nrmse']:.4f} (weighted mean; PSNR {sites})")
 
     def _summary(self, run_name, run_dir, meta, state, shared, by_site, adapters) -> dict[str, Any]:
         backbone_bytes = {r["site"]: r["bytes_down"] for r in self.backbone_rows}  # this start of the run
