@@ -61,7 +61,9 @@ def handle(message: Message, context: Context) -> Message:
             upload, metrics = worker.train_round(strategy, str(c["run"]), int(c["round"]), int(c["rounds"]),
                                                  int(c["steps"]), str(c["sha256"]), received, bool(c["validate"]))
             return Message(RecordDict({ARRAYS: to_record(upload) if upload else ArrayRecord(),
-                                       METRICS: MetricRecord(metrics)}), reply_to=message)
+                                       METRICS: MetricRecord(metrics),
+                                       CONFIG: ConfigRecord({"backbone_sha256": worker.backbone_sha256})}),
+                           reply_to=message)
         if kind == "evaluate":
             metrics, path = worker.finish(strategy, str(c["run"]), int(c["round"]), str(c["sha256"]), received,
                                           tuple(str(c["splits"]).split(",")))

@@ -259,7 +259,7 @@ class Coordinator:
             updates = []
             for node, reply in replies.items():
                 site = infos[node].site
-                problem = self._check(reply, global_tensors)
+                problem = self._check(reply, global_tensors, sha)
                 if problem:
                     errors[node] = problem
                     self.log.rejected.append({"round": rnd, "site": site, "reason": problem})
@@ -310,22 +310,46 @@ class Coordinator:
         return summary
 
     # -- helpers -------------------------------------------------------------------------
-    @staticmethod
-    def _check(reply: RecordDict, expected: Mapping[str, torch.Tensor]) -> str | None:
-        """Why a train reply cannot be averaged, or None."""
+    def max_update_norm(self, n: int) -> float:
+        """The L2 norm beyond which an update is implausible for an honest site.
+
+        `auto`: an Adam-family step moves each parameter by at most about the learning rate,
+        so `local_steps` steps move n parameters by at most lr·steps·√n; ten times that.
+        """
+        bound = self.cfg.federation.robust.max_update_norm
+        if bound is None or str(bound) == "auto":
+            return 10.0 * float(self.cfg.peft.lr) * self.steps * max(1, n) ** 0.5
+        return float(bound)
+
+    def _check(self, reply: RecordDict, expected: Mapping[str, torch.Tensor], sha: str) -> str | None:
+        """Why a train reply cannot be averaged, or None (checked before any averaging)."""
         if METRICS not in reply.metric_records or "num-examples" not in reply.metric_records[METRICS]:
             return "reply without num-examples"
-        if int(reply.metric_records[METRICS]["num-examples"]) <= 0:
-            return "reply with a non-positive num-examples"
+        n = reply.metric_records[METRICS]["num-examples"]
+        if not isinstance(n, int) or n <= 0:
+            return f"reply with an invalid num-examples ({n!r})"
+        config = reply.config_records.get(CONFIG)
+        if config is None or str(config.get("backbone_sha256")) != sha:
+            got = str(config.get("backbone_sha256"))[:12] if config is not None else "none"
+            return f"update made on backbone {got}…, not on {sha[:12]}…"
         upload = from_record(reply.array_records.get(ARRAYS))
         if set(upload) != set(expected):
             diff = sorted(set(upload) ^ set(expected))[:3]
             return f"tensor names differ from the shared set ({diff})"
+        sq = 0.0
         for name, t in upload.items():
-            if tuple(t.shape) != tuple(expected[name].shape):
-                return f"tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}"
+            ref = expected[name]
+            if tuple(t.shape) != tuple(ref.shape):
+                return f"tensor '{name}' has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
+            if t.dtype != ref.dtype:
+                return f"tensor '{name}' has dtype {t.dtype}, expected {ref.dtype}"
             if not torch.isfinite(t).all():
                 return f"tensor '{name}' has NaN or Inf values"
+            sq += float(((t.double() - ref.double()) ** 2).sum())
+        numel = sum(t.numel() for t in expected.values())
+        bound = self.max_update_norm(numel)
+        if sq**0.5 > bound:
+            return f"update norm {sq**0.5:.4g} exceeds federation.robust.max_update_norm ({bound:.4g})"
         return None
 
     def _eval_row(self, rnd: int, site: str, split: str, m: Mapping[str, Any]) -> None:

@@ -108,7 +108,8 @@ class SiteWorker:
         return self.dir / "runs" / _SAFE.sub("_", run_name)
 
     def _prepare(self, sha256: str):
-        model, meta = self.cache.load(sha256, self.device)
+        model, meta = self.cache.load(sha256, self.device)  # verified against its content hash
+        self.backbone_sha256 = str(meta["sha256"])  # reported with the update: the backbone it was made on
         spec = spec_from_config(self.cfg.peft, model)
         torch.manual_seed(int(self.cfg.seed))  # the server initialises the same way
         state = apply_peft(model, spec)

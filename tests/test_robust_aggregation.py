@@ -1,0 +1,74 @@
+"""Poisoned updates are refused before averaging; the global adapter is unchanged by them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from flower_grid import InProcessGrid
+from safetensors.torch import load_file
+from test_federation_run import NODES, federate, run_config
+
+from client.app import app as client_app
+from petite_fl.errors import PetiteError
+from petite_fl.federation.records import ARRAYS, CONFIG, from_record, to_record
+
+
+def poisoning(kind: str, victim: int = 1001):
+    """A ClientApp: the real one, with node `victim`'s train replies altered."""
+
+    def app(message, context):
+        reply = client_app(message, context)
+        if message.metadata.message_type != "train" or context.node_id != victim or reply.has_error():
+            return reply
+        tensors = from_record(reply.content.array_records[ARRAYS])
+        name = sorted(tensors)[0]
+        if kind == "nan":
+            tensors[name] = tensors[name].clone().fill_(float("nan"))
+        elif kind == "shape":
+            tensors[name] = torch.zeros(*tensors[name].shape, 2)
+        elif kind == "extra":
+            tensors["unetr.out.conv.weight"] = torch.zeros(1)
+        elif kind == "norm":
+            tensors[name] = tensors[name] + 1e4
+        elif kind == "dtype":
+            tensors[name] = tensors[name].double()
+        elif kind == "backbone":
+            reply.content[CONFIG]["backbone_sha256"] = "0" * 64
+        reply.content[ARRAYS] = to_record(tensors)
+        return reply
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("petite-robust")
+
+
+@pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "dtype", "backbone"])
+def test_a_poisoned_update_is_rejected_and_the_global_is_the_honest_average(cache, kind):
+    from petite_fl.federation.apps import config_for
+    from petite_fl.federation.server import Coordinator
+
+    rc = run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.min_sites": 1,
+                                                 "federation.run_name": f"poison-{kind}"})
+    grid = InProcessGrid(poisoning(kind), rc, NODES)
+    summary = Coordinator(config_for(rc), grid, quiet=True).run()
+    assert [r["site"] for r in summary["rejected"]] == ["scanner5"]
+    honest = next(r for r in grid.replies if r.metadata.message_type == "train" and r.metadata.src_node_id == 1000)
+    expected = from_record(honest.content.array_records[ARRAYS])
+    global_adapter = load_file(Path(summary["run_dir"]) / "global-adapter.safetensors")
+    assert global_adapter.keys() == expected.keys()
+    assert all(torch.equal(global_adapter[k], expected[k]) for k in expected)
+
+
+def test_the_norm_bound_lets_honest_updates_through_and_is_configurable(cache):
+    summary, _ = federate(run_config(cache, strategy="fedavg", **{"federation.rounds": 1,
+                                                                  "federation.run_name": "honest"}))
+    assert summary["rejected"] == []
+    with pytest.raises(PetiteError, match="valid update"):
+        federate(run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.run_name": "strict",
+                                                         "overrides": "federation.val.patches=4 "
+                                                                      "federation.robust.max_update_norm=1e-9"}))
