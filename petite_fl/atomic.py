@@ -13,8 +13,11 @@ from typing import Any
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step."""
+def atomic_path(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step.
+
+    `mode` (e.g. 0o600 for private keys) replaces the default of 0666 minus the umask.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Keep the real suffixes (e.g. .nii.gz) so that writers that dispatch on them work.
@@ -24,9 +27,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield Path(tmp)
         # mkstemp makes 0600 (and some writers recreate the file): give normal permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        if mode is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)

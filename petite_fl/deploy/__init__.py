@@ -1,0 +1,1 @@
+"""Deployment: certificates and keys, the coordinator (SuperLink) and site (SuperNode) launchers."""
