@@ -32,6 +32,16 @@ def config_for(run_config: dict[str, Any], extra: list[str] | tuple[str, ...] = 
     return compose("config", [*overrides_from_run_config(run_config), *extra])
 
 
+def site_overrides(node_config: dict[str, Any]) -> list[str]:
+    """A deployed site's own settings, from its node config (set by `petite-client`)."""
+    out = []
+    if node_config.get("site-root"):
+        out.append(f"federation.site_root='{node_config['site-root']}'")
+    if node_config.get("device"):
+        out.append(f"train.device={node_config['device']}")
+    return out
+
+
 def _extra(message: Message) -> list[str]:
     c = message.content.config_records.get(CONFIG)
     return list(json.loads(str(c["overrides"]))) if c is not None and "overrides" in c else []
@@ -43,8 +53,9 @@ def _extra(message: Message) -> list[str]:
 def handle(message: Message, context: Context) -> Message:
     """Answer one message of the server; a site's own refusal travels as a clear error reply."""
     try:
-        cfg = config_for(dict(context.run_config), _extra(message))
-        worker = SiteWorker(cfg, site_for_node(cfg, dict(context.node_config)))
+        node = dict(context.node_config)
+        cfg = config_for(dict(context.run_config), [*_extra(message), *site_overrides(node)])
+        worker = SiteWorker(cfg, site_for_node(cfg, node), node.get("manifest") or None)
         kind = message.metadata.message_type
         c = message.content.config_records.get(CONFIG)
         if kind == "query.hello":

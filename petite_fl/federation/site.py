@@ -80,12 +80,13 @@ def flat_metrics(prefix: str, summary: Mapping[str, Mapping[str, float]]) -> dic
 class SiteWorker:
     """One site's data, caches and state; methods answer the server's messages."""
 
-    def __init__(self, cfg: DictConfig, site: str) -> None:
+    def __init__(self, cfg: DictConfig, site: str, manifest: str | None = None) -> None:
         self.cfg = cfg
         self.site = site
         self.dir = expand_path(cfg.federation.site_root) / _SAFE.sub("_", site)
         self.cache = BackboneCache(self.dir / "backbones")
-        self.manifest = resolve_site(cfg, site)  # the synthetic data set is made on first use
+        # A deployed site names its manifest; a simulated one is a synthetic scanner (made on first use).
+        self.manifest = resolve_site(cfg, manifest or site)
         self.device, self.amp = device_and_amp(cfg)
 
     # -- handshake and backbone -------------------------------------------------------

@@ -1,0 +1,95 @@
+"""Command lines for Flower's own deployment processes, with petite-fl's secure defaults.
+
+petite-fl does not reimplement any of Flower's transport: `flower-superlink` and
+`flower-supernode` run as they are, with TLS and SuperNode authentication switched on
+unless `insecure` is asked for explicitly. These functions only build their arguments
+(and the CLI connection entry `flwr` needs), so that the CLIs and the tests start exactly
+the same processes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from petite_fl.errors import ConfigError
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ServerTLS:
+        folder = Path(folder).expanduser()
+        tls = cls(folder / "ca.crt", folder / "server.pem", folder / "server.key")
+        missing = [p for p in (tls.ca_cert, tls.server_cert, tls.server_key) if not p.is_file()]
+        if missing:
+            raise ConfigError(f"TLS folder {folder} lacks {', '.join(p.name for p in missing)}; "
+                              f"make them with `petite-server certs --out {folder}`")
+        return tls
+
+
+def superlink_command(*, tls: ServerTLS | None, auth: bool, host: str, port: int, database: Path) -> list[str]:
+    """`flower-superlink` with TLS (unless tls is None: --insecure) and node authentication.
+
+    In flwr 1.42 the Fleet, Control and runtime APIs share one HTTP port (`--host --port`):
+    sites dial it, and so does `flwr` (the connection's `address`).
+    """
+    if auth and tls is None:
+        raise ConfigError("SuperNode authentication needs TLS: drop --insecure or pass --no-auth")
+    cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port), "--database", str(database),
+           "--disable-runtime-dependency-installation"]
+    if tls is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+                "--ssl-keyfile", str(tls.server_key)]
+    if auth:
+        cmd.append("--enable-supernode-auth")
+    return cmd
+
+
+def node_config_text(values: Mapping[str, Any]) -> str:
+    """Flower's --node-config syntax: space-separated key=value, strings quoted (TOML values)."""
+    import json
+
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path | None,
+                      node_config: Mapping[str, Any], port: int) -> list[str]:
+    """`flower-supernode` for one site: TLS with the coordinator's CA, authenticated by its key."""
+    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", node_config_text(node_config),
+           "--port", str(port)]
+    if ca_cert is None:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(ca_cert)]
+    if private_key is not None:
+        cmd += ["--auth-supernode-private-key", str(private_key),
+                "--auth-supernode-public-key", str(Path(str(private_key) + ".pub"))]
+    return cmd
+
+
+def connection_toml(name: str, control: str, ca_cert: Path | None) -> str:
+    """A `[superlink.<name>]` entry of $FLWR_HOME/config.toml for `flwr run . <name>`."""
+    lines = [f"[superlink.{name}]", f'address = "{control}"']
+    lines += ["insecure = true"] if ca_cert is None else [f'root-certificates = "{Path(ca_cert).resolve()}"']
+    return "\n".join(lines) + "\n"
