@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from petite_fl.deploy.certs import make_server_credentials, make_site_keys
-from petite_fl.deploy.processes import BIN, ServerTLS, connection_toml, superlink_command, supernode_command
+from petite_fl.deploy.processes import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
@@ -70,30 +69,48 @@ def deployment(tmp_path):
     procs.stop()
 
 
+def site_yaml(tmp_path: Path, site: str, port: int, key: Path, ca: Path, node_port: int) -> Path:
+    path = tmp_path / f"{site}.yaml"
+    path.write_text(f"""name: {site}
+manifest: null
+device: cpu
+cache: {tmp_path / "sites"}
+server: 127.0.0.1:{port}
+ca_cert: {ca}
+private_key: {key}
+port: {node_port}
+""")
+    return path
+
+
 def test_tls_and_authenticated_sites_complete_two_rounds(tmp_path, deployment):
-    tls = ServerTLS.from_folder(make_server_credentials(tmp_path / "tls").ca_cert.parent)
+    """petite-server certs / petite-server / register / petite-client --site, as a hospital IT team runs them."""
+    cache = tmp_path / "cache"
     port = free_port()
-    deployment.start("superlink", superlink_command(tls=tls, auth=True, host="127.0.0.1", port=port,
-                                                    database=tmp_path / "state.db"))
-    (tmp_path / "flwr").mkdir()
-    (tmp_path / "flwr" / "config.toml").write_text(
-        '[superlink]\ndefault = "petite"\n\n' + connection_toml("petite", f"127.0.0.1:{port}", tls.ca_cert))
+    certs = deployment.run([str(BIN / "petite-server"), "certs", "--out", str(tmp_path / "tls")], 60)
+    assert certs.returncode == 0, certs.stderr
+    deployment.start("superlink", [str(BIN / "petite-server"), "--tls", str(tmp_path / "tls"), "--host", "127.0.0.1",
+                                   "--port", str(port), "--database", str(tmp_path / "state.db")])
     sites = ["scanner4", "scanner5"]
-    keys = {s: make_site_keys(tmp_path / "keys", s)[0] for s in sites}
     deadline = time.monotonic() + 60
     for site in sites:
+        keys = deployment.run([str(BIN / "petite-client"), "keygen", "--site", site,
+                               "--out", str(tmp_path / "keys")], 60)
+        assert keys.returncode == 0, keys.stderr
         while True:
-            reg = deployment.run([str(BIN / "flwr"), "supernode", "register", f"{keys[site]}.pub", "petite"], 60)
+            reg = deployment.run([str(BIN / "petite-server"), "register", "--site", site,
+                                  "--key", str(tmp_path / "keys" / f"{site}.key.pub")], 60)
             if reg.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(1)
         assert reg.returncode == 0, reg.stdout + reg.stderr + deployment.log("superlink")
     for site in sites:
-        deployment.start(site, supernode_command(
-            superlink=f"127.0.0.1:{port}", ca_cert=tls.ca_cert, private_key=keys[site], port=free_port(),
-            node_config={"site": site, "site-root": str(tmp_path / "sites")}))
+        yaml = site_yaml(tmp_path, site, port, tmp_path / "keys" / f"{site}.key", tmp_path / "tls" / "ca.crt",
+                         free_port())
+        deployment.start(site, [str(BIN / "petite-client"), "--site", str(yaml), "-o", f"paths.cache={cache}",
+                                "-o", "data=tiny", "-o", "data.synth.scanners=[scanner4,scanner5]",
+                                "-o", "data.synth.workers=1"])
     overrides = tmp_path / "run.toml"
-    cache = tmp_path / "cache"
     overrides.write_text(f"overrides = {json.dumps(shlex.join([f'paths.cache={cache}', *TINY]))}\n")
     started = deployment.run([str(BIN / "flwr"), "run", str(ROOT), "petite", "--run-config", str(overrides),
                               "--format", "json"], 120)
@@ -108,9 +125,10 @@ def test_tls_and_authenticated_sites_complete_two_rounds(tmp_path, deployment):
             break
         time.sleep(3)
     assert status == "finished:completed", status + deployment.log("superlink")[-3000:]
-    runs = list((tmp_path / "cache" / "runs" / "federated").iterdir())
+    runs = list((cache / "runs" / "federated").iterdir())
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert sorted(summary["sites"]) == sites
     for site in sites:
         assert Path(summary["sites"][site]["adapter"]).is_file()
         assert str(tmp_path / "sites") in summary["sites"][site]["adapter"]
+        assert "joining" in deployment.log(site)

@@ -1,9 +1,10 @@
-"""`petite-client`: a scanner site's commands.
+"""`petite-client`: one scanner site.
 
-    petite-client keygen --site scanner1 [--out DIR]
+    petite-client --site scanner1            # check the site, then join as a SuperNode
+    petite-client keygen --site scanner1     # the site's key pair (register the .pub)
 
-makes the site's SuperNode key pair (ECDSA P-384, OpenSSH); the coordinator registers the
-`.pub` file, the private key never leaves the site.
+A site is `configs/site/<name>.yaml` or a YAML file with: name, manifest, device, cache,
+server, ca_cert, private_key, port. `-o key=value` applies Hydra overrides (e.g. paths.cache).
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ PROG = "petite-client"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--site", help="site name (configs/site/<name>.yaml) or a site YAML file")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plain text, no authentication (only against a server started with --insecure)")
+    parser.add_argument("--check", action="store_true", help="run the checks and stop (do not join)")
+    parser.add_argument("-o", "--override", action="append", default=[], dest="overrides",
+                        help="a Hydra override, e.g. -o paths.cache=/data/petite (repeatable)")
+    sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("keygen", help="the site's SuperNode authentication key pair")
     p.add_argument("--site", required=True, help="site name (the key files are named after it)")
     p.add_argument("--out", type=Path, help="folder (default: $PETITE_FL_HOME/sites/<site>/keys)")
@@ -34,19 +41,48 @@ def cmd_keygen(args) -> int:
     from petite_fl.config import compose, expand_path
     from petite_fl.deploy.certs import make_site_keys
 
-    out = args.out or expand_path(compose().paths.cache) / "sites" / args.site / "keys"
+    out = args.out or expand_path(compose(overrides=args.overrides).paths.cache) / "sites" / args.site / "keys"
     private, public = make_site_keys(out, args.site, overwrite=args.overwrite)
     console.print(f"private key (stays at the site): {escape(str(private))}")
     console.print(f"public key (send to the coordinator to register): {escape(str(public))}")
     return 0
 
 
-COMMANDS = {"keygen": cmd_keygen}
+def _explain(tail: list[str]) -> str | None:
+    text = "\n".join(tail).lower()
+    if "not registered" in text or "unauthenticated" in text or "permission" in text:
+        return "the server refused this site's key: have the coordinator register it (petite-server register)"
+    if "certificate" in text or "ssl" in text or "handshake" in text:
+        return "TLS failed: is ca_cert the coordinator's ca.crt, and is the server started with TLS?"
+    return None
+
+
+def cmd_join(args) -> int:
+    from petite_fl.deploy.processes import supernode_command
+    from petite_fl.deploy.run import run_foreground
+    from petite_fl.deploy.site import preflight, site_deployment
+    from petite_fl.errors import ConfigError
+
+    if not args.site:
+        raise ConfigError("--site is required (a name in configs/site/ or a site YAML file)")
+    site = site_deployment(args.site, insecure=args.insecure, overrides=args.overrides)
+    if args.insecure:
+        console.print("[bold yellow]warning:[/] --insecure: no TLS and no site authentication")
+    for note in preflight(site, args.overrides):
+        console.print(f"site {escape(site.name)}: {escape(note)}")
+    if args.check:
+        console.print(f"site {escape(site.name)}: ready to join {escape(site.server)}")
+        return 0
+    cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
+                            node_config=site.node_config(), port=site.port)
+    console.print(f"site {escape(site.name)}: joining {escape(site.server)} (Ctrl-C to leave)")
+    run_foreground(cmd, explain=_explain)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: COMMANDS[args.command](args))
+    return run_cli(PROG, lambda: (cmd_keygen if args.command == "keygen" else cmd_join)(args))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""`petite-server`: the coordinator's commands.
+"""`petite-server`: the coordinator.
 
     petite-server certs --out DIR [--san IP:10.0.0.5 --san DNS:fl.hospital.org]
+    petite-server [--tls DIR] [--host 0.0.0.0] [--port 9092]     # run the SuperLink (TLS + site auth)
+    petite-server register --site scanner1 --key scanner1.key.pub  # admit a site's key
 
-makes the CA and the SuperLink's TLS certificate (sites get `ca.crt`).
+Runs Flower's own SuperLink with TLS and SuperNode authentication on; plain text only with
+--insecure. Submit a run with `flwr run . petite` (the connection it writes to
+$FLWR_HOME/config.toml).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from petite_fl.cli.common import console, run_cli
+from petite_fl.cli.common import console, err_console, run_cli
 
 PROG = "petite-server"
 
@@ -21,29 +25,86 @@ PROG = "petite-server"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--tls", type=Path, help="folder with ca.crt, server.pem, server.key "
+                                                 "(default: $PETITE_FL_HOME/tls)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=9092, help="port for sites and `flwr` (default 9092)")
+    parser.add_argument("--database", type=Path, help="SuperLink state (default: $PETITE_FL_HOME/server/state.db)")
+    parser.add_argument("--insecure", action="store_true", help="plain text and no site authentication (testing only)")
+    parser.add_argument("--no-auth", action="store_true", help="TLS without site authentication")
+    sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("certs", help="a CA and the SuperLink's TLS certificate (ECDSA P-384)")
-    p.add_argument("--out", type=Path, required=True, help="folder for ca.crt, ca.key, server.pem, server.key")
+    p.add_argument("--out", type=Path, help="folder for ca.crt, ca.key, server.pem, server.key "
+                                            "(default: $PETITE_FL_HOME/tls)")
     p.add_argument("--san", action="append", default=None,
                    help="address the sites dial, as IP:… or DNS:… (repeatable; default IP:127.0.0.1 and "
                         "DNS:localhost)")
     p.add_argument("--days", type=int, default=365, help="validity (default 365)")
     p.add_argument("--overwrite", action="store_true", help="replace existing credentials in --out")
+    p = sub.add_parser("register", help="admit a site: register its public key with the running SuperLink")
+    p.add_argument("--site", required=True, help="site name (shown in `flwr supernode list`)")
+    p.add_argument("--key", type=Path, required=True, help="the site's .key.pub (from petite-client keygen)")
     return parser
+
+
+def _cache() -> Path:
+    from petite_fl.config import compose, expand_path
+
+    return expand_path(compose().paths.cache)
 
 
 def cmd_certs(args) -> int:
     from petite_fl.deploy.certs import make_server_credentials
 
     sans = args.san or ["IP:127.0.0.1", "DNS:localhost"]
-    creds = make_server_credentials(args.out, sans, days=args.days, overwrite=args.overwrite)
+    creds = make_server_credentials(args.out or _cache() / "tls", sans, days=args.days, overwrite=args.overwrite)
     console.print(f"CA certificate (give it to every site): {escape(str(creds.ca_cert))}")
     console.print(f"server certificate {escape(str(creds.server_cert))} and key {escape(str(creds.server_key))} "
                   f"for {', '.join(sans)}; keep ca.key and server.key private")
     return 0
 
 
-COMMANDS = {"certs": cmd_certs}
+def cmd_register(args) -> int:
+    import subprocess
+
+    from petite_fl.deploy.connection import NAME
+    from petite_fl.deploy.processes import BIN
+    from petite_fl.errors import PetiteError
+
+    if not args.key.is_file():
+        raise PetiteError(f"public key {args.key} not found")
+    out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        lines = [ln.strip(" │╭╮╰╯─") for ln in (out.stdout + out.stderr).splitlines()]
+        raise PetiteError(f"registering {args.key} failed: " + " ".join(ln for ln in lines if ln)[:400])
+    console.print(f"site {escape(args.site)} registered ({escape(str(args.key))})")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from petite_fl.deploy.connection import write_connection
+    from petite_fl.deploy.processes import ServerTLS, superlink_command
+    from petite_fl.deploy.run import run_foreground
+
+    cache = _cache()
+    tls = None if args.insecure else ServerTLS.from_folder(args.tls or cache / "tls")
+    if args.insecure:
+        err_console.print("[bold yellow]warning:[/] --insecure: updates travel in plain text and any node may join")
+    database = args.database or cache / "server" / "state.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    cmd = superlink_command(tls=tls, auth=not (args.insecure or args.no_auth), host=args.host, port=args.port,
+                            database=database)
+    address = f"{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    conn = write_connection(address, tls.ca_cert if tls else None)
+    console.print(f"coordinator on {escape(args.host)}:{args.port} ({'TLS' if tls else 'PLAIN TEXT'}, "
+                  f"site authentication {'on' if '--enable-supernode-auth' in cmd else 'off'}); "
+                  f"`flwr run . petite` submits a run (connection in {escape(str(conn))}). Ctrl-C stops it.")
+    run_foreground(cmd)
+    return 0
+
+
+COMMANDS = {"certs": cmd_certs, "register": cmd_register, None: cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

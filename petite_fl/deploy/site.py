@@ -1,0 +1,121 @@
+"""A deployed site: its configuration (`configs/site/<name>.yaml` or a file) and the checks
+made before it joins, so that a bad data set, a missing certificate or an unreachable
+server is a one-line message and not a SuperNode that fails later.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from petite_fl.config import compose, config_dirs, expand_path
+from petite_fl.errors import ConfigError, DataError
+
+FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_key", "port")
+
+
+@dataclass(frozen=True)
+class SiteDeployment:
+    name: str
+    manifest: Path | None      # None: the synthetic scanner of this name
+    device: str
+    cache: Path
+    server: str
+    ca_cert: Path | None       # None: --insecure
+    private_key: Path | None   # None: no SuperNode authentication
+    port: int
+
+    def node_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"site": self.name, "site-root": str(self.cache), "device": self.device}
+        if self.manifest is not None:
+            out["manifest"] = str(self.manifest)
+        return out
+
+
+def available_sites() -> list[str]:
+    return sorted({p.stem for d in config_dirs() for p in (d / "site").glob("*.yaml")})
+
+
+def load_site_config(ref: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """configs/site/<ref>.yaml (or a YAML file), resolved against the root config."""
+    path = Path(ref).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        root = OmegaConf.to_container(compose(overrides=list(overrides)), resolve=True)
+        merged = OmegaConf.merge(OmegaConf.create(root), {"site": OmegaConf.load(path)})
+        data = OmegaConf.to_container(merged.site, resolve=True)
+    elif ref in available_sites():
+        data = OmegaConf.to_container(compose(overrides=[f"+site={ref}", *overrides]).site, resolve=True)
+    else:
+        raise ConfigError(f"unknown site '{ref}': not a YAML file and not one of {', '.join(available_sites())} "
+                          "(configs/site/, or PETITE_FL_CONFIG_PATH/site/)")
+    missing = [f for f in FIELDS if f not in data]
+    if missing:
+        raise ConfigError(f"site config '{ref}' lacks {', '.join(missing)}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"site config '{ref}': unknown field(s) {', '.join(unknown)} (allowed: {', '.join(FIELDS)})")
+    return data
+
+
+def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ()) -> SiteDeployment:
+    d = load_site_config(ref, overrides)
+    if ":" not in str(d["server"]):
+        raise ConfigError(f"site {d['name']}: server '{d['server']}' must be host:port")
+    return SiteDeployment(
+        name=str(d["name"]), manifest=expand_path(d["manifest"]) if d["manifest"] else None,
+        device=str(d["device"]), cache=expand_path(d["cache"]), server=str(d["server"]),
+        ca_cert=None if insecure else expand_path(d["ca_cert"]),
+        private_key=None if insecure or not d["private_key"] else expand_path(d["private_key"]),
+        port=int(d["port"]))
+
+
+def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeout: float = 5.0) -> list[str]:
+    """Everything checkable before joining; raises with the first problem, returns notes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from petite_fl.data.check import check_site
+    from petite_fl.training.device import resolve_device
+    from petite_fl.training.jobs import resolve_site
+
+    notes = []
+    resolve_device(site.device)  # "CUDA requested but absent" is a ConfigError here
+    if site.manifest is not None:
+        report = check_site(site.manifest)
+        if not report.ok:
+            raise DataError(f"site {site.name}: {site.manifest} has {len(report.problems)} problem(s), not joining:\n"
+                            + "\n".join(report.problems))
+        notes.append(f"data: {site.manifest} ({', '.join(f'{k} {v}' for k, v in report.counts.items())})")
+    else:
+        manifest = resolve_site(compose(overrides=list(cfg_overrides)), site.name)
+        notes.append(f"data: synthetic {site.name} ({manifest})")
+    if site.ca_cert is not None:
+        if not site.ca_cert.is_file():
+            raise ConfigError(f"site {site.name}: CA certificate {site.ca_cert} not found (ca_cert; the "
+                              "coordinator's ca.crt from `petite-server certs`)")
+        try:
+            x509.load_pem_x509_certificate(site.ca_cert.read_bytes())
+        except ValueError:
+            raise ConfigError(f"site {site.name}: {site.ca_cert} is not a PEM certificate (ca_cert)") from None
+    if site.private_key is not None:
+        if not site.private_key.is_file():
+            raise ConfigError(f"site {site.name}: private key {site.private_key} not found; make it with "
+                              f"`petite-client keygen --site {site.name}` and have the coordinator register the .pub")
+        try:
+            serialization.load_ssh_private_key(site.private_key.read_bytes(), password=None)
+        except ValueError:
+            raise ConfigError(f"site {site.name}: {site.private_key} is not an OpenSSH private key") from None
+        if not Path(str(site.private_key) + ".pub").is_file():
+            raise ConfigError(f"site {site.name}: public key {site.private_key}.pub not found beside the private key")
+    host, _, port = site.server.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=connect_timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"site {site.name}: cannot reach the server at {site.server} ({exc.__class__.__name__}: "
+                          f"{exc}); is petite-server running and the address right?") from None
+    return notes
