@@ -1,0 +1,75 @@
+"""A site's preflight: every refusal is one line naming the site and what is wrong."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from petite_fl.cli.client import main as client
+from petite_fl.deploy.certs import make_server_credentials, make_site_keys
+from petite_fl.deploy.site import available_sites, site_deployment
+
+
+@pytest.fixture
+def listening():
+    """A TCP port something listens on (the 'server' for the reachability check)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def write_site(tmp_path: Path, port: int, **changes) -> Path:
+    creds = make_server_credentials(tmp_path / "tls")
+    key, _ = make_site_keys(tmp_path / "keys", "hospital")
+    fields = {"name": "hospital", "manifest": str(tmp_path / "data" / "manifest.json"), "device": "cpu",
+              "cache": str(tmp_path / "sites"), "server": f"127.0.0.1:{port}", "ca_cert": str(creds.ca_cert),
+              "private_key": str(key), "port": 9199, **changes}
+    path = tmp_path / "hospital.yaml"
+    path.write_text("\n".join(f"{k}: {json.dumps(v) if v is not None else 'null'}" for k, v in fields.items()))
+    return path
+
+
+def test_the_five_example_sites_are_shipped():
+    assert available_sites() == [f"scanner{i}" for i in range(1, 6)]
+    site = site_deployment("scanner3")
+    assert site.name == "scanner3" and site.manifest is None and site.node_config()["site"] == "scanner3"
+
+
+def test_a_valid_site_passes_its_checks(tmp_path, listening, small_site, capsys):
+    yaml = write_site(tmp_path, listening, manifest=str(small_site))
+    assert client(["--site", str(yaml), "--check"]) == 0
+    assert "ready to join" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"name": None}, "unknown site"),
+    ({"ca_cert": "/nonexistent/ca.crt"}, "CA certificate /nonexistent/ca.crt not found"),
+    ({"private_key": "/nonexistent/site.key"}, "petite-client keygen"),
+    ({"device": "cuda"}, "CUDA"),
+    ({"server": "127.0.0.1:1"}, "cannot reach the server at 127.0.0.1:1"),
+    ({"server": "nohostport"}, "must be host:port"),
+])
+def test_each_bad_setting_is_refused_in_one_line(tmp_path, listening, small_site, capsys, change, message):
+    if change.get("device") == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is present here")
+    if change == {"name": None}:
+        argv = ["--site", "no-such-site", "--check"]
+    else:
+        argv = ["--site", str(write_site(tmp_path, listening, manifest=str(small_site), **change)), "--check"]
+    assert client(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_site_with_bad_data_does_not_join_and_names_the_file(tmp_path, listening, small_site, capsys):
+    (small_site.parent / "sub-002_target.nii.gz").write_bytes(b"not a nifti")
+    assert client(["--site", str(write_site(tmp_path, listening, manifest=str(small_site))), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "not joining" in err and "sub-002_target.nii.gz" in err
