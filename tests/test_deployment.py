@@ -46,6 +46,19 @@ class Processes:
     def run(self, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
 
+    def leftovers(self) -> list:
+        """Processes still running whose command line mentions this test's folder."""
+        import psutil
+
+        mine = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if p.pid != os.getpid() and str(self.folder) in " ".join(p.info["cmdline"] or []):
+                    mine.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return mine
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -55,6 +68,8 @@ class Processes:
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=5)
+        for p in self.leftovers():  # never leave a process behind, even if a launcher failed
+            p.kill()
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")
@@ -67,6 +82,22 @@ def deployment(tmp_path):
     procs = Processes(tmp_path, env)
     yield procs
     procs.stop()
+
+
+def test_stopping_the_launchers_stops_flowers_processes(tmp_path, deployment):
+    """SIGTERM to petite-server / petite-client (a service manager's stop) takes Flower's processes with it."""
+    port = free_port()
+    assert deployment.run([str(BIN / "petite-server"), "certs", "--out", str(tmp_path / "tls")], 60).returncode == 0
+    server = deployment.start("server", [str(BIN / "petite-server"), "--tls", str(tmp_path / "tls"), "--host",
+                                         "127.0.0.1", "--port", str(port), "--database", str(tmp_path / "s.db")])
+    deadline = time.monotonic() + 60
+    while not any("flower-superlink" in " ".join(p.cmdline()) for p in deployment.leftovers()):
+        assert time.monotonic() < deadline and server.poll() is None, deployment.log("server")
+        time.sleep(0.5)
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=40)
+    time.sleep(1)
+    assert not [p for p in deployment.leftovers() if p.is_running() and p.status() != "zombie"]
 
 
 def site_yaml(tmp_path: Path, site: str, port: int, key: Path, ca: Path, node_port: int) -> Path:

@@ -90,11 +90,22 @@ def _smooth_field(rng: np.random.Generator, n: int, sigma_cells: float) -> np.nd
 def _subject_coords(anatomy: Anatomy, shape: tuple[int, int, int], affine: np.ndarray):
     """World coordinates of every voxel centre, mapped into the subject's frame (mm)."""
     idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    world = affine[:3, :3].astype(np.float32) @ idx + affine[:3, 3:4].astype(np.float32)
+    world = _apply3(affine[:3, :3], idx) + affine[:3, 3:4].astype(np.float32)
     rot = Rotation.from_euler("xyz", anatomy.rotation_deg, degrees=True).as_matrix()
-    local = rot.T.astype(np.float32) @ (world - np.asarray(anatomy.shift_mm, np.float32)[:, None])
+    local = _apply3(rot.T, world - np.asarray(anatomy.shift_mm, np.float32)[:, None])
     local /= np.asarray(anatomy.scale, np.float32)[:, None]
     return local
+
+
+def _apply3(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A 3×3 matrix times 3×N points, without BLAS.
+
+    Hand-written on purpose: OpenBLAS can spin forever when first called from a thread of a
+    process that has forked (seen in Flower's simulation process, where the ServerApp runs
+    in a thread); three multiply-adds per row need no BLAS.
+    """
+    m = np.asarray(m, np.float32)
+    return np.stack([m[i, 0] * v[0] + m[i, 1] * v[1] + m[i, 2] * v[2] for i in range(3)])
 
 
 def _ellipsoid_depth(u: np.ndarray, centre, semi) -> np.ndarray:

@@ -2,9 +2,9 @@
 
 petite-fl does not reimplement any of Flower's transport: `flower-superlink` and
 `flower-supernode` run as they are, with TLS and SuperNode authentication switched on
-unless `insecure` is asked for explicitly. These functions only build their arguments
-(and the CLI connection entry `flwr` needs), so that the CLIs and the tests start exactly
-the same processes.
+unless `insecure` is asked for explicitly. These functions only build their arguments,
+so that the CLIs start exactly the same processes everywhere. (The `flwr` connection
+entry is written by `connection.py`.)
 """
 
 from __future__ import annotations
@@ -86,10 +86,3 @@ def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path
         cmd += ["--auth-supernode-private-key", str(private_key),
                 "--auth-supernode-public-key", str(Path(str(private_key) + ".pub"))]
     return cmd
-
-
-def connection_toml(name: str, control: str, ca_cert: Path | None) -> str:
-    """A `[superlink.<name>]` entry of $FLWR_HOME/config.toml for `flwr run . <name>`."""
-    lines = [f"[superlink.{name}]", f'address = "{control}"']
-    lines += ["insecure = true"] if ca_cert is None else [f'root-certificates = "{Path(ca_cert).resolve()}"']
-    return "\n".join(lines) + "\n"

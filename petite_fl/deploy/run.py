@@ -16,19 +16,36 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             start_new_session=True)
     tail: list[str] = []
+
+    def on_term(signum, frame):  # a service manager's stop (SIGTERM) is a Ctrl-C: the child goes too
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         for line in proc.stdout:
             print(line, end="", flush=True)
             tail = [*tail[-40:], line.rstrip()]
         code = proc.wait()
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if code != 0:
         why = explain(tail) if explain else None
         raise PetiteError(f"{os.path.basename(cmd[0])} exited with code {code}" + (f": {why}" if why else ""))
     return code
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the child's process group (Flower's own children too), SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
