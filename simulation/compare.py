@@ -24,15 +24,15 @@ from omegaconf import DictConfig, OmegaConf
 from petite_fl import __version__
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import compose, expand_path, overrides_from_run_config
-from petite_fl.console import console
+from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.payload import upload_share
 from petite_fl.federation.site import site_list
+from petite_fl.training.inference import METRICS
 from petite_fl.training.jobs import backbone_for, config_hash, resolve_site
 from simulation.flower_run import LocalSimulation, app_defaults, resources
 
 DEFAULT_ARMS = ("no-finetune", "local", "fedavg", "shared-encoder", "personalized")  # + local-full on request
-METRICS = ("psnr", "ssim", "nrmse", "psnr_fg", "ssim_fg", "nrmse_fg")
 
 
 def _hydra(key: str, value: Any) -> str:
@@ -210,27 +210,18 @@ def _markdown(cfg, arms, data, sites, rows, curves, payload, figures, overrides,
         up = max((v["upload_bytes_per_round"] for v in s["sites"].values()), default=0)
         down = max((v["download_bytes_per_round"] for v in s["sites"].values()), default=0)
         bb = max((v["backbone_bytes"] for v in s["sites"].values()), default=0)
-        lines.append(f"| {arm} | {_size(up)} | {_size(down)} | {_size(bb)} |")
+        lines.append(f"| {arm} | {human_bytes(up)} | {human_bytes(down)} | {human_bytes(bb)} |")
     lines += ["", "Upload per site per round ÷ backbone, from the same record builder applied to each model "
               f"size (PEFT `{cfg.peft.name}`):", "", "| model | " + " | ".join(next(iter(payload.values())))
               + " |", "|---|" + "---:|" * len(next(iter(payload.values())))]
     for model, per in payload.items():
-        lines.append(f"| {model} ({_size(next(iter(per.values()))['backbone_bytes'])}) | "
+        lines.append(f"| {model} ({human_bytes(next(iter(per.values()))['backbone_bytes'])}) | "
                      + " | ".join(f"{v['percent']:.3f} %" for v in per.values()) + " |")
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     lines += ["", "Slices: the middle axial slice of each scanner's first test subject, predicted by each arm's "
               "final model for that site on a slab of one patch depth around it (whole-volume metrics above "
               "come from the sites)."]
     return "\n".join(lines) + "\n"
-
-
-def _size(n: float) -> str:
-    n = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _print(rows, arms, sites) -> None:

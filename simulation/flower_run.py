@@ -28,6 +28,7 @@ from typing import Any
 
 import tomllib
 
+from petite_fl.deploy.processes import toml_value
 from petite_fl.errors import PetiteError
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: pyproject.toml with [tool.flwr.app]
@@ -55,14 +56,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
 
 
 @dataclass
@@ -132,7 +125,7 @@ class LocalSimulation:
             gpus_per_client: float = 0.0, app: Path = ROOT) -> RunResult:
         """`flwr run <app> --stream` with these run-config overrides; raises if the run failed."""
         overrides = self.home / "run-config.toml"
-        overrides.write_text("".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in run_config.items()))
+        overrides.write_text("".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in run_config.items()))
         federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
                       f"client-resources-num-gpus={gpus_per_client:g}")
         cmd = [str(self.bin / "flwr"), "run", str(app), "--stream", "--federation-config", federation,

@@ -9,6 +9,7 @@ entry is written by `connection.py`.)
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,19 +58,18 @@ def superlink_command(*, tls: ServerTLS | None, auth: bool, host: str, port: int
     return cmd
 
 
-def node_config_text(values: Mapping[str, Any]) -> str:
-    """Flower's --node-config syntax: space-separated key=value, strings quoted (TOML values)."""
-    import json
+def toml_value(value: Any) -> str:
+    """A scalar as a TOML value (Flower's --node-config, --run-config files)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
 
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        else:
-            text = json.dumps(str(value))
-        parts.append(f"{key}={text}")
+
+def node_config_text(values: Mapping[str, Any]) -> str:
+    """Flower's --node-config syntax: space-separated key=value."""
+    parts = [f"{key}={toml_value(value)}" for key, value in values.items()]
     return " ".join(parts)
 
 

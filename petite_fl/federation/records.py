@@ -7,14 +7,10 @@ Byte counts are taken from the records actually sent, not from a formula.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
-
-from petite_fl.errors import PetiteError
+from flwr.app import ArrayRecord, RecordDict
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -41,10 +37,3 @@ def from_record(record: ArrayRecord | None) -> dict[str, torch.Tensor]:
 def record_bytes(content: RecordDict) -> int:
     """Bytes of every array a message carries (its tensor payload)."""
     return int(sum(rec.count_bytes() for rec in content.array_records.values()))
-
-
-def config_json(record: ConfigRecord, key: str) -> Any:
-    """A JSON-encoded value of a config record (nested dicts travel as JSON strings)."""
-    if key not in record:
-        raise PetiteError(f"message config lacks '{key}'")
-    return json.loads(str(record[key]))

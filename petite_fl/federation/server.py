@@ -29,17 +29,18 @@ from petite_fl import __version__
 from petite_fl.artifacts import load_backbone, save_adapter
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path
-from petite_fl.console import console
+from petite_fl.console import console, human_bytes
 from petite_fl.errors import PetiteError
 from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
 from petite_fl.federation.site import site_list
 from petite_fl.federation.strategies import Strategy, build_strategy
+from petite_fl.models.base import Backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config
+from petite_fl.training.inference import METRICS as METRIC_NAMES
 from petite_fl.training.jobs import backbone_for, config_hash
 
 HELLO, BACKBONE, TRAIN, EVALUATE = "query.hello", "query.backbone", "train", "evaluate"
-METRIC_KEYS = ("psnr", "ssim", "nrmse", "psnr_fg", "ssim_fg", "nrmse_fg")
 # Settings that do not change what a run computes, so they do not change its name.
 _RUN_NEUTRAL = ("resume", "timeout", "wait_for_sites", "run_name", "site_root", "min_sites")
 
@@ -170,8 +171,8 @@ class Coordinator:
                                        for i in sorted(infos.values(), key=lambda i: i.site)))
         return infos
 
-    def distribute(self, infos: dict[int, SiteInfo], backbone_path: Path) -> dict[str, Any]:
-        """Send the frozen backbone to every site that does not hold its hash."""
+    def distribute(self, infos: dict[int, SiteInfo], backbone_path: Path) -> tuple[Backbone, dict[str, Any]]:
+        """Send the frozen backbone to every site that does not hold its hash; (backbone, metadata)."""
         model, meta = load_backbone(backbone_path)
         need = [n for n, i in infos.items() if meta["sha256"] not in i.held]
         sent: dict[int, int] = {}
@@ -195,7 +196,7 @@ class Coordinator:
                               for node, info in infos.items()]
         if len(infos) < self.min_sites:
             raise PetiteError(f"only {len(infos)} site(s) hold the backbone, {self.min_sites} needed")
-        return meta
+        return model, meta
 
     # -- checkpoint -----------------------------------------------------------------------
     def _save_checkpoint(self, path: Path, rnd: int, global_tensors: dict[str, torch.Tensor], sha: str) -> None:
@@ -219,7 +220,7 @@ class Coordinator:
         cfg = self.cfg
         backbone_path = backbone_for(cfg, quiet=self.quiet)
         infos = self.hello()
-        meta = self.distribute(infos, backbone_path)
+        model, meta = self.distribute(infos, backbone_path)  # loaded (and hash-checked) once
         sha = meta["sha256"]
         run_name = run_name_for(cfg, sha)
         run_dir = default_run_dir(cfg, run_name)
@@ -227,7 +228,6 @@ class Coordinator:
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg))
 
-        model, _ = load_backbone(backbone_path)
         torch.manual_seed(int(cfg.seed))  # the sites initialise the same way
         state = apply_peft(model, spec_from_config(cfg.peft, model))
         init = adapter_state_dict(model, state)
@@ -357,14 +357,14 @@ class Coordinator:
             return
         self.log.eval_rows.append({"round": rnd, "site": site, "split": split,
                                    "subjects": int(m.get(f"{split}_subjects", 1)),
-                                   **{k: float(m[f"{split}_{k}"]) for k in METRIC_KEYS if f"{split}_{k}" in m}})
+                                   **{k: float(m[f"{split}_{k}"]) for k in METRIC_NAMES if f"{split}_{k}" in m}})
 
     def weighted_mean(self, rnd: int, split: str) -> dict[str, float]:
         rows = [r for r in self.log.eval_rows if r["round"] == rnd and r["split"] == split]
         total = sum(r["subjects"] for r in rows)
         if not total:
             return {}
-        return {k: sum(r[k] * r["subjects"] for r in rows) / total for k in METRIC_KEYS if all(k in r for r in rows)}
+        return {k: sum(r[k] * r["subjects"] for r in rows) / total for k in METRIC_NAMES if all(k in r for r in rows)}
 
     def _val_line(self, rnd: int) -> str:
         mean = self.weighted_mean(rnd, "val")
@@ -416,8 +416,8 @@ class Coordinator:
         for site, s in summary["sites"].items():
             t = s["test"] or {}
             table.add_row(site, f"{t.get('psnr', float('nan')):.2f}", f"{t.get('ssim', float('nan')):.4f}",
-                          f"{t.get('nrmse', float('nan')):.4f}", _size(s["upload_bytes_per_round"]),
-                          _size(s["backbone_bytes"]))
+                          f"{t.get('nrmse', float('nan')):.4f}", human_bytes(s["upload_bytes_per_round"]),
+                          human_bytes(s["backbone_bytes"]))
         mean = summary["test_mean"]
         if mean:
             table.add_row("mean", f"{mean['psnr']:.2f}", f"{mean['ssim']:.4f}", f"{mean['nrmse']:.4f}", "", "")
@@ -425,10 +425,3 @@ class Coordinator:
         console.print(f"upload per site per round: {summary['upload_percent_of_backbone']:.3f} % of the backbone; "
                       f"results in {summary['run_dir']}")
 
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"
