@@ -4,6 +4,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from petite_fl.federation.apps import handle
+from petite_fl.federation.secagg import TRAIN_MODS
 
 app = ClientApp()
 
@@ -18,7 +19,7 @@ def backbone(message: Message, context: Context) -> Message:
     return handle(message, context)
 
 
-@app.train()
+@app.train(mods=TRAIN_MODS)  # Flower's SecAgg+ / DP-clipping mods, when a round asks for them
 def train(message: Message, context: Context) -> Message:
     return handle(message, context)
 

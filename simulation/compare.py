@@ -163,6 +163,16 @@ def _mean(rows, arm, key) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _protection(summary: dict[str, Any]) -> str:
+    """' · SecAgg+ …, ε = … at δ = …' for a protected arm (summaries before #6 have neither key)."""
+    text = summary.get("protection") or "none"
+    if text == "none":
+        return ""
+    spent = summary.get("privacy")
+    eps = f", ε = {spent['epsilon']:.3g} at δ = {spent['delta']:g} (client-level)" if spent else ""
+    return f" · protection: {text}{eps}"
+
+
 def _markdown(cfg, arms, data, sites, rows, curves, payload, figures, overrides, seconds, backbone) -> str:
     def cell(arm, site, key, fmt):
         r = next((r for r in rows if r["arm"] == arm and r["site"] == site), None)
@@ -179,7 +189,7 @@ def _markdown(cfg, arms, data, sites, rows, curves, payload, figures, overrides,
              f"(batch {cfg.train.batch_size} volumes × {cfg.data.loader.patches_per_volume} patches); "
              f"PEFT `{cfg.peft.name}`", "",
              "Arms: " + "; ".join(f"**{a}**: {data[a]['summary']['describe']} ({data[a]['summary']['peft']})"
-                                  for a in arms), "",
+                                  + _protection(data[a]["summary"]) for a in arms), "",
              "## Test PSNR (dB) per scanner, whole volume", "",
              "| arm | " + " | ".join(sites) + " | mean | Δ mean vs local |",
              "|---|" + "---:|" * (len(sites) + 2)]
@@ -203,7 +213,8 @@ def _markdown(cfg, arms, data, sites, rows, curves, payload, figures, overrides,
         lines.append(f"| {arm} | " + " | ".join(f"{by_round[r]['val_psnr']:.2f}" if r in by_round else "–"
                                                for r in range(int(cfg.federation.rounds) + 1)) + " |")
     lines += ["", "## Communication", "",
-              "Measured in this run (bytes of the arrays in each message, per site per round):", "",
+              "Measured in this run (bytes of the arrays in each message, per site per round; under SecAgg+ "
+              "every record of its four stages, keys and masked vectors included):", "",
               "| arm | upload / round | download / round | backbone received (first run) |", "|---|---:|---:|---:|"]
     for arm in arms:
         s = data[arm]["summary"]
@@ -286,7 +297,7 @@ def _figures(folder, data, sites, curves, cfg, backbone) -> list[str]:
     names.append(_save(fig, folder / "convergence.png"))
     fig, ax = plt.subplots(figsize=(7, 4))
     for arm in arms:
-        tr = [r for r in data[arm]["transfer"] if r["what"] == "peft"]
+        tr = [r for r in data[arm]["transfer"] if r["what"] in ("peft", "peft-secagg")]
         rounds = sorted({int(r["round"]) for r in tr})
         if rounds:
             ax.plot(rounds, [sum(int(r["bytes_up"]) for r in tr if int(r["round"]) == k) / 1024 for k in rounds],

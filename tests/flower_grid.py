@@ -8,6 +8,8 @@ task identity set; that private API is touched here and nowhere else.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,6 +29,10 @@ class InProcessGrid(Grid):
         self.fail = fail or {}  # node id -> which messages it "crashes" on (no reply)
         self.sent: list[Message] = []
         self.replies: list[Message] = []
+        # One Context per node, kept across messages as a SuperNode keeps it for a run
+        # (SecAgg+'s mod stores its keys in the node's state between stages).
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config=c, state=RecordDict(),
+                                    run_config=self.run_config) for n, c in self.nodes.items()}
 
     def set_run(self, run) -> None:  # pragma: no cover - not used by petite-fl
         pass
@@ -55,9 +61,8 @@ class InProcessGrid(Grid):
             node = msg.metadata.dst_node_id
             if node in self.fail and self.fail[node](msg):
                 continue
-            context = Context(run_id=1, node_id=node, node_config=self.nodes[node], state=RecordDict(),
-                              run_config=self.run_config)
-            reply = self.app(msg, context)
+            # A copy, as if it had crossed the wire: a handler (SecAgg+'s mod does) may edit its message.
+            reply = self.app(copy.deepcopy(msg), self.contexts[node])
             self.replies.append(reply)
             out.append(reply)
         return out

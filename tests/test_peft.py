@@ -37,6 +37,26 @@ CASES = _specs()
 IDS = [f"{b}-{c['name']}" + (f"-{c['encoder']}+{c['decoder']}" if c["name"] == "mix" else "") for b, c in CASES]
 
 
+def _covering(cases: list[tuple[str, dict]]) -> set[int]:
+    """Indices of every single method plus, per backbone, mixes that put each method in each
+    position (encoder, decoder) at least once: the code paths of all mixes, in few of them."""
+    keep, seen = set(), set()
+    for i, (backbone, cfg) in enumerate(cases):
+        if cfg["name"] != "mix":
+            keep.add(i)
+        elif {(backbone, "e", cfg["encoder"]), (backbone, "d", cfg["decoder"])} - seen:
+            keep.add(i)
+            seen |= {(backbone, "e", cfg["encoder"]), (backbone, "d", cfg["decoder"])}
+    return keep
+
+
+# The costly per-model checks run on the covering cases by default; the other mixes are
+# marked slow (run them with -m slow). The cheap checks above and below take every case.
+_COVER = _covering(CASES)
+COSTLY = [pytest.param(*c, id=i, marks=() if k in _COVER else pytest.mark.slow)
+          for k, (c, i) in enumerate(zip(CASES, IDS, strict=True))]
+
+
 def test_the_paper_rules_give_12_cvtgan_and_9_unetr_combinations():
     counts = {b: len(feasible_mixes(build_backbone(b, "tiny"))) for b in BACKBONES}
     assert counts == {"cvtgan": 12, "unetr": 9}
@@ -79,7 +99,7 @@ def test_a_training_step_changes_only_the_method_parameters(backbone, cfg):
     assert len(changed) == len(trainable), f"not updated: {sorted(set(trainable) - set(changed))[:5]}"
 
 
-@pytest.mark.parametrize("backbone, cfg", CASES, ids=IDS)
+@pytest.mark.parametrize("backbone, cfg", COSTLY)
 def test_saved_adapter_reloads_onto_a_fresh_backbone_and_reproduces_the_output(backbone, cfg):
     torch.manual_seed(0)
     model = build_backbone(backbone, "tiny")
@@ -100,7 +120,7 @@ def test_saved_adapter_reloads_onto_a_fresh_backbone_and_reproduces_the_output(b
     assert torch.equal(fresh(x), expected)
 
 
-@pytest.mark.parametrize("backbone, cfg", CASES, ids=IDS)
+@pytest.mark.parametrize("backbone, cfg", COSTLY)
 def test_every_counted_parameter_can_change_the_output(backbone, cfg):
     # In float64, a dead parameter (e.g. a shift of every attention key, which the softmax
     # cancels, or a conv bias an instance norm removes) gets a gradient of round-off size
@@ -118,7 +138,7 @@ def test_every_counted_parameter_can_change_the_output(backbone, cfg):
     assert not dead, f"counted but cannot change the output: {dead[:5]}"
 
 
-@pytest.mark.parametrize("backbone, cfg", CASES, ids=IDS)
+@pytest.mark.parametrize("backbone, cfg", COSTLY)
 def test_merging_keeps_the_output(backbone, cfg):
     model, state = _prepared(backbone, cfg)
     _randomise(model, state)

@@ -20,6 +20,7 @@ from petite_fl.config import compose, overrides_from_run_config
 from petite_fl.console import console
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
+from petite_fl.federation.secagg import FITINS_CONFIG, fitres_content, is_fitins, read_fitins
 from petite_fl.federation.server import Coordinator
 from petite_fl.federation.site import SiteWorker, site_for_node
 from petite_fl.federation.strategies import build_strategy
@@ -43,8 +44,30 @@ def site_overrides(node_config: dict[str, Any]) -> list[str]:
 
 
 def _extra(message: Message) -> list[str]:
-    c = message.content.config_records.get(CONFIG)
+    c = message.content.config_records.get(CONFIG) or message.content.config_records.get(FITINS_CONFIG)
     return list(json.loads(str(c["overrides"]))) if c is not None and "overrides" in c else []
+
+
+def _train(worker: SiteWorker, strategy, message: Message) -> Message:
+    """One round at the site; the reply is a FitRes when the server asked in Flower's legacy
+    layout (SecAgg+ or client-side DP clipping), petite-fl's own records otherwise."""
+    legacy = is_fitins(message.content)
+    if legacy:
+        c, received = read_fitins(message.content)
+    else:
+        c, received = message.content.config_records[CONFIG], from_record(message.content.array_records.get(ARRAYS))
+    upload, metrics = worker.train_round(strategy, str(c["run"]), int(c["round"]), int(c["rounds"]),
+                                         int(c["steps"]), str(c["sha256"]), received, bool(c["validate"]))
+    if not legacy:
+        return Message(RecordDict({ARRAYS: to_record(upload) if upload else ArrayRecord(),
+                                   METRICS: MetricRecord(metrics),
+                                   CONFIG: ConfigRecord({"backbone_sha256": worker.backbone_sha256})}),
+                       reply_to=message)
+    weight = 1 if str(c.get("weight")) == "uniform" else int(metrics["num-examples"])
+    clip = float(c["secagg_clipping_range"]) if "secagg_clipping_range" in c else None
+    content = fitres_content(upload, json.loads(str(c["names"])), weight,
+                             {**metrics, "backbone_sha256": worker.backbone_sha256}, clip)
+    return Message(content, reply_to=message)
 
 
 # -- site side -------------------------------------------------------------------------
@@ -67,14 +90,9 @@ def handle(message: Message, context: Context) -> Message:
             return Message(RecordDict({METRICS: MetricRecord({"bytes": record_bytes(message.content)})}),
                            reply_to=message)
         strategy = build_strategy(cfg.strategy)
-        received = from_record(message.content.array_records.get(ARRAYS))
         if kind == "train":
-            upload, metrics = worker.train_round(strategy, str(c["run"]), int(c["round"]), int(c["rounds"]),
-                                                 int(c["steps"]), str(c["sha256"]), received, bool(c["validate"]))
-            return Message(RecordDict({ARRAYS: to_record(upload) if upload else ArrayRecord(),
-                                       METRICS: MetricRecord(metrics),
-                                       CONFIG: ConfigRecord({"backbone_sha256": worker.backbone_sha256})}),
-                           reply_to=message)
+            return _train(worker, strategy, message)
+        received = from_record(message.content.array_records.get(ARRAYS))
         if kind == "evaluate":
             metrics, path = worker.finish(strategy, str(c["run"]), int(c["round"]), str(c["sha256"]), received,
                                           tuple(str(c["splits"]).split(",")))

@@ -37,3 +37,23 @@ def from_record(record: ArrayRecord | None) -> dict[str, torch.Tensor]:
 def record_bytes(content: RecordDict) -> int:
     """Bytes of every array a message carries (its tensor payload)."""
     return int(sum(rec.count_bytes() for rec in content.array_records.values()))
+
+
+def _value_bytes(value: object) -> int:
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_value_bytes(v) for v in value)
+    return 8  # int, float, bool: as Flower counts them
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of every record a message carries: arrays, configs and metrics.
+
+    SecAgg+'s keys and masked vectors travel as bytes in config records. Counted by hand for
+    configs because Flower's `ConfigRecord.count_bytes` fails on an empty list (flwr 1.42).
+    """
+    arrays = sum(rec.count_bytes() for rec in content.array_records.values())
+    configs = sum(len(k) + _value_bytes(v) for rec in content.config_records.values() for k, v in rec.items())
+    metrics = sum(len(k) + _value_bytes(v) for rec in content.metric_records.values() for k, v in rec.items())
+    return int(arrays + configs + metrics)

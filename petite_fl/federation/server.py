@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common import FitIns
+from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
@@ -31,8 +34,11 @@ from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path
 from petite_fl.console import console, human_bytes
 from petite_fl.errors import PetiteError
+from petite_fl.federation.privacy import PrivacyLedger, private_mean
+from petite_fl.federation.protection import check_combination, protection_from_config
 from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
-from petite_fl.federation.site import site_list
+from petite_fl.federation.secagg import is_fitres, read_fitres, secure_round, to_parameters
+from petite_fl.federation.site import round_seed, site_list
 from petite_fl.federation.strategies import Strategy, build_strategy
 from petite_fl.models.base import Backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
@@ -103,6 +109,9 @@ class Coordinator:
             raise PetiteError(f"federation.rounds must be ≥ 0 and federation.local_steps ≥ 1, "
                               f"got {self.rounds} and {self.steps}")
         self.min_sites = int(cfg.federation.min_sites or len(self.sites))
+        self.protection = protection_from_config(cfg)
+        check_combination(self.protection, self.strategy.name, bool(self.strategy.rule.share), len(self.sites))
+        self.ledger = PrivacyLedger(self.protection, len(self.sites)) if self.protection.dp != "off" else None
         self.timeout = float(cfg.federation.timeout)
         self.log = RunLog()
 
@@ -118,9 +127,10 @@ class Coordinator:
         messages = []
         for n, c in contents.items():
             c = RecordDict(dict(c.items()))  # a shallow copy per node, with the run's overrides
-            config = ConfigRecord(dict(c.config_records[CONFIG])) if CONFIG in c.config_records else ConfigRecord()
+            key = "fitins.config" if "fitins.config" in c.config_records else CONFIG
+            config = ConfigRecord(dict(c.config_records[key])) if key in c.config_records else ConfigRecord()
             config["overrides"] = self.overrides
-            c[CONFIG] = config
+            c[key] = config
             messages.append(Message(content=c, dst_node_id=n, message_type=message_type,
                                     group_id=f"{self.label}/{group}" if self.label else group))
         replies, errors = {}, {}
@@ -202,7 +212,7 @@ class Coordinator:
     def _save_checkpoint(self, path: Path, rnd: int, global_tensors: dict[str, torch.Tensor], sha: str) -> None:
         payload = {"round": rnd, "global": global_tensors, "rng": torch.get_rng_state(), "backbone_sha256": sha,
                    "strategy": OmegaConf.to_container(self.cfg.strategy, resolve=True), "log": self.log.to_dict(),
-                   "version": __version__}
+                   "privacy": self.ledger.events if self.ledger else [], "version": __version__}
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
@@ -213,6 +223,8 @@ class Coordinator:
                               "or federation.resume=false")
         torch.set_rng_state(payload["rng"])
         self.log = RunLog.from_dict(payload["log"])
+        if self.ledger is not None:
+            self.ledger = PrivacyLedger(self.protection, len(self.sites), payload.get("privacy", []))
         return int(payload["round"]), payload["global"]
 
     # -- the run ------------------------------------------------------------------------
@@ -236,7 +248,8 @@ class Coordinator:
         shared, personal = self.strategy.split(state.trainable)
         global_tensors = {n: init[n] for n in shared}
         self.say(f"run {run_name}: {self.strategy.describe()}; {len(shared)} shared / {len(personal)} personal "
-                 f"tensors; {self.rounds} rounds × {self.steps} local steps → {run_dir}")
+                 f"tensors; {self.rounds} rounds × {self.steps} local steps; protection: "
+                 f"{self.protection.describe()} → {run_dir}")
 
         checkpoint = run_dir / "checkpoint.pt"
         start = 0
@@ -251,37 +264,31 @@ class Coordinator:
         for rnd in range(start + 1, self.rounds + 1):
             begin = time.perf_counter()
             validate = (rnd - 1) % every == 0
-            content = RecordDict({ARRAYS: to_record(global_tensors), CONFIG: ConfigRecord({
-                "run": run_name, "round": rnd, "rounds": self.rounds, "steps": self.steps, "sha256": sha,
-                "validate": validate})})
-            down = record_bytes(content)
-            replies, errors = self.exchange({n: content for n in infos}, TRAIN, f"round-{rnd}")
-            updates = []
-            for node, reply in replies.items():
-                site = infos[node].site
-                problem = self._check(reply, global_tensors, sha)
-                if problem:
-                    errors[node] = problem
-                    self.log.rejected.append({"round": rnd, "site": site, "reason": problem})
-                    continue
-                upload = from_record(reply.array_records.get(ARRAYS))
-                m = dict(reply.metric_records[METRICS])
-                updates.append((upload, int(m["num-examples"])))
-                self.log.train_rows.append({"round": rnd, "site": site, "train_loss": m.get("train_loss"),
-                                            "seconds": m.get("seconds")})
-                self.log.transfer_rows.append({"round": rnd, "site": site, "what": "peft",
-                                               "bytes_down": down, "bytes_up": record_bytes(reply)})
-                if validate:
-                    self._eval_row(rnd - 1, site, "val", m)
+            config = {"run": run_name, "round": rnd, "rounds": self.rounds, "steps": self.steps, "sha256": sha,
+                      "validate": validate, "weight": "uniform" if self.protection.uniform_weights else "examples"}
+            if self.protection.secagg:
+                accepted, errors, average = self._secure_round(rnd, infos, global_tensors, config, sha)
+            else:
+                accepted, errors = self._plain_round(rnd, infos, global_tensors, config, sha)
             for node, why in errors.items():
                 self.say(f"round {rnd}: site {infos[node].site} left out: {why}")
-            if len(updates) < self.min_sites:
-                raise PetiteError(f"round {rnd}: {len(updates)} valid update(s), {self.min_sites} needed "
+            for node, (_, _, m) in accepted.items():
+                site = infos[node].site
+                self.log.train_rows.append({"round": rnd, "site": site, "train_loss": m.get("train_loss"),
+                                            "seconds": m.get("seconds")})
+                if validate:
+                    self._eval_row(rnd - 1, site, "val", m)
+            if len(accepted) < self.min_sites:
+                raise PetiteError(f"round {rnd}: {len(accepted)} valid update(s), {self.min_sites} needed "
                                   f"(federation.min_sites); the last completed round ({rnd - 1}) is checkpointed")
-            global_tensors = self.strategy.aggregate(global_tensors, updates)
+            if not self.protection.secagg:
+                average = self._aggregate(rnd, global_tensors, [(u, w) for u, w, _ in accepted.values()])
+            global_tensors = average
             self._save_checkpoint(checkpoint, rnd, global_tensors, sha)
             self._write(run_dir)
+            spent = self.ledger.spent() if self.ledger else None
             self.say(f"round {rnd}/{self.rounds} done in {time.perf_counter() - begin:.0f} s"
+                     + (f"; privacy spent ε={spent['epsilon']:.3g} at δ={spent['delta']:g}" if spent else "")
                      + (self._val_line(rnd - 1) if validate else ""))
 
         # Final model of every site: validation (round R) and test.
@@ -309,6 +316,103 @@ class Coordinator:
         self._print_summary(summary)
         return summary
 
+    # -- one round ------------------------------------------------------------------------
+    def _plain_round(self, rnd: int, infos: Mapping[int, SiteInfo], current: dict[str, torch.Tensor],
+                     config: dict[str, Any], sha: str) -> tuple[dict[int, tuple], dict[int, str]]:
+        """Send the global shared tensors, check every upload: ({node: (upload, weight, metrics)}, errors)."""
+        p, names = self.protection, sorted(current)
+        if p.legacy_messages:  # client-side DP clipping: Flower's fixedclipping_mod reads FitIns/FitRes
+            ins = FitIns(to_parameters(current, names), {**config, "names": json.dumps(names),
+                                                          KEY_CLIPPING_NORM: p.clipping_norm})
+            content = compat.fitins_to_recorddict(ins, keep_input=True)
+        else:
+            content = RecordDict({ARRAYS: to_record(current), CONFIG: ConfigRecord(config)})
+        down = record_bytes(content)
+        replies, errors = self.exchange({n: content for n in infos}, TRAIN, f"round-{rnd}")
+        accepted = {}
+        for node, reply in replies.items():
+            try:
+                if is_fitres(reply):
+                    upload, weight, m = read_fitres(reply, names, current)
+                    made_on = str(m.get("backbone_sha256"))
+                else:
+                    upload = from_record(reply.array_records.get(ARRAYS))
+                    m = dict(reply.metric_records[METRICS]) if METRICS in reply.metric_records else {}
+                    weight = m.get("num-examples")
+                    c = reply.config_records.get(CONFIG)
+                    made_on = str(c.get("backbone_sha256")) if c is not None else "none"
+            except (PetiteError, KeyError, ValueError) as exc:
+                problem = f"unreadable reply ({exc})"
+            else:
+                problem = self._check(upload, weight, made_on, current, sha)
+            if not problem and p.dp == "client":  # the site's fixedclipping_mod must have bounded it
+                norm = sum(float(((upload[n].double() - current[n].double()) ** 2).sum()) for n in names) ** 0.5
+                if norm > p.clipping_norm * (1 + 1e-3):
+                    problem = (f"update norm {norm:.4g} is not clipped to "
+                               f"federation.dp.clipping_norm={p.clipping_norm:g}")
+            if problem:
+                errors[node] = problem
+                self.log.rejected.append({"round": rnd, "site": infos[node].site, "reason": problem})
+                continue
+            accepted[node] = (upload, int(weight), m)
+            self.log.transfer_rows.append({"round": rnd, "site": infos[node].site, "what": "peft",
+                                           "bytes_down": down, "bytes_up": record_bytes(reply)})
+        return accepted, errors
+
+    def _secure_round(self, rnd: int, infos: Mapping[int, SiteInfo], current: dict[str, torch.Tensor],
+                      config: dict[str, Any], sha: str) -> tuple[dict[int, tuple], dict[int, str], dict]:
+        """A round whose shared tensors only the SecAgg+ sum reveals; the sum is checked instead."""
+        p, names = self.protection, sorted(current)
+        config = {**config, "overrides": self.overrides, "secagg_clipping_range": p.clipping_range}
+        if p.dp == "client":
+            config[KEY_CLIPPING_NORM] = p.clipping_norm
+        weights = [1 if p.uniform_weights else i.num_examples for i in infos.values()]
+        result = secure_round(self.grid, list(infos), names, current, config, p, float(max(weights)), rnd,
+                              self.timeout)
+        errors: dict[int, str] = {}
+        accepted = {}
+        for node in infos:
+            if node not in result.sites:
+                errors[node] = "dropped out of SecAgg+ (its masked upload is not in the sum)"
+                continue
+            weight, m = result.sites[node]
+            if str(m.get("backbone_sha256")) != sha:
+                errors[node] = f"update made on backbone {str(m.get('backbone_sha256'))[:12]}…, not on {sha[:12]}…"
+            accepted[node] = (None, weight, m)
+            self.log.transfer_rows.append({"round": rnd, "site": infos[node].site, "what": "peft-secagg",
+                                           "bytes_down": result.bytes_down.get(node, 0),
+                                           "bytes_up": result.bytes_up.get(node, 0)})
+        if result.failures:
+            self.say(f"round {rnd}: SecAgg+ reported {len(result.failures)} failure(s): {result.failures[:2]}")
+        if result.average is None or any(node in errors for node in accepted):
+            # One masked upload made on another backbone poisons the sum: nothing of this round is used.
+            why = "SecAgg+ could not unmask the sum" if result.average is None else "an update in the sum is invalid"
+            self.log.rejected.append({"round": rnd, "site": "(sum)", "reason": why})
+            raise PetiteError(f"round {rnd}: {why}; the last completed round ({rnd - 1}) is checkpointed")
+        problem = self._check(result.average, 1, sha, current, sha)
+        if problem:
+            self.log.rejected.append({"round": rnd, "site": "(sum)", "reason": problem})
+            raise PetiteError(f"round {rnd}: the SecAgg+ average is refused ({problem}); the last completed "
+                              f"round ({rnd - 1}) is checkpointed")
+        average = result.average
+        if p.dp == "client":
+            # The sum hides the uploads; the average stands for each of the n sites (a plain mean of n
+            # copies is itself), so Flower's wrapper calibrates the noise for n.
+            average = private_mean(p, current, [average] * len(accepted), self._noise_seed(rnd))
+            self.ledger.add(len(accepted))
+        return accepted, errors, average
+
+    def _aggregate(self, rnd: int, current: dict[str, torch.Tensor],
+                   updates: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+        if self.protection.dp == "off":
+            return self.strategy.aggregate(current, updates)
+        out = private_mean(self.protection, current, [u for u, _ in updates], self._noise_seed(rnd))
+        self.ledger.add(len(updates))
+        return out
+
+    def _noise_seed(self, rnd: int) -> int:
+        return round_seed(int(self.cfg.seed), "(server)", rnd, "dp-noise")
+
     # -- helpers -------------------------------------------------------------------------
     def max_update_norm(self, n: int) -> float:
         """The L2 norm beyond which an update is implausible for an honest site.
@@ -321,18 +425,13 @@ class Coordinator:
             return 10.0 * float(self.cfg.peft.lr) * self.steps * max(1, n) ** 0.5
         return float(bound)
 
-    def _check(self, reply: RecordDict, expected: Mapping[str, torch.Tensor], sha: str) -> str | None:
-        """Why a train reply cannot be averaged, or None (checked before any averaging)."""
-        if METRICS not in reply.metric_records or "num-examples" not in reply.metric_records[METRICS]:
-            return "reply without num-examples"
-        n = reply.metric_records[METRICS]["num-examples"]
-        if not isinstance(n, int) or n <= 0:
-            return f"reply with an invalid num-examples ({n!r})"
-        config = reply.config_records.get(CONFIG)
-        if config is None or str(config.get("backbone_sha256")) != sha:
-            got = str(config.get("backbone_sha256"))[:12] if config is not None else "none"
-            return f"update made on backbone {got}…, not on {sha[:12]}…"
-        upload = from_record(reply.array_records.get(ARRAYS))
+    def _check(self, upload: Mapping[str, torch.Tensor], weight: Any, made_on: str,
+               expected: Mapping[str, torch.Tensor], sha: str) -> str | None:
+        """Why an upload cannot be averaged, or None (checked before any averaging)."""
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight <= 0:
+            return f"reply with an invalid num-examples ({weight!r})"
+        if made_on != sha:
+            return f"update made on backbone {made_on[:12]}…, not on {sha[:12]}…"
         if set(upload) != set(expected):
             diff = sorted(set(upload) ^ set(expected))[:3]
             return f"tensor names differ from the shared set ({diff})"
@@ -377,7 +476,7 @@ class Coordinator:
 
     def _summary(self, run_name, run_dir, meta, state, shared, by_site, adapters) -> dict[str, Any]:
         backbone_bytes = {r["site"]: r["bytes_down"] for r in self.backbone_rows}  # this start of the run
-        peft_rows = [r for r in self.log.transfer_rows if r["what"] == "peft"]
+        peft_rows = [r for r in self.log.transfer_rows if r["what"] in ("peft", "peft-secagg")]
         backbone_size = self.backbone_payload  # the record the backbone travels in, as a PEFT update does
         sites = {}
         for site in sorted(by_site):
@@ -394,7 +493,8 @@ class Coordinator:
                 "shared_tensors": len(shared), "trainable_tensors": len(state.names),
                 "upload_bytes_per_round": up, "upload_percent_of_backbone": 100.0 * up / backbone_size,
                 "test_mean": self.weighted_mean(self.rounds, "test"), "sites": sites,
-                "rejected": self.log.rejected}
+                "protection": self.protection.describe(),
+                "privacy": self.ledger.spent() if self.ledger else None, "rejected": self.log.rejected}
 
     def _write(self, run_dir: Path, summary: dict[str, Any] | None = None) -> None:
         write_csv(run_dir / "train.csv", self.log.train_rows)

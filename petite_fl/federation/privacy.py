@@ -1,0 +1,91 @@
+"""Central differential privacy for the shared tensors, with Flower's DP wrappers and accountant.
+
+Flower's `DifferentialPrivacyServerSideFixedClipping` / `...ClientSideFixedClipping`
+clip each site's update (upload − global) to `clipping_norm` (on the server, or at the
+site by `fixedclipping_mod`) and add Gaussian noise of stdev z·C/n to the plain mean of
+the n updates (DP-FedAvg, McMahan et al., ICLR 2018). The guarantee is client-level: it
+hides whether one *site* took part, not one patient. Flower's RDP accountant turns the
+rounds into (ε, δ); with five sites and no sampling, expect a large ε (see the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.serverapp import (
+    GaussianPrivacyEvent,
+    NeighboringRelation,
+    PrivacyConfig,
+    RdpAccountant,
+    SamplingMethod,
+)
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+)
+
+from petite_fl.federation.protection import Protection
+from petite_fl.federation.records import ARRAYS, from_record, to_record
+
+_WEIGHT = "dp-weight"  # every site weighs 1: the noise is calibrated for a plain mean
+
+
+def _message(tensors: Mapping[str, torch.Tensor]) -> Message:
+    return Message(RecordDict({ARRAYS: to_record(tensors), "metrics": MetricRecord({_WEIGHT: 1})}),
+                   dst_node_id=0, message_type="train")
+
+
+def private_mean(p: Protection, current: Mapping[str, torch.Tensor], uploads: Sequence[Mapping[str, torch.Tensor]],
+                 seed: int) -> dict[str, torch.Tensor]:
+    """Clip (server mode), take the plain mean and add noise, all by Flower's wrapper."""
+    n_sites = len(uploads)
+    inner = FedAvg(weighted_by_key=_WEIGHT, arrayrecord_key=ARRAYS)
+    if p.dp == "server":
+        dp: Any = DifferentialPrivacyServerSideFixedClipping(inner, p.noise_multiplier, p.clipping_norm, n_sites)
+        # What configure_train would store; petite-fl sends its own messages (see server.py).
+        dp.current_arrays = to_record(current)
+    else:
+        dp = DifferentialPrivacyClientSideFixedClipping(inner, p.noise_multiplier, p.clipping_norm, n_sites)
+    # Flower draws the noise from numpy's global generator: seed it per round (a resumed run
+    # adds the same noise), and give the caller's generator back untouched.
+    saved = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        arrays, _ = dp.aggregate_train(0, [_message(u) for u in uploads])
+    finally:
+        np.random.set_state(saved)
+    if arrays is None:
+        raise ValueError("Flower's DP wrapper returned no aggregate")
+    out = from_record(arrays)
+    return {n: out[n].to(current[n].dtype) for n in current}
+
+
+class PrivacyLedger:
+    """The (ε, δ) spent so far: Flower's RDP accountant over the rounds released with noise."""
+
+    def __init__(self, p: Protection, population: int, events: Sequence[Sequence[Any]] = ()) -> None:
+        self.p, self.population = p, population
+        self.events: list[tuple[float, int]] = []
+        self.accountant = RdpAccountant(PrivacyConfig(
+            target_delta=p.delta, population_size=population,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION))
+        for z, n in events:
+            self.add(int(n), float(z))
+
+    def add(self, n_sites: int, noise_multiplier: float | None = None) -> None:
+        z = self.p.noise_multiplier if noise_multiplier is None else noise_multiplier
+        self.accountant.compose(GaussianPrivacyEvent(noise_multiplier=z, sample_size=n_sites,
+                                                     population_size=self.population))
+        self.events.append((z, n_sites))
+
+    def spent(self) -> dict[str, Any]:
+        if not self.events:
+            return {"epsilon": 0.0, "delta": self.p.delta, "releases": 0}
+        s = self.accountant.get_privacy_spent()
+        return {"epsilon": float(s.epsilon), "delta": float(s.delta), "releases": int(s.num_releases)}

@@ -1,0 +1,106 @@
+"""Which privacy protections a run uses, and which combinations are refused (and why).
+
+Two protections act on the shared tensors, both through Flower's own implementations:
+SecAgg+ (the server learns only the sum of the sites' uploads) and central differential
+privacy (clipped updates plus Gaussian noise on the average). Refusals are decided here,
+once, so that the server, the sites and the README table agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from petite_fl.errors import ConfigError
+
+DP_MODES = ("off", "server", "client")
+MIN_SECAGG_SITES = 3  # with two, each site learns the other's upload from the sum and its own
+
+
+@dataclass(frozen=True)
+class Protection:
+    secagg: bool
+    num_shares: float | int
+    reconstruction_threshold: float | int
+    clipping_range: float
+    quantization_range: int
+    dp: str                  # off | server | client
+    noise_multiplier: float
+    clipping_norm: float
+    delta: float
+
+    @property
+    def legacy_messages(self) -> bool:
+        """Train messages in Flower's FitIns/FitRes layout, which its SecAgg+ and clipping mods read."""
+        return self.secagg or self.dp == "client"
+
+    @property
+    def uniform_weights(self) -> bool:
+        """DP's noise is calibrated for a plain mean: each site counts once, whatever its size."""
+        return self.dp != "off"
+
+    def describe(self) -> str:
+        parts = []
+        if self.secagg:
+            parts.append("SecAgg+")
+        if self.dp != "off":
+            parts.append(f"central DP ({self.dp}-side clipping to {self.clipping_norm:g}, "
+                         f"noise ×{self.noise_multiplier:g})")
+        return " + ".join(parts) or "none"
+
+
+def _number(value: Any, field: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{field} must be a number, got {value!r}")
+    return value
+
+
+def protection_from_config(cfg: DictConfig) -> Protection:
+    """The run's protections, refusing settings and combinations that would not protect."""
+    fed = cfg.federation
+    sec = fed.get("secagg") or {}
+    dp = fed.get("dp") or {}
+    mode = dp.get("mode", "off")
+    mode = "off" if mode in (None, False) else str(mode)  # YAML 1.1 reads a bare `off` as false
+    if mode not in DP_MODES:
+        raise ConfigError(f"federation.dp.mode must be one of {', '.join(DP_MODES)}, got '{mode}'")
+    p = Protection(
+        secagg=bool(sec.get("enabled", False)),
+        num_shares=_number(sec.get("num_shares", 1.0), "federation.secagg.num_shares"),
+        reconstruction_threshold=_number(sec.get("reconstruction_threshold", 0.7),
+                                         "federation.secagg.reconstruction_threshold"),
+        clipping_range=float(_number(sec.get("clipping_range", 8.0), "federation.secagg.clipping_range")),
+        quantization_range=int(_number(sec.get("quantization_range", 2**22), "federation.secagg.quantization_range")),
+        dp=mode,
+        noise_multiplier=float(_number(dp.get("noise_multiplier", 1.0), "federation.dp.noise_multiplier")),
+        clipping_norm=float(_number(dp.get("clipping_norm", 0.1), "federation.dp.clipping_norm")),
+        delta=float(_number(dp.get("delta", 1e-5), "federation.dp.delta")),
+    )
+    if p.clipping_range <= 0:
+        raise ConfigError(f"federation.secagg.clipping_range must be > 0, got {p.clipping_range}")
+    if p.dp != "off":
+        if p.noise_multiplier <= 0:
+            raise ConfigError(f"federation.dp.noise_multiplier must be > 0 (no noise is no privacy), "
+                              f"got {p.noise_multiplier}")
+        if p.clipping_norm <= 0:
+            raise ConfigError(f"federation.dp.clipping_norm must be > 0, got {p.clipping_norm}")
+        if not 0 < p.delta < 1:
+            raise ConfigError(f"federation.dp.delta must be in (0, 1), got {p.delta}")
+    return p
+
+
+def check_combination(p: Protection, strategy_name: str, shares_anything: bool, n_sites: int) -> None:
+    """Refuse what cannot be protected as asked; the README's table lists the same cases."""
+    if (p.secagg or p.dp != "off") and not shares_anything:
+        what = "federation.secagg.enabled=true" if p.secagg else f"federation.dp.mode={p.dp}"
+        raise ConfigError(f"{what} protects the shared tensors, but strategy '{strategy_name}' shares nothing; "
+                          "use fedavg, shared-encoder or personalized")
+    if p.secagg and p.dp == "server":
+        raise ConfigError("federation.dp.mode=server clips each site's update on the server, which SecAgg+ hides "
+                          "from it; use federation.dp.mode=client with federation.secagg.enabled=true")
+    if p.secagg and n_sites < MIN_SECAGG_SITES:
+        raise ConfigError(f"federation.secagg.enabled=true needs at least {MIN_SECAGG_SITES} sites "
+                          f"(federation.sites has {n_sites}): with two, each site can subtract its own upload "
+                          "from the sum and read the other's")

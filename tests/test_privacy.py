@@ -1,0 +1,225 @@
+"""SecAgg+ and central DP on the shared tensors, through Flower's own workflow, mods and wrappers.
+
+Three tiny sites (SecAgg+ refuses fewer), one round each, in process with the real
+ServerApp/ClientApp logic; the protocol messages are Flower's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flower_grid import InProcessGrid
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.compat.common import recorddict_compat as compat
+from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import app as client_app
+from petite_fl.config import compose
+from petite_fl.errors import ConfigError
+from petite_fl.federation.apps import config_for
+from petite_fl.federation.privacy import private_mean
+from petite_fl.federation.protection import Protection, check_combination, protection_from_config
+from petite_fl.federation.records import ARRAYS, from_record
+from petite_fl.federation.secagg import FITINS, FITRES, from_parameters
+from petite_fl.federation.server import Coordinator
+from petite_fl.federation.strategies import build_strategy
+
+SITES = "[scanner3,scanner4,scanner5]"
+NODES = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+
+
+def run_config(cache: Path, overrides: str = "", **extra) -> dict:
+    rc = {"paths.cache": str(cache), "data": "tiny", "data.synth.scanners": SITES, "data.synth.workers": 1,
+          "source": "scanner4", "train": "tiny", "train.pretrain.steps": 4, "train.batch_size": 1,
+          "data.loader.patches_per_volume": 2, "train.eval.overlap": 0.0, "strategy": "fedavg",
+          "overrides": f"federation.val.patches=2 peft.lr=0.01 {overrides}".strip(), "federation.sites": SITES,
+          "federation.rounds": 1, "federation.local_steps": 2, "federation.wait_for_sites": 1}
+    rc.update(extra)
+    return rc
+
+
+def federate(rc: dict, fail=None):
+    grid = InProcessGrid(client_app, rc, NODES, fail=fail)
+    summary = Coordinator(config_for(rc), grid, quiet=True).run()
+    return summary, grid, torch.load(Path(summary["run_dir"]) / "checkpoint.pt", weights_only=False)["global"]
+
+
+def summary_init(run) -> dict:
+    """The global tensors the run started from (the first train message's)."""
+    _, grid, _ = run
+    first = next(m for m in grid.sent if m.metadata.message_type == "train" and FITINS in m.content.array_records)
+    names = json.loads(str(first.content.config_records["fitins.config"]["names"]))
+    return from_parameters(compat.recorddict_to_fitins(first.content, True).parameters, names)
+
+
+def _masked_stage(msg) -> bool:
+    c = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    return c is not None and c.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("petite-privacy")
+
+
+@pytest.fixture(scope="module")
+def plain(cache):
+    return federate(run_config(cache))
+
+
+@pytest.fixture(scope="module")
+def secure(cache, plain):
+    return federate(run_config(cache, "federation.secagg.enabled=true"))
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, n_sites, fragment", [
+    (["strategy=local", "federation.secagg.enabled=true"], 5, "shares nothing"),
+    (["strategy=local", "federation.dp.mode=server"], 5, "shares nothing"),
+    (["federation.secagg.enabled=true", "federation.dp.mode=server"], 5, "use federation.dp.mode=client"),
+    (["federation.secagg.enabled=true"], 2, "at least 3 sites"),
+])
+def test_combinations_that_would_not_protect_are_refused_saying_why(overrides, n_sites, fragment):
+    cfg = compose("config", overrides)
+    strategy = build_strategy(cfg.strategy)
+    with pytest.raises(ConfigError, match=fragment):
+        check_combination(protection_from_config(cfg), strategy.name, bool(strategy.rule.share), n_sites)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("federation.dp.mode=laplace", "federation.dp.mode must be one of"),
+    ("federation.dp.noise_multiplier=0", "no noise is no privacy"),
+    ("federation.dp.clipping_norm=-1", "federation.dp.clipping_norm"),
+    ("federation.secagg.clipping_range=0", "federation.secagg.clipping_range"),
+])
+def test_bad_privacy_settings_name_the_field(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        protection_from_config(compose("config", ["federation.dp.mode=server", override]))
+
+
+def test_protected_combinations_are_accepted():
+    for overrides in (["federation.dp.mode=off"], ["strategy=shared-encoder", "federation.secagg.enabled=true"],
+                      ["strategy=personalized", "federation.secagg.enabled=true", "federation.dp.mode=client"]):
+        cfg = compose("config", overrides)
+        check_combination(protection_from_config(cfg), "x", True, 5)
+
+
+# -- SecAgg+ ---------------------------------------------------------------------------------
+
+
+def test_secagg_average_equals_the_plain_average_up_to_quantization(plain, secure):
+    _, _, a = plain
+    summary, _, b = secure
+    assert a.keys() == b.keys()
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    # Flower's quantization: 2^22 levels over ±8 → steps of 3.8e-6 per site's weighted value
+    assert diff < 2e-5, diff
+    assert max(float((b[k] - summary_init(secure)[k]).abs().max()) for k in b) > 1e-3  # the round moved it
+    assert summary["protection"] == "SecAgg+" and not summary["rejected"]
+    assert 10 < summary["test_mean"]["psnr"] < 60
+
+
+def test_under_secagg_no_site_upload_reaches_the_server_in_the_clear(secure):
+    _, grid, _ = secure
+    train_replies = [r for r in grid.replies if r.metadata.message_type == "train" and not r.has_error()]
+    masked = [r for r in train_replies if Key.MASKED_PARAMETERS in r.content.config_records[RECORD_KEY_CONFIGS]]
+    assert len(masked) == 3  # one masked vector per site
+    for reply in train_replies:  # setup, share keys, masked vectors, unmask: no array leaves a site
+        assert all(not len(rec) for rec in reply.content.array_records.values())
+        assert FITRES not in reply.content.array_records or not len(reply.content.array_records[FITRES])
+    sent = [m for m in grid.sent if m.metadata.message_type == "train" and FITINS in m.content.array_records]
+    assert len(sent) == 3  # the global tensors go down once per site, in the masked-vector stage
+
+
+def test_secagg_bytes_are_counted_for_every_stage(plain, secure):
+    rows = {n: json.loads((Path(s[0]["run_dir"]) / "log.json").read_text())["transfer"] for n, s in
+            (("plain", plain), ("secure", secure))}
+    up_plain = max(r["bytes_up"] for r in rows["plain"] if r["what"] == "peft")
+    up_secure = max(r["bytes_up"] for r in rows["secure"] if r["what"] == "peft-secagg")
+    # masked values are 4-byte integers like the float32 uploads, plus keys and shares
+    assert up_secure > up_plain
+
+
+def test_a_site_dropping_out_mid_secagg_leaves_the_sum_of_the_others(cache, plain):
+    # (own run names: min_sites does not change a run's name, so these would resume the fixtures' runs)
+    rc = run_config(cache, "federation.secagg.enabled=true",
+                    **{"federation.min_sites": 2, "federation.run_name": "secagg-dropout"})
+    summary, _, b = federate(rc, fail={1002: _masked_stage})
+    # the same site missing a plain round: the average of the other two
+    ref_rc = run_config(cache, **{"federation.min_sites": 2, "federation.run_name": "plain-dropout"})
+    _, _, a = federate(ref_rc, fail={1002: lambda m: m.metadata.message_type == "train"})
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
+    assert max(float((a[k] - plain[2][k]).abs().max()) for k in a) > 2e-4  # two sites' mean is another mean
+    log = json.loads((Path(summary["run_dir"]) / "log.json").read_text())
+    assert sorted(r["site"] for r in log["train"]) == ["scanner3", "scanner4"]
+
+
+# -- differential privacy ------------------------------------------------------------------------
+
+
+def _protection(mode: str, z: float = 1.0, c: float = 0.1) -> Protection:
+    return Protection(False, 1.0, 0.7, 8.0, 2**22, mode, z, c, 1e-5)
+
+
+def test_server_side_dp_clips_each_update_and_adds_noise_of_z_c_over_n():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # Messages outside a run
+    current = {"w": torch.zeros(40_000)}
+    g = torch.Generator().manual_seed(0)
+    directions = [torch.randn(40_000, generator=g) for _ in range(3)]
+    uploads = [{"w": d / d.norm() * norm} for d, norm in zip(directions, (10.0, 0.05, 0.02), strict=True)]
+    clipped = [u["w"] * min(1.0, 0.1 / float(u["w"].norm())) for u in uploads]
+    mean = sum(clipped) / 3
+    before = np.random.get_state()[1].copy()
+    out = private_mean(_protection("server"), current, uploads, seed=7)["w"]
+    assert np.array_equal(np.random.get_state()[1], before)  # the caller's generator is untouched
+    noise = out - mean
+    assert abs(float(noise.mean())) < 1e-3
+    assert float(noise.std()) == pytest.approx(1.0 * 0.1 / 3, rel=0.03)
+    assert torch.equal(out, private_mean(_protection("server"), current, uploads, seed=7)["w"])  # seeded
+    # client mode: the server does not clip (the sites' fixedclipping_mod did)
+    tiny = private_mean(_protection("client", z=1e-9), current, uploads, seed=7)["w"]
+    torch.testing.assert_close(tiny, sum(u["w"] for u in uploads) / 3, atol=1e-6, rtol=0)
+
+
+def _update_norms(grid) -> list[float]:
+    """‖upload − global‖ of every train reply, in either layout (legacy FitIns/FitRes or petite-fl's)."""
+    sent = {m.metadata.dst_node_id: m for m in grid.sent if m.metadata.message_type == "train"}
+    norms = []
+    for r in grid.replies:
+        if r.metadata.message_type != "train" or r.has_error():
+            continue
+        ins = sent[r.metadata.src_node_id].content
+        if FITINS in ins.array_records:
+            names = json.loads(str(ins.config_records["fitins.config"]["names"]))
+            down = from_parameters(compat.recorddict_to_fitins(ins, True).parameters, names)
+            up = from_parameters(compat.recorddict_to_fitres(r.content, True).parameters, names)
+        else:
+            down, up = from_record(ins.array_records[ARRAYS]), from_record(r.content.array_records[ARRAYS])
+        norms.append(sum(float(((up[n].double() - down[n].double()) ** 2).sum()) for n in down) ** 0.5)
+    return norms
+
+
+def test_client_side_dp_clipping_happens_at_the_sites(cache, plain):
+    summary, grid, _ = federate(run_config(cache, "federation.dp.mode=client federation.dp.clipping_norm=0.001"))
+    norms = _update_norms(grid)
+    assert len(norms) == 3 and max(norms) <= 0.001 * (1 + 1e-4)  # float32 round-off
+    assert min(_update_norms(plain[1])) > 0.01  # unclipped, the same round moves every site further
+    assert summary["protection"].startswith("central DP (client-side clipping")
+
+
+def test_dp_runs_report_the_privacy_spent_by_flowers_accountant(cache, secure):
+    accountant = RdpAccountant(PrivacyConfig(1e-5, 3, NeighboringRelation.ADD_OR_REMOVE_ONE,
+                                             SamplingMethod.NO_AMPLIFICATION))
+    accountant.compose(GaussianPrivacyEvent(1.0, 3, 3))
+    expected = accountant.get_privacy_spent().epsilon
+    for overrides in ("federation.dp.mode=server", "federation.dp.mode=client federation.secagg.enabled=true"):
+        summary, _, _ = federate(run_config(cache, overrides))
+        assert summary["privacy"]["epsilon"] == pytest.approx(expected) and summary["privacy"]["releases"] == 1
+        assert not summary["rejected"] and 10 < summary["test_mean"]["psnr"] < 60
