@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any
 
 import tomllib
 
+from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import toml_value
 from petite_fl.errors import PetiteError
 
@@ -52,12 +52,6 @@ def app_defaults(root: Path = ROOT) -> dict[str, Any]:
     return flat
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class RunResult:
     run_id: str
@@ -74,7 +68,7 @@ class LocalSimulation:
         self.home = Path(home or self._tmp)
         self.echo = echo or (lambda line: print(line, flush=True))
         self.bin = Path(sys.executable).parent
-        self.http_port, self.control_port = _free_port(), _free_port()
+        self.http_port, self.control_port = free_port(), free_port()
         self.env = {**os.environ, "FLWR_HOME": str(self.home),
                     "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
                     "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),

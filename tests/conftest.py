@@ -65,3 +65,10 @@ def synthetic_dataset(tmp_path_factory) -> tuple[Path, dict]:
     info, made = generate(small_spec(), out, workers=2)
     assert made
     return out, info
+
+
+@pytest.fixture(scope="session")
+def federation_cache(tmp_path_factory) -> Path:
+    """One cache (synthetic scanner4/5 data, pretrained tiny backbone) for the in-process federation
+    tests of several modules; each of their runs has its own name, so none resumes another's."""
+    return tmp_path_factory.mktemp("petite-fed")

@@ -9,7 +9,6 @@ task identity set; that private API is touched here and nowhere else.
 from __future__ import annotations
 
 import copy
-
 from collections.abc import Callable, Iterable
 from typing import Any
 

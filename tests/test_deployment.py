@@ -6,17 +6,18 @@ bounded in time, and killed at the end whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,20 +27,14 @@ TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.work
         "federation.local_steps=2", "federation.wait_for_sites=60", "federation.timeout=300"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Processes:
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.folder, self.env, self.procs = folder, env, []
 
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], **env: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=str(ROOT))
+        proc = subprocess.Popen(cmd, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=str(ROOT))
         self.procs.append(proc)
         return proc
 
@@ -100,12 +95,12 @@ def test_stopping_the_launchers_stops_flowers_processes(tmp_path, deployment):
     assert not [p for p in deployment.leftovers() if p.is_running() and p.status() != "zombie"]
 
 
-def site_yaml(tmp_path: Path, site: str, port: int, key: Path, ca: Path, node_port: int) -> Path:
-    path = tmp_path / f"{site}.yaml"
+def site_yaml(folder: Path, site: str, port: int, key: Path, ca: Path, node_port: int) -> Path:
+    path = folder / f"{site}-{len(list(folder.glob('*.yaml')))}.yaml"  # one file per use
     path.write_text(f"""name: {site}
 manifest: null
 device: cpu
-cache: {tmp_path / "sites"}
+cache: {folder / "sites"}
 server: 127.0.0.1:{port}
 ca_cert: {ca}
 private_key: {key}
@@ -114,52 +109,196 @@ port: {node_port}
     return path
 
 
-def test_tls_and_authenticated_sites_complete_two_rounds(tmp_path, deployment):
-    """petite-server certs / petite-server / register / petite-client --site, as a hospital IT team runs them."""
-    cache = tmp_path / "cache"
-    port = free_port()
-    certs = deployment.run([str(BIN / "petite-server"), "certs", "--out", str(tmp_path / "tls")], 60)
-    assert certs.returncode == 0, certs.stderr
-    deployment.start("superlink", [str(BIN / "petite-server"), "--tls", str(tmp_path / "tls"), "--host", "127.0.0.1",
-                                   "--port", str(port), "--database", str(tmp_path / "state.db")])
-    sites = ["scanner4", "scanner5"]
-    deadline = time.monotonic() + 60
-    for site in sites:
-        keys = deployment.run([str(BIN / "petite-client"), "keygen", "--site", site,
-                               "--out", str(tmp_path / "keys")], 60)
-        assert keys.returncode == 0, keys.stderr
-        while True:
-            reg = deployment.run([str(BIN / "petite-server"), "register", "--site", site,
-                                  "--key", str(tmp_path / "keys" / f"{site}.key.pub")], 60)
-            if reg.returncode == 0 or time.monotonic() > deadline:
+SITE_DATA = ["-o", "data=tiny", "-o", "data.synth.scanners=[scanner4,scanner5]", "-o", "data.synth.workers=1"]
+
+
+class Link:
+    """One coordinator (TLS + site authentication) for the module, restartable, and its sites."""
+
+    def __init__(self, folder: Path, procs: Processes) -> None:
+        self.folder, self.procs = folder, procs
+        self.cache = folder / "cache"
+        self.port = free_port()
+        self.server: subprocess.Popen | None = None
+        self.clients: dict[str, subprocess.Popen] = {}
+
+    def start_server(self, *extra: str) -> subprocess.Popen:
+        self.server = self.procs.start(f"server{len(self.procs.procs)}", [
+            str(BIN / "petite-server"), "--tls", str(self.folder / "tls"), "--host", "127.0.0.1",
+            "--port", str(self.port), "--database", str(self.folder / "state.db"), *extra])
+        return self.server
+
+    def yaml(self, site: str, ca: str = "tls", key: str | None = None, port: int | None = None) -> Path:
+        return site_yaml(self.folder, site, port or self.port, self.folder / "keys" / f"{key or site}.key",
+                         self.folder / ca / "ca.crt", free_port())
+
+    def submit(self, *overrides: str) -> str:
+        config = self.folder / f"run-{len(list(self.folder.glob('run-*.toml')))}.toml"
+        config.write_text(f"overrides = {json.dumps(shlex.join([f'paths.cache={self.cache}', *TINY, *overrides]))}\n")
+        started = self.procs.run([str(BIN / "flwr"), "run", str(ROOT), "petite", "--run-config", str(config),
+                                  "--format", "json"], 120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        return str(json.loads(started.stdout)["run-id"])
+
+    def status(self, run_id: str) -> str:
+        out = self.procs.run([str(BIN / "flwr"), "ls", "petite", "--run-id", run_id, "--format", "json"], 60)
+        return json.loads(out.stdout)["runs"][0]["status"] if out.returncode == 0 else ""
+
+    def wait_finished(self, run_id: str, seconds: float) -> str:
+        status, end = "", time.monotonic() + seconds
+        while time.monotonic() < end:
+            status = self.status(run_id) or status
+            if status.startswith("finished"):
                 break
-            time.sleep(1)
-        assert reg.returncode == 0, reg.stdout + reg.stderr + deployment.log("superlink")
-    for site in sites:
-        yaml = site_yaml(tmp_path, site, port, tmp_path / "keys" / f"{site}.key", tmp_path / "tls" / "ca.crt",
-                         free_port())
-        deployment.start(site, [str(BIN / "petite-client"), "--site", str(yaml), "-o", f"paths.cache={cache}",
-                                "-o", "data=tiny", "-o", "data.synth.scanners=[scanner4,scanner5]",
-                                "-o", "data.synth.workers=1"])
-    overrides = tmp_path / "run.toml"
-    overrides.write_text(f"overrides = {json.dumps(shlex.join([f'paths.cache={cache}', *TINY]))}\n")
-    started = deployment.run([str(BIN / "flwr"), "run", str(ROOT), "petite", "--run-config", str(overrides),
-                              "--format", "json"], 120)
-    assert started.returncode == 0, started.stdout + started.stderr
-    run_id = str(json.loads(started.stdout)["run-id"])
-    status = ""
-    end = time.monotonic() + 420
-    while time.monotonic() < end:
-        out = deployment.run([str(BIN / "flwr"), "ls", "petite", "--run-id", run_id, "--format", "json"], 60)
-        status = json.loads(out.stdout)["runs"][0]["status"] if out.returncode == 0 else status
-        if status.startswith("finished"):
-            break
-        time.sleep(3)
-    assert status == "finished:completed", status + deployment.log("superlink")[-3000:]
-    runs = list((cache / "runs" / "federated").iterdir())
-    summary = json.loads((runs[0] / "summary.json").read_text())
-    assert sorted(summary["sites"]) == sites
-    for site in sites:
+            time.sleep(3)
+        return status
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """A crash: SIGKILL to the launcher and every process under it (Flower's detached ones too)."""
+        import psutil
+
+        family = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        proc.wait(timeout=10)
+
+
+def wait_for(predicate, seconds: float, what: str, log: str = "") -> None:
+    end = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}\n{log}"
+        time.sleep(0.5)
+
+
+def checkpoint_round(run_dir: Path) -> int:
+    import torch
+
+    path = run_dir / "checkpoint.pt"
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["round"]) if path.is_file() else 0
+    except (EOFError, RuntimeError):  # pragma: no cover - atomic writes make this a replaced file, not a torn one
+        return 0
+
+
+@pytest.fixture(scope="module")
+def link(tmp_path_factory):
+    """petite-server certs / petite-server / keygen / register, as a hospital IT team runs them.
+
+    The refusal cases are started here too, beside the coordinator coming up, so that their
+    start-up overlaps the rest; test_bad_credentials_are_refused_in_one_line reads them.
+    """
+    folder = tmp_path_factory.mktemp("deploy")
+    env = {**os.environ, "FLWR_HOME": str(folder / "flwr"), "PETITE_FL_HOME": str(folder / "cache"),
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    procs = Processes(folder, env)
+    link = Link(folder, procs)
+    try:
+        for tls in ("tls", "tls-other"):  # the coordinator's CA, and a stranger's
+            certs = procs.run([str(BIN / "petite-server"), "certs", "--out", str(folder / tls)], 60)
+            assert certs.returncode == 0, certs.stderr
+        for site in ("scanner3", "scanner4", "scanner5"):
+            keys = procs.run([str(BIN / "petite-client"), "keygen", "--site", site, "--out", str(folder / "keys")], 60)
+            assert keys.returncode == 0, keys.stderr
+        link.start_server()
+        plain_port = free_port()  # a second coordinator, plain text (--insecure), for the mismatch case
+        procs.start("plain-server", [str(BIN / "petite-server"), "--insecure", "--host", "127.0.0.1", "--port",
+                                     str(plain_port), "--database", str(folder / "plain.db")],
+                    FLWR_HOME=str(folder / "flwr-plain"))  # its own `petite` connection entry
+        deadline = time.monotonic() + 60
+        for site in ("scanner4", "scanner5"):  # scanner3's key stays unregistered
+            while True:
+                reg = procs.run([str(BIN / "petite-server"), "register", "--site", site,
+                                 "--key", str(folder / "keys" / f"{site}.key.pub")], 60)
+                if reg.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert reg.returncode == 0, reg.stdout + reg.stderr + procs.log("server0")
+        link.refusals = {
+            "wrong CA": [str(link.yaml("scanner4", ca="tls-other"))],
+            "insecure site": [str(link.yaml("scanner4")), "--insecure"],
+            "insecure server": [str(link.yaml("scanner4", port=plain_port))],
+            "unregistered key": [str(link.yaml("scanner4", key="scanner3"))],
+        }
+        link.refusal_procs = {name: procs.start(f"refusal-{i}", [str(BIN / "petite-client"), "--site", *args,
+                                                                 *SITE_DATA, "-o", f"paths.cache={link.cache}"])
+                              for i, (name, args) in enumerate(link.refusals.items())}
+        for site in ("scanner4", "scanner5"):
+            link.clients[site] = procs.start(site, [str(BIN / "petite-client"), "--site", str(link.yaml(site)),
+                                                    "-o", f"paths.cache={link.cache}", *SITE_DATA])
+        yield link
+    finally:
+        procs.stop()
+
+
+def test_bad_credentials_are_refused_in_one_line(link):
+    """Wrong CA, --insecure on one side only (either side), an unregistered key: each a clear refusal."""
+    expected = {"wrong CA": "is not accepted with", "insecure site": "uses TLS; drop --insecure",
+                "insecure server": "started with --insecure", "unregistered key": "it is not registered"}
+    for i, (name, proc) in enumerate(link.refusal_procs.items()):
+        code = proc.wait(timeout=120)
+        log = link.procs.log(f"refusal-{i}")
+        errors = [ln for ln in log.splitlines() if ln.startswith("petite-client: error:")]
+        assert code == 2 and len(errors) == 1 and expected[name] in errors[0], f"{name}: {log[-2000:]}"
+        assert "Traceback" not in log
+
+
+def test_tls_and_authenticated_sites_complete_two_rounds(link):
+    """Two sites, TLS and authentication, two rounds: the run completes and each site writes its adapter."""
+    run_id = link.submit("federation.run_name=clean")
+    status = link.wait_finished(run_id, 420)
+    assert status == "finished:completed", status + link.procs.log("server0")[-3000:]
+    summary = json.loads((link.cache / "runs" / "federated" / "clean" / "summary.json").read_text())
+    assert sorted(summary["sites"]) == ["scanner4", "scanner5"]
+    for site in ("scanner4", "scanner5"):
         assert Path(summary["sites"][site]["adapter"]).is_file()
-        assert str(tmp_path / "sites") in summary["sites"][site]["adapter"]
-        assert "joining" in deployment.log(site)
+        assert str(link.folder / "sites") in summary["sites"][site]["adapter"]
+        assert "joining" in link.procs.log(site)
+
+
+def test_a_killed_server_resumes_and_a_killed_site_is_left_out_with_nothing_lost(link):
+    """After round 1 the coordinator and site scanner5 are killed (SIGKILL, mid-run); the coordinator is
+    restarted with --resume. The run completes round 2 with scanner4, and its global adapter equals that of
+    an uninterrupted in-process run of the same configuration in which scanner5 misses round 2."""
+    import torch
+    from flower_grid import InProcessGrid
+    from safetensors.torch import load_file
+
+    from client.app import app as client_app
+    from petite_fl.federation.apps import config_for
+    from petite_fl.federation.server import Coordinator
+
+    faults = ["federation.min_sites=1", "federation.wait_for_sites=30"]
+    run_dir = link.cache / "runs" / "federated" / "faults"
+    run_id = link.submit(*faults, "federation.run_name=faults")
+    wait_for(lambda: checkpoint_round(run_dir) >= 1, 300, "round 1", link.procs.log("server0")[-3000:])
+    link.kill(link.server)
+    link.kill(link.clients["scanner5"])  # a site crashing mid-run: Flower's heartbeat notices it
+    journal = link.cache / "server" / "runs" / f"{run_id}.json"
+    assert json.loads(journal.read_text())["status"] == "running"  # what --resume finds
+
+    link.start_server("--resume")
+    wait_for(lambda: json.loads(journal.read_text()).get("status") == "resumed", 120, "the resubmission",
+             link.procs.log(f"server{len(link.procs.procs) - 1}"))
+    resumed_id = str(json.loads(journal.read_text())["resumed_as"])
+    status = link.wait_finished(resumed_id, 400)
+    assert status == "finished:completed", status
+
+    log = json.loads((run_dir / "log.json").read_text())
+    rounds = {s: sorted(r["round"] for r in log["train"] if r["site"] == s) for s in ("scanner4", "scanner5")}
+    assert rounds == {"scanner4": [1, 2], "scanner5": [1]}
+    assert sorted({r["session"] for r in log["transfer"] if r["what"] == "backbone"}) == [1, 2]
+    assert not log["rejected"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["sites"]) == ["scanner4"]  # scanner5 was gone for the final evaluation
+
+    nodes = [{"site": "scanner4", "site-root": str(link.folder / "reference")},
+             {"site": "scanner5", "site-root": str(link.folder / "reference")}]
+    rc = dict(json.loads(journal.read_text())["run_config"])  # the deployed run's own run-config
+    rc["overrides"] += " federation.run_name=faults-reference federation.wait_for_sites=1"
+    grid = InProcessGrid(client_app, rc, nodes, fail={1001: lambda m: m.metadata.group_id in ("round-2", "final")})
+    reference = Coordinator(config_for(rc), grid, quiet=True).run()
+    a = load_file(run_dir / "global-adapter.safetensors")
+    b = load_file(Path(reference["run_dir"]) / "global-adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -37,8 +37,8 @@ def federate(rc: dict, nodes=NODES, fail=None) -> tuple[dict, InProcessGrid]:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("petite-fed")
+def cache(federation_cache) -> Path:
+    return federation_cache
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +130,12 @@ def test_personalized_keeps_a_personal_adapter_that_differs_from_the_global(runs
     assert any(not torch.equal(personal[0][n], personal[1][n]) for n in global_tensors)
 
 
-def test_a_second_run_with_the_cache_receives_zero_backbone_bytes(cache, runs):
-    first, _ = runs["local"]  # the first run of the module sent one copy to each site
+def test_a_second_run_with_the_cache_receives_zero_backbone_bytes(cache, tmp_path, runs):
+    # sites with an empty folder of their own: the first run sends each one copy, the second none
+    fresh = {"federation.rounds": 0, "overrides": f"federation.val.patches=4 federation.site_root={tmp_path}"}
+    first, _ = federate(run_config(cache, strategy="fedavg", **fresh))
     assert all(s["backbone_bytes"] > 0 for s in first["sites"].values())
-    second, grid = federate(run_config(cache, strategy="fedavg", **{"federation.rounds": 0}))
+    second, grid = federate(run_config(cache, strategy="fedavg", **fresh))
     assert all(s["backbone_bytes"] == 0 for s in second["sites"].values())
     assert not [m for m in grid.sent if m.metadata.message_type == "query.backbone"]
 

@@ -43,8 +43,8 @@ def poisoning(kind: str, victim: int = 1001):
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("petite-robust")
+def cache(federation_cache) -> Path:
+    return federation_cache
 
 
 @pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "dtype", "backbone"])

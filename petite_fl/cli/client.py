@@ -48,10 +48,12 @@ def cmd_keygen(args) -> int:
     return 0
 
 
-def _explain(tail: list[str]) -> str | None:
+def _explain(tail: list[str], site: str = "<name>") -> str | None:
     text = "\n".join(tail).lower()
-    if "not registered" in text or "unauthenticated" in text or "permission" in text:
-        return "the server refused this site's key: have the coordinator register it (petite-server register)"
+    if ("failed to activate supernode" in text or "no supernode found" in text or "not registered" in text
+            or "unauthenticated" in text or "permission" in text):
+        return ("the server refused this site's key: it is not registered; the coordinator runs "
+                f"`petite-server register --site {site} --key {site}.key.pub` with this site's public key")
     if "certificate" in text or "ssl" in text or "handshake" in text:
         return "TLS failed: is ca_cert the coordinator's ca.crt, and is the server started with TLS?"
     return None
@@ -76,7 +78,7 @@ def cmd_join(args) -> int:
     cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
                             node_config=site.node_config(), port=site.port)
     console.print(f"site {escape(site.name)}: joining {escape(site.server)} (Ctrl-C to leave)")
-    run_foreground(cmd, explain=_explain)
+    run_foreground(cmd, explain=lambda tail: _explain(tail, site.name))
     return 0
 
 

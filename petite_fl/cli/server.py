@@ -2,6 +2,7 @@
 
     petite-server certs --out DIR [--san IP:10.0.0.5 --san DNS:fl.hospital.org]
     petite-server [--tls DIR] [--host 0.0.0.0] [--port 9092]     # run the SuperLink (TLS + site auth)
+    petite-server --resume                                         # restart after a crash, runs continue
     petite-server register --site scanner1 --key scanner1.key.pub  # admit a site's key
 
 Runs Flower's own SuperLink with TLS and SuperNode authentication on; plain text only with
@@ -12,7 +13,9 @@ $FLWR_HOME/config.toml).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 from pathlib import Path
 
 from rich.markup import escape
@@ -32,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--database", type=Path, help="SuperLink state (default: $PETITE_FL_HOME/server/state.db)")
     parser.add_argument("--insecure", action="store_true", help="plain text and no site authentication (testing only)")
     parser.add_argument("--no-auth", action="store_true", help="TLS without site authentication")
+    parser.add_argument("--resume", action="store_true",
+                        help="after a crash: submit again every run that was in progress when the server stopped; "
+                             "each continues from its last completed round")
+    parser.add_argument("--app", type=Path, help="the petite-fl project folder --resume submits "
+                                                 "(default: this installation's)")
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("certs", help="a CA and the SuperLink's TLS certificate (ECDSA P-384)")
     p.add_argument("--out", type=Path, help="folder for ca.crt, ca.key, server.pem, server.key "
@@ -83,6 +91,7 @@ def cmd_register(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from petite_fl.deploy import journal
     from petite_fl.deploy.connection import write_connection
     from petite_fl.deploy.processes import ServerTLS, superlink_command
     from petite_fl.deploy.run import run_foreground
@@ -91,17 +100,72 @@ def cmd_serve(args) -> int:
     tls = None if args.insecure else ServerTLS.from_folder(args.tls or cache / "tls")
     if args.insecure:
         err_console.print("[bold yellow]warning:[/] --insecure: updates travel in plain text and any node may join")
+    _port_free(args.host, args.port)
     database = args.database or cache / "server" / "state.db"
     database.parent.mkdir(parents=True, exist_ok=True)
     cmd = superlink_command(tls=tls, auth=not (args.insecure or args.no_auth), host=args.host, port=args.port,
                             database=database)
     address = f"{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     conn = write_connection(address, tls.ca_cert if tls else None)
+    runs = cache / "server" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    pending = journal.interrupted(runs)
+    if pending and not args.resume:
+        err_console.print(f"[bold yellow]note:[/] {len(pending)} run(s) were in progress when the server stopped "
+                          f"(ids {', '.join(str(e['run_id']) for e in pending)}); restart with --resume to continue "
+                          "them, or submit them again yourself")
     console.print(f"coordinator on {escape(args.host)}:{args.port} ({'TLS' if tls else 'PLAIN TEXT'}, "
                   f"site authentication {'on' if '--enable-supernode-auth' in cmd else 'off'}); "
                   f"`flwr run . petite` submits a run (connection in {escape(str(conn))}). Ctrl-C stops it.")
-    run_foreground(cmd)
+    if args.resume:
+        app = (args.app or journal.app_dir()).resolve()
+        threading.Thread(target=_resume, args=(runs, pending, app, address), daemon=True).start()
+    run_foreground(cmd, env={**os.environ, journal.ENV: str(runs)})
     return 0
+
+
+def _port_free(host: str, port: int) -> None:
+    import socket
+
+    from petite_fl.errors import PetiteError
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the SuperLink binds: only a listener blocks
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise PetiteError(f"cannot listen on {host}:{port} ({exc.strerror}): another petite-server or a "
+                              "`flwr run` SuperLink holds the port; stop it or pass --port") from None
+
+
+def _resume(runs: Path, pending: list[dict], app: Path, address: str) -> None:
+    """Once the SuperLink answers, submit the interrupted runs again (in a thread beside it)."""
+    import socket
+    import time
+
+    from petite_fl.deploy import journal
+    from petite_fl.deploy.connection import NAME
+    from petite_fl.errors import PetiteError
+
+    if not pending:
+        console.print("--resume: no interrupted run to continue")
+        return
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            break
+        except OSError:
+            time.sleep(1)
+    time.sleep(2)  # the port opens a moment before the control API serves
+    for entry in pending:
+        try:
+            new_id = journal.resubmit(runs, entry, app, NAME)
+            console.print(f"--resume: run {entry['run_id']} submitted again as run {new_id}; "
+                          "it continues from its last completed round")
+        except (PetiteError, OSError, ValueError) as exc:
+            err_console.print(f"[bold red]--resume:[/] {escape(str(exc))}")
 
 
 COMMANDS = {"certs": cmd_certs, "register": cmd_register, None: cmd_serve}

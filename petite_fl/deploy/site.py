@@ -6,6 +6,7 @@ server is a one-line message and not a SuperNode that fails later.
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,4 +119,35 @@ def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeo
     except (OSError, ValueError) as exc:
         raise ConfigError(f"site {site.name}: cannot reach the server at {site.server} ({exc.__class__.__name__}: "
                           f"{exc}); is petite-server running and the address right?") from None
+    _tls_probe(site, host, int(port), connect_timeout)
     return notes
+
+
+def _tls_probe(site: SiteDeployment, host: str, port: int, timeout: float) -> None:
+    """One TLS handshake before joining: a wrong CA certificate or a TLS/plain-text mismatch is
+    named here, instead of a SuperNode retrying a connection that can never succeed."""
+    if site.ca_cert is not None:
+        context = ssl.create_default_context(cafile=str(site.ca_cert))
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as raw, \
+                    context.wrap_socket(raw, server_hostname=host):
+                return
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigError(f"site {site.name}: the server's certificate at {site.server} is not accepted with "
+                              f"{site.ca_cert} ({exc.verify_message}); ca_cert must be the coordinator's ca.crt, "
+                              "and the server's certificate must name this address (petite-server certs --san)"
+                              ) from None
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            raise ConfigError(f"site {site.name}: no TLS at {site.server} ({exc.__class__.__name__}); the server was "
+                              "started with --insecure: run both sides with TLS (or both with --insecure, for a "
+                              "test)") from None
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only asks: does it speak TLS?
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            pass
+    except (ssl.SSLError, ConnectionError, TimeoutError):
+        return  # plain text, as --insecure expects
+    raise ConfigError(f"site {site.name}: the server at {site.server} uses TLS; drop --insecure and set ca_cert to "
+                      "the coordinator's ca.crt")

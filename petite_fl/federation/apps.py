@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from petite_fl.atomic import write_json
 from petite_fl.config import compose, overrides_from_run_config
 from petite_fl.console import console
+from petite_fl.deploy import journal
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
 from petite_fl.federation.secagg import FITINS_CONFIG, fitres_content, is_fitins, read_fitins
@@ -108,7 +109,22 @@ def handle(message: Message, context: Context) -> Message:
 
 
 def serve(grid: Grid, context: Context) -> dict[str, Any]:
-    """The ServerApp's main: one federated run, or the arms of a comparison one after the other."""
+    """The ServerApp's main, journaled so that `petite-server --resume` can resubmit a killed run."""
+    journal.record_start(context.run_id, dict(context.run_config))
+    try:
+        result = _serve(grid, context)
+    except PetiteError as exc:  # the run's own verdict (config, too few sites): resubmitting would not help
+        journal.record_end(context.run_id, "failed", str(exc)[:500])
+        raise
+    except BaseException as exc:  # lost its SuperLink, killed, a bug: interrupted, --resume tries again
+        journal.record_end(context.run_id, "running", f"interrupted: {exc!r}"[:500])
+        raise
+    journal.record_end(context.run_id, "finished")
+    return result
+
+
+def _serve(grid: Grid, context: Context) -> dict[str, Any]:
+    """One federated run, or the arms of a comparison one after the other."""
     run_config = dict(context.run_config)
     cfg = config_for(run_config)
     arms = [str(a) for a in (cfg.compare.run or [])]

@@ -134,8 +134,17 @@ class Coordinator:
             messages.append(Message(content=c, dst_node_id=n, message_type=message_type,
                                     group_id=f"{self.label}/{group}" if self.label else group))
         replies, errors = {}, {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+        received = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        # The SuperLink answers for a node it has lost (Flower's NODE_UNAVAILABLE) in its own
+        # name (src_node_id 1): such a reply is matched to its node by the message it answers.
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+        for reply in received:
             node = reply.metadata.src_node_id
+            if node not in contents:
+                node = asked.get(reply.metadata.reply_to_message_id, node)
+            if node not in contents:
+                self.say(f"a reply from node {node}, which was not asked, is ignored")
+                continue
             if reply.has_error():
                 errors[node] = reply.error.reason or f"error code {reply.error.code}"
             else:
@@ -275,7 +284,7 @@ class Coordinator:
             for node, (_, _, m) in accepted.items():
                 site = infos[node].site
                 self.log.train_rows.append({"round": rnd, "site": site, "train_loss": m.get("train_loss"),
-                                            "seconds": m.get("seconds")})
+                                            "seconds": m.get("seconds"), "update_norm": m.get("update_norm")})
                 if validate:
                     self._eval_row(rnd - 1, site, "val", m)
             if len(accepted) < self.min_sites:
@@ -354,7 +363,7 @@ class Coordinator:
                 errors[node] = problem
                 self.log.rejected.append({"round": rnd, "site": infos[node].site, "reason": problem})
                 continue
-            accepted[node] = (upload, int(weight), m)
+            accepted[node] = (upload, int(weight), {**m, "update_norm": self.last_norm})
             self.log.transfer_rows.append({"round": rnd, "site": infos[node].site, "what": "peft",
                                            "bytes_down": down, "bytes_up": record_bytes(reply)})
         return accepted, errors
@@ -447,6 +456,7 @@ class Coordinator:
             sq += float(((t.double() - ref.double()) ** 2).sum())
         numel = sum(t.numel() for t in expected.values())
         bound = self.max_update_norm(numel)
+        self.last_norm = sq**0.5  # logged with the round (what a DP clipping norm must be set against)
         if sq**0.5 > bound:
             return f"update norm {sq**0.5:.4g} exceeds federation.robust.max_update_norm ({bound:.4g})"
         return None
