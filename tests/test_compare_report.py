@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from flower_grid import InProcessGrid
+from flwr.app import Context, RecordDict
 from test_federation_run import NODES, SITES, run_config
 
 from client.app import app as client_app
@@ -15,18 +16,13 @@ from petite_fl.training.jobs import backbone_for
 from simulation.compare import report
 
 
-class _Context:  # what serve() reads of Flower's Context
-    def __init__(self, run_config):
-        self.run_config = run_config
-
-
 def test_arms_in_one_run_then_report_md_csv_and_figures(tmp_path):
     arms = ["no-finetune", "local", "fedavg"]
     folder = tmp_path / "compare"
     rc = run_config(tmp_path / "cache", **{"federation.rounds": 1})
     rc["overrides"] += f" compare.run=[{','.join(arms)}] compare.dir={folder}"
     grid = InProcessGrid(client_app, rc, NODES)
-    results = serve(grid, _Context(rc))
+    results = serve(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     assert sorted(results) == sorted(arms)
     cfg = config_for(rc)
     # every arm's messages carried its overrides, so the sites trained what the server averaged

@@ -22,7 +22,8 @@ NODES = [{"partition-id": i, "num-partitions": len(SITES)} for i in range(len(SI
 
 
 def run_config(cache: Path, **extra) -> dict:
-    rc = {"paths.cache": str(cache), "data": "tiny", "data.synth.scanners": "[scanner4,scanner5]",
+    # the data set of tests/test_privacy.py too (three scanners), so that the session's cache serves both
+    rc = {"paths.cache": str(cache), "data": "tiny", "data.synth.scanners": "[scanner3,scanner4,scanner5]",
           "data.synth.workers": 1, "source": "scanner4", "train": "tiny", "train.pretrain.steps": 4,
           "train.batch_size": 1, "data.loader.patches_per_volume": 2, "train.eval.overlap": 0.0,
           "overrides": "federation.val.patches=4", "federation.sites": "[scanner4,scanner5]", "federation.rounds": 2,

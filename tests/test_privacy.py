@@ -63,8 +63,8 @@ def _masked_stage(msg) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("petite-privacy")
+def cache(federation_cache) -> Path:
+    return federation_cache  # the same data set and backbone as tests/test_federation_run.py
 
 
 @pytest.fixture(scope="module")
