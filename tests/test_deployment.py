@@ -11,11 +11,13 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from conftest import write_site
 
 from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import BIN
@@ -95,10 +97,11 @@ def test_stopping_the_launchers_stops_flowers_processes(tmp_path, deployment):
     assert not [p for p in deployment.leftovers() if p.is_running() and p.status() != "zombie"]
 
 
-def site_yaml(folder: Path, site: str, port: int, key: Path, ca: Path, node_port: int) -> Path:
+def site_yaml(folder: Path, site: str, port: int, key: Path, ca: Path, node_port: int,
+              manifest: Path | None = None) -> Path:
     path = folder / f"{site}-{len(list(folder.glob('*.yaml')))}.yaml"  # one file per use
     path.write_text(f"""name: {site}
-manifest: null
+manifest: {manifest or "null"}
 device: cpu
 cache: {folder / "sites"}
 server: 127.0.0.1:{port}
@@ -128,9 +131,10 @@ class Link:
             "--port", str(self.port), "--database", str(self.folder / "state.db"), *extra])
         return self.server
 
-    def yaml(self, site: str, ca: str = "tls", key: str | None = None, port: int | None = None) -> Path:
+    def yaml(self, site: str, ca: str = "tls", key: str | None = None, port: int | None = None,
+             manifest: Path | None = None) -> Path:
         return site_yaml(self.folder, site, port or self.port, self.folder / "keys" / f"{key or site}.key",
-                         self.folder / ca / "ca.crt", free_port())
+                         self.folder / ca / "ca.crt", free_port(), manifest)
 
     def submit(self, *overrides: str) -> str:
         config = self.folder / f"run-{len(list(self.folder.glob('run-*.toml')))}.toml"
@@ -197,8 +201,8 @@ def checkpoint_round(run_dir: Path) -> int:
 def link(tmp_path_factory):
     """petite-server certs / petite-server / keygen / register, as a hospital IT team runs them.
 
-    The refusal cases are started here too, beside the coordinator coming up, so that their
-    start-up overlaps the rest; test_bad_credentials_are_refused_in_one_line reads them.
+    A site with an unregistered key is started here too, beside the coordinator coming up,
+    so that its start-up overlaps the rest; test_bad_credentials_are_refused_in_one_line reads it.
     """
     folder = tmp_path_factory.mktemp("deploy")
     env = {**os.environ, "FLWR_HOME": str(folder / "flwr"), "PETITE_FL_HOME": str(folder / "cache"),
@@ -226,15 +230,11 @@ def link(tmp_path_factory):
                     break
                 time.sleep(1)
             assert reg.returncode == 0, reg.stdout + reg.stderr + procs.log("server0")
-        link.refusals = {
-            "wrong CA": [str(link.yaml("scanner4", ca="tls-other"))],
-            "insecure site": [str(link.yaml("scanner4")), "--insecure"],
-            "insecure server": [str(link.yaml("scanner4", port=plain_port))],
-            "unregistered key": [str(link.yaml("scanner4", key="scanner3"))],
-        }
-        link.refusal_procs = {name: procs.start(f"refusal-{i}", [str(BIN / "petite-client"), "--site", *args,
-                                                                 *SITE_DATA, "-o", f"paths.cache={link.cache}"])
-                              for i, (name, args) in enumerate(link.refusals.items())}
+        link.plain_port = plain_port
+        link.unregistered = procs.start("unregistered", [
+            str(BIN / "petite-client"), "--site", str(link.yaml("scanner3", manifest=write_site(folder / "h3"))),
+            *SITE_DATA,
+            "-o", f"paths.cache={link.cache}"])
         for site in ("scanner4", "scanner5"):
             link.clients[site] = procs.start(site, [str(BIN / "petite-client"), "--site", str(link.yaml(site)),
                                                     "-o", f"paths.cache={link.cache}", *SITE_DATA])
@@ -243,76 +243,101 @@ def link(tmp_path_factory):
         procs.stop()
 
 
-def test_bad_credentials_are_refused_in_one_line(link):
-    """Wrong CA, --insecure on one side only (either side), an unregistered key: each a clear refusal."""
-    expected = {"wrong CA": "is not accepted with", "insecure site": "uses TLS; drop --insecure",
-                "insecure server": "started with --insecure", "unregistered key": "it is not registered"}
-    for i, (name, proc) in enumerate(link.refusal_procs.items()):
-        code = proc.wait(timeout=120)
-        log = link.procs.log(f"refusal-{i}")
-        errors = [ln for ln in log.splitlines() if ln.startswith("petite-client: error:")]
-        assert code == 2 and len(errors) == 1 and expected[name] in errors[0], f"{name}: {log[-2000:]}"
-        assert "Traceback" not in log
+def test_bad_credentials_are_refused_in_one_line(link, capsys):
+    """Against the real coordinators: a wrong CA, --insecure on one side only (either side), and (the
+    SuperLink's own refusal) an unregistered key; each one line naming the site."""
+    from petite_fl.cli.client import main as client
+
+    def listening(port: int) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(lambda: listening(link.plain_port), 60, "the plain-text coordinator", link.procs.log("plain-server"))
+    cases = {"is not accepted with": [str(link.yaml("scanner4", ca="tls-other"))],
+             "uses TLS; drop --insecure": [str(link.yaml("scanner4")), "--insecure"],
+             "started with --insecure": [str(link.yaml("scanner4", port=link.plain_port))]}
+    for fragment, args in cases.items():
+        assert client(["--site", *args, "--check", "-o", f"paths.cache={link.cache}", *SITE_DATA]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("petite-client: error: site scanner4:") and fragment in err, err
+    assert link.unregistered.wait(timeout=120) == 2
+    log = link.procs.log("unregistered")
+    errors = [ln for ln in log.splitlines() if ln.startswith("petite-client: error:")]
+    assert len(errors) == 1 and "it is not registered" in errors[0] and "--site scanner3" in errors[0], log[-2000:]
+    assert "Traceback" not in log
 
 
-def test_tls_and_authenticated_sites_complete_two_rounds(link):
-    """Two sites, TLS and authentication, two rounds: the run completes and each site writes its adapter."""
-    run_id = link.submit("federation.run_name=clean")
-    status = link.wait_finished(run_id, 420)
-    assert status == "finished:completed", status + link.procs.log("server0")[-3000:]
-    summary = json.loads((link.cache / "runs" / "federated" / "clean" / "summary.json").read_text())
-    assert sorted(summary["sites"]) == ["scanner4", "scanner5"]
-    for site in ("scanner4", "scanner5"):
-        assert Path(summary["sites"][site]["adapter"]).is_file()
-        assert str(link.folder / "sites") in summary["sites"][site]["adapter"]
-        assert "joining" in link.procs.log(site)
-
-
-def test_a_killed_server_resumes_and_a_killed_site_is_left_out_with_nothing_lost(link):
-    """After round 1 the coordinator and site scanner5 are killed (SIGKILL, mid-run); the coordinator is
-    restarted with --resume. The run completes round 2 with scanner4, and its global adapter equals that of
-    an uninterrupted in-process run of the same configuration in which scanner5 misses round 2."""
-    import torch
+def _reference(link: Link, run_config: dict, name: str, fail=None):
+    """The same run-config, uninterrupted and in process (the real apps over InProcessGrid)."""
     from flower_grid import InProcessGrid
-    from safetensors.torch import load_file
 
     from client.app import app as client_app
     from petite_fl.federation.apps import config_for
     from petite_fl.federation.server import Coordinator
 
-    faults = ["federation.min_sites=1", "federation.wait_for_sites=30"]
-    run_dir = link.cache / "runs" / "federated" / "faults"
-    run_id = link.submit(*faults, "federation.run_name=faults")
+    rc = {**run_config, "overrides": run_config["overrides"] + f" federation.run_name={name} "
+                                                             "federation.wait_for_sites=1"}
+    nodes = [{"site": s, "site-root": str(link.folder / name)} for s in ("scanner4", "scanner5")]
+    return Coordinator(config_for(rc), InProcessGrid(client_app, rc, nodes, fail=fail), quiet=True).run()
+
+
+def _same(a: Path, b: Path) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_two_tls_sites_finish_two_rounds_through_a_server_crash(link):
+    """Two authenticated TLS sites, two rounds. After round 1 the coordinator is killed (SIGKILL, its
+    whole process tree) and restarted with --resume. The run completes, both sites write their
+    adapters, and the global adapter and each site's adapter equal those of an uninterrupted run of the
+    same configuration."""
+    run_dir = link.cache / "runs" / "federated" / "crash"
+    run_id = link.submit("federation.run_name=crash")
     wait_for(lambda: checkpoint_round(run_dir) >= 1, 300, "round 1", link.procs.log("server0")[-3000:])
     link.kill(link.server)
-    link.kill(link.clients["scanner5"])  # a site crashing mid-run: Flower's heartbeat notices it
     journal = link.cache / "server" / "runs" / f"{run_id}.json"
     assert json.loads(journal.read_text())["status"] == "running"  # what --resume finds
 
     link.start_server("--resume")
     wait_for(lambda: json.loads(journal.read_text()).get("status") == "resumed", 120, "the resubmission",
              link.procs.log(f"server{len(link.procs.procs) - 1}"))
-    resumed_id = str(json.loads(journal.read_text())["resumed_as"])
-    status = link.wait_finished(resumed_id, 400)
+    status = link.wait_finished(str(json.loads(journal.read_text())["resumed_as"]), 400)
     assert status == "finished:completed", status
 
     log = json.loads((run_dir / "log.json").read_text())
-    rounds = {s: sorted(r["round"] for r in log["train"] if r["site"] == s) for s in ("scanner4", "scanner5")}
-    assert rounds == {"scanner4": [1, 2], "scanner5": [1]}
+    assert sorted((r["round"], r["site"]) for r in log["train"]) == [
+        (1, "scanner4"), (1, "scanner5"), (2, "scanner4"), (2, "scanner5")]
     assert sorted({r["session"] for r in log["transfer"] if r["what"] == "backbone"}) == [1, 2]
-    assert not log["rejected"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert list(summary["sites"]) == ["scanner4"]  # scanner5 was gone for the final evaluation
+    assert sorted(summary["sites"]) == ["scanner4", "scanner5"] and not summary["rejected"]
+    for site in ("scanner4", "scanner5"):
+        assert "joining" in link.procs.log(site)
+    reference = _reference(link, json.loads(journal.read_text())["run_config"], "crash-reference")
+    assert _same(run_dir / "global-adapter.safetensors", Path(reference["run_dir"]) / "global-adapter.safetensors")
+    for site in ("scanner4", "scanner5"):
+        adapter = Path(summary["sites"][site]["adapter"])
+        assert adapter.is_file() and str(link.folder / "sites") in str(adapter)
+        assert _same(adapter, Path(reference["sites"][site]["adapter"]))
 
-    nodes = [{"site": "scanner4", "site-root": str(link.folder / "reference")},
-             {"site": "scanner5", "site-root": str(link.folder / "reference")}]
-    rc = dict(json.loads(journal.read_text())["run_config"])  # the deployed run's own run-config
-    rc["overrides"] += " federation.run_name=faults-reference federation.wait_for_sites=1"
-    grid = InProcessGrid(client_app, rc, nodes, fail={1001: lambda m: m.metadata.group_id in ("round-2", "final")})
-    reference = Coordinator(config_for(rc), grid, quiet=True).run()
-    a = load_file(run_dir / "global-adapter.safetensors")
-    b = load_file(Path(reference["run_dir"]) / "global-adapter.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+def test_a_site_killed_mid_run_is_left_out_and_the_run_completes(link):
+    """scanner5 is killed (SIGKILL) as a one-round run starts: Flower's heartbeat marks it lost
+    (within ~60 s), and the run completes with scanner4 alone."""
+    run_dir = link.cache / "runs" / "federated" / "lost"
+    run_id = link.submit("federation.rounds=1", "federation.min_sites=1", "federation.wait_for_sites=5",
+                         "federation.run_name=lost")
+    link.kill(link.clients["scanner5"])
+    status = link.wait_finished(run_id, 300)
+    assert status == "finished:completed", status
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary["sites"]) == ["scanner4"] and Path(summary["sites"]["scanner4"]["adapter"]).is_file()
+    assert summary["sites"]["scanner4"]["test"]["psnr"] > 10
 
 
 @pytest.mark.slow

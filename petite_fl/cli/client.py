@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -48,11 +49,15 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+KEY_REFUSED = "the server refused this site's key"
+REJOIN_WAIT = 90  # seconds: Flower forgets a lost SuperNode after 2 × its 30 s heartbeat
+
+
 def _explain(tail: list[str], site: str = "<name>") -> str | None:
     text = "\n".join(tail).lower()
     if ("failed to activate supernode" in text or "no supernode found" in text or "not registered" in text
             or "unauthenticated" in text or "permission" in text):
-        return ("the server refused this site's key: it is not registered; the coordinator runs "
+        return (f"{KEY_REFUSED}: it is not registered; the coordinator runs "
                 f"`petite-server register --site {site} --key {site}.key.pub` with this site's public key")
     if "certificate" in text or "ssl" in text or "handshake" in text:
         return "TLS failed: is ca_cert the coordinator's ca.crt, and is the server started with TLS?"
@@ -60,10 +65,11 @@ def _explain(tail: list[str], site: str = "<name>") -> str | None:
 
 
 def cmd_join(args) -> int:
+    from petite_fl.atomic import atomic_path
     from petite_fl.deploy.processes import supernode_command
     from petite_fl.deploy.run import run_foreground
     from petite_fl.deploy.site import preflight, site_deployment
-    from petite_fl.errors import ConfigError
+    from petite_fl.errors import ConfigError, PetiteError
 
     if not args.site:
         raise ConfigError("--site is required (a name in configs/site/ or a site YAML file)")
@@ -77,8 +83,33 @@ def cmd_join(args) -> int:
         return 0
     cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
                             node_config=site.node_config(), port=site.port)
+    # A marker for "joined and not left cleanly": after a crash, Flower's SuperLink still counts the
+    # site as connected until two heartbeats are missed (~60 s) and refuses to activate it again
+    # meanwhile, with the same error as for an unregistered key; so a crashed site retries.
+    marker = site.cache / site.name / "joined"
+    crashed = marker.is_file()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(marker) as tmp:
+        tmp.write_text(site.server)
+    deadline = time.monotonic() + (REJOIN_WAIT if crashed else 0)
     console.print(f"site {escape(site.name)}: joining {escape(site.server)} (Ctrl-C to leave)")
-    run_foreground(cmd, explain=lambda tail: _explain(tail, site.name))
+    try:
+        while True:
+            try:
+                run_foreground(cmd, explain=lambda tail: _explain(tail, site.name))
+                break
+            except PetiteError as exc:
+                if KEY_REFUSED not in str(exc) or time.monotonic() > deadline:
+                    if crashed and KEY_REFUSED in str(exc):
+                        raise PetiteError(f"{exc} (or the server still counts this site as connected: it "
+                                          f"stopped without leaving less than {REJOIN_WAIT} s ago)") from None
+                    raise
+                console.print(f"site {escape(site.name)}: the server does not let this site in yet; it stopped "
+                              "without leaving, so the server may still count it as connected (up to ~60 s); "
+                              "retrying in 10 s")
+                time.sleep(10)
+    finally:  # left cleanly, or never got in; only a crash (nothing runs) keeps the marker
+        marker.unlink(missing_ok=True)
     return 0
 
 
