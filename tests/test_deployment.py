@@ -294,24 +294,34 @@ def _same(a: Path, b: Path) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-@pytest.mark.slow
-def test_two_tls_sites_finish_two_rounds_through_a_server_crash(link):
-    """Two authenticated TLS sites, two rounds. After round 1 the coordinator is killed (SIGKILL, its
-    whole process tree) and restarted with --resume. The run completes, both sites write their
-    adapters, and the global adapter and each site's adapter equal those of an uninterrupted run of the
-    same configuration."""
-    run_dir = link.cache / "runs" / "federated" / "crash"
-    run_id = link.submit("federation.run_name=crash")
+def _crash_and_resume(link: Link, name: str, *overrides: str, kill: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """Submit run `name`; after round 1 SIGKILL the coordinator (and the sites in `kill`), restart it
+    with --resume and wait for the resubmitted run to complete. Returns (run folder, run-config)."""
+    run_dir = link.cache / "runs" / "federated" / name
+    run_id = link.submit(*overrides, f"federation.run_name={name}")
     wait_for(lambda: checkpoint_round(run_dir) >= 1, 300, "round 1", link.procs.log("server0")[-3000:])
     link.kill(link.server)
+    for site in kill:
+        link.kill(link.clients[site])
     journal = link.cache / "server" / "runs" / f"{run_id}.json"
     assert json.loads(journal.read_text())["status"] == "running"  # what --resume finds
 
     link.start_server("--resume")
     wait_for(lambda: json.loads(journal.read_text()).get("status") == "resumed", 120, "the resubmission",
              link.procs.log(f"server{len(link.procs.procs) - 1}"))
-    status = link.wait_finished(str(json.loads(journal.read_text())["resumed_as"]), 400)
+    entry = json.loads(journal.read_text())
+    status = link.wait_finished(str(entry["resumed_as"]), 400)
     assert status == "finished:completed", status
+    return run_dir, entry["run_config"]
+
+
+@pytest.mark.slow
+def test_two_tls_sites_finish_two_rounds_through_a_server_crash(link):
+    """Two authenticated TLS sites, two rounds. After round 1 the coordinator is killed (SIGKILL, its
+    whole process tree) and restarted with --resume. The run completes, both sites write their
+    adapters, and the global adapter and each site's adapter equal those of an uninterrupted run of the
+    same configuration."""
+    run_dir, run_config = _crash_and_resume(link, "crash")
 
     log = json.loads((run_dir / "log.json").read_text())
     assert sorted((r["round"], r["site"]) for r in log["train"]) == [
@@ -321,7 +331,7 @@ def test_two_tls_sites_finish_two_rounds_through_a_server_crash(link):
     assert sorted(summary["sites"]) == ["scanner4", "scanner5"] and not summary["rejected"]
     for site in ("scanner4", "scanner5"):
         assert "joining" in link.procs.log(site)
-    reference = _reference(link, json.loads(journal.read_text())["run_config"], "crash-reference")
+    reference = _reference(link, run_config, "crash-reference")
     assert _same(run_dir / "global-adapter.safetensors", Path(reference["run_dir"]) / "global-adapter.safetensors")
     for site in ("scanner4", "scanner5"):
         adapter = Path(summary["sites"][site]["adapter"])
@@ -335,19 +345,8 @@ def test_a_killed_server_resumes_and_a_killed_site_is_left_out_with_nothing_lost
     completes round 2 with scanner4 (Flower's heartbeat marks scanner5 lost), writes the global adapter
     and scanner4's, and both equal those of an uninterrupted run of the same configuration in which
     scanner5 misses round 2. (Both sites through a coordinator crash: the slow test above.)"""
-    run_dir = link.cache / "runs" / "federated" / "faults"
-    run_id = link.submit("federation.min_sites=1", "federation.wait_for_sites=30", "federation.run_name=faults")
-    wait_for(lambda: checkpoint_round(run_dir) >= 1, 300, "round 1", link.procs.log("server0")[-3000:])
-    link.kill(link.server)
-    link.kill(link.clients["scanner5"])
-    journal = link.cache / "server" / "runs" / f"{run_id}.json"
-    assert json.loads(journal.read_text())["status"] == "running"  # what --resume finds
-
-    link.start_server("--resume")
-    wait_for(lambda: json.loads(journal.read_text()).get("status") == "resumed", 120, "the resubmission",
-             link.procs.log(f"server{len(link.procs.procs) - 1}"))
-    status = link.wait_finished(str(json.loads(journal.read_text())["resumed_as"]), 400)
-    assert status == "finished:completed", status
+    run_dir, run_config = _crash_and_resume(link, "faults", "federation.min_sites=1",
+                                            "federation.wait_for_sites=30", kill=("scanner5",))
 
     log = json.loads((run_dir / "log.json").read_text())
     assert sorted((r["round"], r["site"]) for r in log["train"]) == [(1, "scanner4"), (1, "scanner5"), (2, "scanner4")]
@@ -356,7 +355,7 @@ def test_a_killed_server_resumes_and_a_killed_site_is_left_out_with_nothing_lost
     assert list(summary["sites"]) == ["scanner4"] and not summary["rejected"]
     for site in ("scanner4", "scanner5"):
         assert "joining" in link.procs.log(site)
-    reference = _reference(link, json.loads(journal.read_text())["run_config"], "faults-reference",
+    reference = _reference(link, run_config, "faults-reference",
                            fail={1001: lambda m: m.metadata.group_id in ("round-2", "final")})
     assert _same(run_dir / "global-adapter.safetensors", Path(reference["run_dir"]) / "global-adapter.safetensors")
     adapter = Path(summary["sites"]["scanner4"]["adapter"])

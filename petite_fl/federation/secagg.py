@@ -90,19 +90,11 @@ def fitres_content(upload: Mapping[str, torch.Tensor], names: Sequence[str], wei
     return compat.fitres_to_recorddict(res, keep_input=True)
 
 
-def read_fitres(content: RecordDict, names: Sequence[str], like: Mapping[str, torch.Tensor]
-                ) -> tuple[dict[str, torch.Tensor], int, dict[str, Any]]:
-    """(upload, weight, metrics) of a legacy-layout reply that was not masked (DP without SecAgg+)."""
+def read_fitres(content: RecordDict, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], int, dict[str, Any]]:
+    """(upload, weight, metrics) of a legacy-layout reply that was not masked (DP without SecAgg+);
+    the upload keeps the dtype it came in, for the server's checks to judge."""
     res = compat.recorddict_to_fitres(content, keep_input=True)
-    arrays = parameters_to_ndarrays(res.parameters)
-    if len(arrays) != len(names):
-        raise PetiteError(f"{len(arrays)} arrays, expected the {len(names)} shared tensors")
-    upload = {}
-    for n, a in zip(names, arrays, strict=True):
-        upload[n] = torch.from_numpy(np.array(a, copy=True))
-        if upload[n].dtype != like[n].dtype:
-            raise PetiteError(f"tensor '{n}' has dtype {upload[n].dtype}, expected {like[n].dtype}")
-    return upload, int(res.num_examples), dict(res.metrics)
+    return from_parameters(res.parameters, names), int(res.num_examples), dict(res.metrics)
 
 
 # -- site half: Flower's mods, applied only to the messages that ask for them ------------------
