@@ -30,11 +30,14 @@ def _specs() -> list[tuple[str, dict]]:
         cases += [(backbone, {"name": m}) for m in SINGLE]
         cases += [(backbone, {"name": "mix", "encoder": s.encoder, "decoder": s.decoder, "bitfit": True})
                   for s in feasible_mixes(model)]
+        cases.append((backbone, FFA))
     return cases
 
 
+FFA = {"name": "lora", "args": {"lora": {"ffa": True}}}  # FFA-LoRA: A frozen, B trained
 CASES = _specs()
-IDS = [f"{b}-{c['name']}" + (f"-{c['encoder']}+{c['decoder']}" if c["name"] == "mix" else "") for b, c in CASES]
+IDS = [f"{b}-{c['name']}" + (f"-{c['encoder']}+{c['decoder']}" if c["name"] == "mix" else "")
+       + ("-ffa" if c is FFA else "") for b, c in CASES]
 
 
 def _covering(cases: list[tuple[str, dict]]) -> set[int]:
@@ -202,3 +205,24 @@ def test_paper_size_counts_match_the_paper_where_it_counts_honestly():
 def test_spec_round_trips_through_a_dict():
     spec = PeftSpec("mix", "lora", "ssf", True, {"lora": {"r": 8}})
     assert PeftSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_ffa_lora_trains_and_stores_only_b_and_every_party_rebuilds_the_same_a(backbone):
+    def build(seed):
+        torch.manual_seed(seed)  # the global RNG differs between parties; A must not
+        model = build_backbone(backbone, "tiny")
+        return model, apply_peft(model, spec_from_config(FFA, model))
+
+    (m1, s1), (m2, _) = build(0), build(99)
+    plain = apply_peft(build_backbone(backbone, "tiny"), spec_from_config({"name": "lora"}, m1))
+    assert s1.names and all("lora_B" in n for n in s1.names)
+    assert sorted(n.replace("lora_B", "lora_A") for n in s1.names) == sorted(n for n in plain.names if "lora_A" in n)
+    a1 = {n: p for n, p in m1.named_parameters() if "lora_A" in n}
+    a2 = dict(m2.named_parameters())
+    assert a1 and all(not p.requires_grad and torch.equal(p, a2[n]) for n, p in a1.items())
+    assert all(p.abs().max() > 0 for p in a1.values())  # a random A, not zeros
+    # A is not counted as trainable, nor as backbone
+    trainable, total = count_parameters(m1, s1)
+    assert trainable == sum(p.numel() for n, p in m1.named_parameters() if "lora_B" in n)
+    assert total == sum(p.numel() for p in build_backbone(backbone, "tiny").parameters())

@@ -50,7 +50,8 @@ def apply_peft(model: Backbone, spec: PeftSpec) -> PeftModelState:
             bitfit.inject(model, part, None, backbone_params=backbone_ids)
     trainable = {}
     for name, param in model.named_parameters():
-        new = id(param) not in backbone_ids
+        # A method may add a tensor it keeps frozen (FFA-LoRA's A): rebuilt from the spec, never trained.
+        new = id(param) not in backbone_ids and not getattr(param, "petite_frozen", False)
         param.requires_grad_(new)
         if new:
             trainable[name] = model.part_of(name)
@@ -90,5 +91,7 @@ def count_parameters(model: nn.Module, state: PeftModelState) -> tuple[int, int]
     """(trainable, backbone) parameter counts; the percentage is their ratio."""
     params = dict(model.named_parameters())
     trainable = sum(params[n].numel() for n in state.names)
-    backbone = sum(p.numel() for n, p in params.items() if n not in state.trainable or state.spec.kind == "full")
+    full = state.spec.kind == "full"
+    backbone = sum(p.numel() for n, p in params.items()
+                   if full or (n not in state.trainable and not getattr(p, "petite_frozen", False)))
     return trainable, backbone
