@@ -184,3 +184,22 @@ def test_a_site_missing_a_round_rejoins_with_its_own_last_state(cache, runs):
     assert sorted(r["round"] for r in log["train"] if r["site"] == "scanner5") == [1, 3]
     assert sorted(r["round"] for r in log["train"] if r["site"] == "scanner4") == [1, 2, 3]
     assert summary["sites"]["scanner5"]["test"]["psnr"] > 10
+
+
+def test_bfloat16_transport_with_ffa_lora_sends_b_in_16_bits_and_keeps_float32_state(cache, runs):
+    # Both ways below float32 LoRA in one run: 16-bit raw bfloat16 both ways, and no LoRA A at all.
+    rc = run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.run_name": "bf16-ffa",
+                                                 "overrides": "federation.val.patches=4 federation.transport=bfloat16 "
+                                                              "+peft.args.lora.ffa=true"})
+    summary, grid = federate(rc)
+    fp32, _ = runs["fedavg"]
+    rounds = [m for m in [*grid.sent, *grid.replies] if m.metadata.message_type == "train" and not m.has_error()]
+    dtypes = {str(a.dtype) for m in rounds for rec in m.content.array_records.values() for a in rec.values()}
+    assert dtypes == {"int16"}  # bfloat16's bits: Flower's ArrayRecord has no bfloat16
+    names = set().union(*arrays(rounds))
+    assert names and not any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    assert summary["trainable_tensors"] < fp32["trainable_tensors"]
+    assert summary["upload_bytes_per_round"] < 0.55 * fp32["upload_bytes_per_round"]
+    global_adapter = load_file(Path(summary["run_dir"]) / "global-adapter.safetensors")
+    assert {t.dtype for t in global_adapter.values()} == {torch.float32}
+    assert all(10 < summary["sites"][s]["test"]["psnr"] < 60 for s in SITES)

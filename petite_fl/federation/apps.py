@@ -56,11 +56,13 @@ def _train(worker: SiteWorker, strategy, message: Message) -> Message:
     if legacy:
         c, received = read_fitins(message.content)
     else:
-        c, received = message.content.config_records[CONFIG], from_record(message.content.array_records.get(ARRAYS))
+        c = message.content.config_records[CONFIG]
+        received = from_record(message.content.array_records.get(ARRAYS), str(c.get("transport", "float32")))
     upload, metrics = worker.train_round(strategy, str(c["run"]), int(c["round"]), int(c["rounds"]),
                                          int(c["steps"]), str(c["sha256"]), received, bool(c["validate"]))
     if not legacy:
-        return Message(RecordDict({ARRAYS: to_record(upload) if upload else ArrayRecord(),
+        upload_record = to_record(upload, str(c.get("transport", "float32"))) if upload else ArrayRecord()
+        return Message(RecordDict({ARRAYS: upload_record,
                                    METRICS: MetricRecord(metrics),
                                    CONFIG: ConfigRecord({"backbone_sha256": worker.backbone_sha256})}),
                        reply_to=message)
@@ -93,7 +95,7 @@ def handle(message: Message, context: Context) -> Message:
         strategy = build_strategy(cfg.strategy)
         if kind == "train":
             return _train(worker, strategy, message)
-        received = from_record(message.content.array_records.get(ARRAYS))
+        received = from_record(message.content.array_records.get(ARRAYS), str(c.get("transport", "float32")))
         if kind == "evaluate":
             metrics, path = worker.finish(strategy, str(c["run"]), int(c["round"]), str(c["sha256"]), received,
                                           tuple(str(c["splits"]).split(",")))

@@ -1,8 +1,10 @@
 """Tensors in and out of Flower records, and the bytes they take on the wire.
 
-Flower's `ArrayRecord` refuses bfloat16, so tensors travel as float32 (or their own
-dtype when it is float16/float32) and come back in the dtype the receiver's model uses.
-Byte counts are taken from the records actually sent, not from a formula.
+Tensors travel in the run's transport precision (`federation.transport`): float32 by
+default, or float16 / bfloat16 to halve the PEFT bytes of every round. Flower's
+`ArrayRecord` refuses bfloat16, so bfloat16 travels as its raw 16 bits (an int16 array)
+and is read back as such; the receiver gets float32 tensors either way and keeps its
+own state in float32. Byte counts are taken from the records actually sent.
 """
 
 from __future__ import annotations
@@ -12,26 +14,55 @@ from collections.abc import Mapping
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
+from petite_fl.errors import ConfigError, PetiteError
+
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
+#: federation.transport → the dtype of floating tensors on the wire
+TRANSPORTS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}
 
 
-def to_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    """A state dict as an ArrayRecord (names kept; bfloat16 cast to float32)."""
+def check_transport(name: str) -> str:
+    if str(name) not in TRANSPORTS:
+        raise ConfigError(f"federation.transport: '{name}' is not one of {', '.join(TRANSPORTS)}")
+    return str(name)
+
+
+def to_record(tensors: Mapping[str, torch.Tensor], transport: str = "float32") -> ArrayRecord:
+    """A state dict as an ArrayRecord in the transport precision (names kept)."""
+    check_transport(transport)
     out = {}
     for name, t in tensors.items():
         t = t.detach().to("cpu")
-        if t.dtype == torch.bfloat16:
-            t = t.float()
+        if t.is_floating_point():
+            if transport == "bfloat16":
+                t = t.to(torch.bfloat16).view(torch.int16)
+            else:
+                t = t.to(torch.float16 if transport == "float16" else torch.float32)
         out[name] = t.contiguous()
     return ArrayRecord(out) if out else ArrayRecord()
 
 
-def from_record(record: ArrayRecord | None) -> dict[str, torch.Tensor]:
+def from_record(record: ArrayRecord | None, transport: str = "float32") -> dict[str, torch.Tensor]:
+    """Tensors of a record sent with `to_record(…, transport)`, as float32.
+
+    A floating tensor that did not travel in the announced precision is refused: the
+    sender is misconfigured, and reading it anyway would hide that.
+    """
+    check_transport(transport)
     if record is None or not len(record):
         return {}
-    return dict(record.to_torch_state_dict())
+    wire = TRANSPORTS[transport]
+    out = {}
+    for name, t in record.to_torch_state_dict().items():
+        if transport == "float32" and not t.is_floating_point():
+            out[name] = t  # integer buffers (never shared today) travel as they are
+            continue
+        if t.dtype != wire:
+            raise PetiteError(f"tensor '{name}' travelled as {t.dtype}, not as {transport} (federation.transport)")
+        out[name] = (t.view(torch.bfloat16) if transport == "bfloat16" else t).float()
+    return out
 
 
 def record_bytes(content: RecordDict) -> int:

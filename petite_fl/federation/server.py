@@ -33,10 +33,18 @@ from petite_fl.artifacts import load_backbone, save_adapter
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path
 from petite_fl.console import console, human_bytes
-from petite_fl.errors import PetiteError
+from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.privacy import PrivacyLedger, private_mean
 from petite_fl.federation.protection import check_combination, protection_from_config
-from petite_fl.federation.records import ARRAYS, CONFIG, METRICS, from_record, record_bytes, to_record
+from petite_fl.federation.records import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    check_transport,
+    from_record,
+    record_bytes,
+    to_record,
+)
 from petite_fl.federation.secagg import is_fitres, read_fitres, secure_round, to_parameters
 from petite_fl.federation.site import round_seed, site_list
 from petite_fl.federation.strategies import Strategy, build_strategy
@@ -112,6 +120,11 @@ class Coordinator:
         self.protection = protection_from_config(cfg)
         check_combination(self.protection, self.strategy.name, bool(self.strategy.rule.share), len(self.sites))
         self.ledger = PrivacyLedger(self.protection, len(self.sites)) if self.protection.dp != "off" else None
+        self.transport = check_transport(cfg.federation.transport)
+        if self.transport != "float32" and self.protection.legacy_messages:
+            raise ConfigError(f"federation.transport={self.transport} applies to plain rounds; SecAgg+ and "
+                              "client-side DP clipping send Flower's own FitIns/FitRes (SecAgg+ quantizes itself): "
+                              "use federation.transport=float32 with them")
         self.timeout = float(cfg.federation.timeout)
         self.log = RunLog()
 
@@ -301,8 +314,9 @@ class Coordinator:
                      + (self._val_line(rnd - 1) if validate else ""))
 
         # Final model of every site: validation (round R) and test.
-        content = RecordDict({ARRAYS: to_record(global_tensors), CONFIG: ConfigRecord({
-            "run": run_name, "round": self.rounds, "rounds": self.rounds, "sha256": sha, "splits": "val,test"})})
+        content = RecordDict({ARRAYS: to_record(global_tensors, self.transport), CONFIG: ConfigRecord({
+            "run": run_name, "round": self.rounds, "rounds": self.rounds, "sha256": sha, "splits": "val,test",
+            "transport": self.transport})})
         replies, errors = self.exchange({n: content for n in infos}, EVALUATE, "final")
         adapters = {}
         for node, reply in replies.items():
@@ -335,7 +349,8 @@ class Coordinator:
                                                           KEY_CLIPPING_NORM: p.clipping_norm})
             content = compat.fitins_to_recorddict(ins, keep_input=True)
         else:
-            content = RecordDict({ARRAYS: to_record(current), CONFIG: ConfigRecord(config)})
+            content = RecordDict({ARRAYS: to_record(current, self.transport),
+                                  CONFIG: ConfigRecord({**config, "transport": self.transport})})
         down = record_bytes(content)
         replies, errors = self.exchange({n: content for n in infos}, TRAIN, f"round-{rnd}")
         accepted = {}
@@ -345,7 +360,7 @@ class Coordinator:
                     upload, weight, m = read_fitres(reply, names)
                     made_on = str(m.get("backbone_sha256"))
                 else:
-                    upload = from_record(reply.array_records.get(ARRAYS))
+                    upload = from_record(reply.array_records.get(ARRAYS), self.transport)
                     m = dict(reply.metric_records[METRICS]) if METRICS in reply.metric_records else {}
                     weight = m.get("num-examples")
                     c = reply.config_records.get(CONFIG)
