@@ -67,14 +67,32 @@ def save_backbone(model: Backbone, path: str | Path, provenance: dict[str, Any] 
 
 
 def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> tuple[Backbone, dict[str, Any]]:
-    """Rebuild the network from its file and check the hash of what was read."""
-    tensors, meta = _read(Path(path), "backbone")
-    sha = tensors_sha256(tensors, meta["config"])
-    if sha != meta.get("sha256"):
-        raise PetiteError(f"{path}: backbone content does not match its recorded SHA-256 (corrupt file?)")
+    """Rebuild the network from its file and check the hash of what was read.
+
+    A file already read and verified by this process (same path, size and modification
+    time) is not read and hashed again: a simulated site loads the backbone for every
+    message, which at paper size (407 MB) cost about a second each time.
+    """
+    path = Path(path).expanduser()
+    stat = path.stat() if path.is_file() else None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
+    if key is not None and key in _VERIFIED:
+        tensors, meta = _VERIFIED[key]
+    else:
+        tensors, meta = _read(path, "backbone")
+        sha = tensors_sha256(tensors, meta["config"])
+        if sha != meta.get("sha256"):
+            raise PetiteError(f"{path}: backbone content does not match its recorded SHA-256 (corrupt file?)")
+        if key is not None:
+            _VERIFIED.clear()  # one backbone per process is what a run uses; do not hold several
+            _VERIFIED[key] = (tensors, meta)
+    meta = json.loads(json.dumps(meta))  # the caller's own copy
     model = build_backbone(meta["model"], "paper", **meta["config"])
     model.load_state_dict(tensors)
     return model.to(device), meta
+
+
+_VERIFIED: dict[tuple[str, int, int], tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 
 
 def save_adapter(path: str | Path, tensors: dict[str, torch.Tensor], spec: dict[str, Any],

@@ -63,7 +63,8 @@ class RunResult:
 class LocalSimulation:
     """A private simulation SuperLink for the duration of a `with` block."""
 
-    def __init__(self, home: Path | None = None, echo: Callable[[str], None] | None = None) -> None:
+    def __init__(self, home: Path | None = None, echo: Callable[[str], None] | None = None,
+                 database: str = ":flwr-in-memory:") -> None:
         self._tmp = None if home else tempfile.mkdtemp(prefix="petite-flwr-")
         self.home = Path(home or self._tmp)
         self.echo = echo or (lambda line: print(line, flush=True))
@@ -75,6 +76,9 @@ class LocalSimulation:
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
                     "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.process: subprocess.Popen | None = None
+        # In memory by default: the SuperLink lives as long as this block and nothing resumes
+        # from its state. A SQLite file costs a synchronous write for every message.
+        self.database = database
 
     def __enter__(self) -> LocalSimulation:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,7 @@ class LocalSimulation:
         self.process = subprocess.Popen(
             [str(self.bin / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
              "--control-api-address", f"127.0.0.1:{self.control_port}", "--host", "127.0.0.1",
-             "--port", str(self.http_port), "--database", str(self.home / "state.db")],
+             "--port", str(self.http_port), "--database", self.database],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
         return self

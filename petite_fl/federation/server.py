@@ -51,6 +51,7 @@ from petite_fl.federation.strategies import Strategy, build_strategy
 from petite_fl.models.base import Backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config
+from petite_fl.profiling import peak_rss_bytes
 from petite_fl.training.inference import METRICS as METRIC_NAMES
 from petite_fl.training.jobs import backbone_for, config_hash
 
@@ -127,6 +128,8 @@ class Coordinator:
                               "use federation.transport=float32 with them")
         self.timeout = float(cfg.federation.timeout)
         self.log = RunLog()
+        self.round_rows: list[dict[str, Any]] = []
+        self.phases: dict[str, float] = {}  # seconds of this start of the run, per phase
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -253,8 +256,11 @@ class Coordinator:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         backbone_path = backbone_for(cfg, quiet=self.quiet)
+        clock = time.perf_counter()
         infos = self.hello()
+        self.phases["hello"] = time.perf_counter() - clock
         model, meta = self.distribute(infos, backbone_path)  # loaded (and hash-checked) once
+        self.phases["backbone"] = time.perf_counter() - clock - self.phases["hello"]
         sha = meta["sha256"]
         run_name = run_name_for(cfg, sha)
         run_dir = default_run_dir(cfg, run_name)
@@ -303,9 +309,14 @@ class Coordinator:
             if len(accepted) < self.min_sites:
                 raise PetiteError(f"round {rnd}: {len(accepted)} valid update(s), {self.min_sites} needed "
                                   f"(federation.min_sites); the last completed round ({rnd - 1}) is checkpointed")
+            aggregate_begin = time.perf_counter()
             if not self.protection.secagg:
                 average = self._aggregate(rnd, global_tensors, [(u, w) for u, w, _ in accepted.values()])
             global_tensors = average
+            # Timing per round for simulation/benchmark.py (under SecAgg+ the sum is inside the round)
+            self.round_rows.append({"round": rnd, "sites": len(accepted), "seconds": time.perf_counter() - begin,
+                                    "aggregate_seconds": None if self.protection.secagg
+                                    else time.perf_counter() - aggregate_begin})
             self._save_checkpoint(checkpoint, rnd, global_tensors, sha)
             self._write(run_dir)
             spent = self.ledger.spent() if self.ledger else None
@@ -313,6 +324,8 @@ class Coordinator:
                      + (f"; privacy spent ε={spent['epsilon']:.3g} at δ={spent['delta']:g}" if spent else "")
                      + (self._val_line(rnd - 1) if validate else ""))
 
+        self.phases["rounds"] = sum(r["seconds"] for r in self.round_rows)
+        clock = time.perf_counter()
         # Final model of every site: validation (round R) and test.
         content = RecordDict({ARRAYS: to_record(global_tensors, self.transport), CONFIG: ConfigRecord({
             "run": run_name, "round": self.rounds, "rounds": self.rounds, "sha256": sha, "splits": "val,test",
@@ -334,6 +347,7 @@ class Coordinator:
                                 "shared_only": bool(personal),
                                 "note": "the shared tensors only; each site holds its personal ones" if personal
                                 else "the whole global adapter"})
+        self.phases["final_evaluation"] = time.perf_counter() - clock
         summary = self._summary(run_name, run_dir, meta, state, shared, by_site, adapters)
         self._write(run_dir, summary)
         self._print_summary(summary)
@@ -518,7 +532,9 @@ class Coordinator:
                 "upload_bytes_per_round": up, "upload_percent_of_backbone": 100.0 * up / backbone_size,
                 "test_mean": self.weighted_mean(self.rounds, "test"), "sites": sites,
                 "protection": self.protection.describe(),
-                "privacy": self.ledger.spent() if self.ledger else None, "rejected": self.log.rejected}
+                "privacy": self.ledger.spent() if self.ledger else None, "rejected": self.log.rejected,
+                "rounds_timing": self.round_rows, "phase_seconds": self.phases,
+                "server_peak_rss_bytes": peak_rss_bytes()}
 
     def _write(self, run_dir: Path, summary: dict[str, Any] | None = None) -> None:
         write_csv(run_dir / "train.csv", self.log.train_rows)

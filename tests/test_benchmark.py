@@ -1,0 +1,31 @@
+"""The benchmark command: its byte figures (exact, no training) and its report files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from simulation.benchmark import main
+
+
+def test_comm_benchmark_covers_every_spec_at_paper_size_and_writes_json_and_markdown(tmp_path: Path, capsys):
+    assert main(["--quick", "--only", "comm", "--no-quality", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["machine"]["cores"] >= 1 and report["command"].endswith("--no-quality --out " + str(tmp_path))
+    comm = report["results"]["comm"]
+    rows = comm["rows"]
+    assert comm["mix_count"] == 21 and sum(r["petite"] for r in rows) == 2
+    assert all(r["percent_of_backbone"] < 1.5 for r in rows if r["kind"] != "full")  # PETITE's sub-1 % regime
+    full = [r for r in rows if r["kind"] == "full"]
+    assert len(full) == 2 and all(r["percent_of_backbone"] > 99 for r in full)
+    options = {(o["model"], o["option"]): o for o in comm["options"]}
+    for model in ("unetr", "cvtgan"):
+        assert 0.45 < options[model, "PETITE, bfloat16"]["saving_vs_float32"] < 0.5  # .npy headers stay
+        assert abs(options[model, "LoRA + FFA-LoRA"]["saving_vs_float32"] - 0.5) < 0.01  # A's bytes gone
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "lora+ssf+bitfit (PETITE)" in md and report["machine_label"] in md
+
+
+def test_an_unknown_section_is_refused_by_name(tmp_path: Path, capsys):
+    assert main(["--only", "comm,speed", "--out", str(tmp_path)]) != 0
+    assert "unknown section(s) ['speed']" in capsys.readouterr().err
