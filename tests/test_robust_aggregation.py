@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from flower_grid import InProcessGrid
+from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 from test_federation_run import NODES, federate, run_config
 
 from client.app import app as client_app
 from petite_fl.errors import PetiteError
-from petite_fl.federation.records import ARRAYS, CONFIG, from_record, to_record
+from petite_fl.federation.records import ARRAYS, CONFIG, from_record
 
 
 def poisoning(kind: str, victim: int = 1001):
@@ -36,7 +37,8 @@ def poisoning(kind: str, victim: int = 1001):
             tensors[name] = tensors[name].double()
         elif kind == "backbone":
             reply.content[CONFIG]["backbone_sha256"] = "0" * 64
-        reply.content[ARRAYS] = to_record(tensors)
+        # as a misbehaving site would send them: raw, not through petite-fl's record builder
+        reply.content[ARRAYS] = ArrayRecord({k: v.contiguous() for k, v in tensors.items()})
         return reply
 
     return app
