@@ -51,8 +51,7 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
     """Compose `configs/<config_name>.yaml` with Hydra overrides, resolved and read-only.
 
     Memoised per process: a simulated site composes the run's config for every message
-    (0.18 s of Hydra each time, a fifth of a tiny round's overhead; measured in
-    simulation/benchmark.py). The key holds everything the result depends on: the
+    (0.06–0.18 s of Hydra each time, per README → Performance). The key holds everything the result depends on: the
     overrides, the config folders and the newest modification time of their YAML files,
     and the environment variable the configs read. Callers get their own copy.
     """

@@ -95,7 +95,8 @@ def handle(message: Message, context: Context) -> Message:
         strategy = build_strategy(cfg.strategy)
         if kind == "train":
             return _train(worker, strategy, message)
-        received = from_record(message.content.array_records.get(ARRAYS), str(c.get("transport", "float32")))
+        transport = str(c.get("transport", "float32")) if c is not None else "float32"
+        received = from_record(message.content.array_records.get(ARRAYS), transport)
         if kind == "evaluate":
             metrics, path = worker.finish(strategy, str(c["run"]), int(c["round"]), str(c["sha256"]), received,
                                           tuple(str(c["splits"]).split(",")))

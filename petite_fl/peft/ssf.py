@@ -7,8 +7,8 @@ preceding layer's weights where it has some (Linear, Conv, affine norms).
 After a norm or a transposed convolution the scale and shift are applied *inside* that
 layer (as its affine, or folded into its kernel) during training too: a separate
 `x·γ + β` would keep one more full-size feature map per site for the backward pass,
-which at 64³ made the PETITE mix use more memory than full fine-tuning (measured in
-simulation/benchmark.py). Same result, same parameters, same state-dict names.
+which at 64³ made the PETITE mix keep more activations than full fine-tuning (README,
+Performance). Same result, same parameters, same state-dict names.
 """
 
 from __future__ import annotations
