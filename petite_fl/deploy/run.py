@@ -54,15 +54,18 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
     finally:
         signal.signal(signal.SIGTERM, previous)
     reader.join(timeout=2)  # the last lines, if the helpers have let go of the pipe
-    _stop(proc)  # helpers left behind by the exited parent
+    # Helpers left behind by the exited parent; they follow it on their own, and a SIGTERM
+    # in the middle of Flower's own shutdown prints a spurious traceback, so give them time.
+    _stop(proc, grace=5.0)
     if code != 0:
         why = explain(list(tail)) if explain else None
         raise PetiteError(f"{os.path.basename(cmd[0])} exited with code {code}" + (f": {why}" if why else ""))
     return code
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the child's process group and to every descendant, SIGKILL to what lingers.
+def _stop(proc: subprocess.Popen, grace: float = 0.0) -> None:
+    """After `grace` seconds, SIGTERM to the child's process group and to every descendant,
+    SIGKILL to what lingers.
 
     Descendants are listed too because Flower starts some of its processes in their own
     session (the SuperLink's SuperExec and the apps it runs), outside the group.
@@ -73,14 +76,11 @@ def _stop(proc: subprocess.Popen) -> None:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         family = []
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        for p in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(sig)
+
+    def gone(wait: float) -> bool:
+        nonlocal family
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        while True:
             proc.poll()
             family = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
             try:
@@ -89,5 +89,18 @@ def _stop(proc: subprocess.Popen) -> None:
             except ProcessLookupError:
                 group_alive = False
             if not group_alive and not family:
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.2)
+
+    if grace and gone(grace):
+        return
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        if gone(wait):
+            return
