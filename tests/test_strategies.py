@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from petite_fl.config import compose
+from petite_fl.config import compose, configs_dir
 from petite_fl.errors import ConfigError
 from petite_fl.federation.strategies import LocalTraining, available_strategies, build_strategy
 from petite_fl.federation.strategies.base import proximal
@@ -16,8 +16,14 @@ def strategy(name: str, *overrides: str):
 
 
 def test_registry_has_one_config_per_strategy_and_refuses_unknown_names():
-    assert available_strategies() == ["fedavg", "local", "personalized", "shared-encoder"]
-    for name in ("local", "fedavg", "shared-encoder", "personalized", "fedbn"):
+    assert available_strategies() == ["fedavg", "fedavg-ft", "local", "personalized", "shared-encoder"]
+    configs = sorted(p.stem for p in (configs_dir() / "strategy").glob("*.yaml"))
+    assert {"fedbn", "split-lora", "pooled"} <= set(configs)
+    for name in configs:
+        if name == "pooled":  # the centralised bound of `petite compare`, refused as a federation
+            with pytest.raises(ConfigError, match="centralised bound"):
+                strategy(name)
+            continue
         assert strategy(name).name in available_strategies()
     with pytest.raises(ConfigError, match=r"strategy\.name 'fedsgd'"):
         build_strategy({"name": "fedsgd"})
@@ -40,6 +46,26 @@ def test_sharing_rules_split_by_part_and_method():
     assert strategy("shared-encoder").split(trainable) == (["a.lora_A"], ["b.ssf_scale", "c.bitfit_delta"])
     assert strategy("local").split(trainable) == ([], sorted(trainable))
     assert strategy("fedbn").split(trainable) == (["a.lora_A", "c.bitfit_delta"], ["b.ssf_scale"])
+
+
+def test_split_lora_shares_lora_a_only_and_refuses_a_role_a_method_lacks():
+    trainable = {"q.lora_A.default.weight": "encoder", "q.lora_B.default.weight": "encoder",
+                 "d.lora_A.default.weight": "decoder", "b.ssf_scale": "decoder", "c.bitfit_delta": "decoder"}
+    shared, personal = strategy("split-lora").split(trainable)
+    assert shared == ["d.lora_A.default.weight", "q.lora_A.default.weight"]
+    assert personal == ["b.ssf_scale", "c.bitfit_delta", "q.lora_B.default.weight"]
+    assert "shares */lora/A" in strategy("split-lora").describe()
+    with pytest.raises(ConfigError, match="method 'ssf' has no tensor role 'A'"):
+        strategy("fedavg", "strategy.sharing.share=[*/ssf/A]")
+
+
+def test_fedavg_ft_spends_the_last_quarter_of_rounds_on_local_fine_tuning():
+    s = strategy("fedavg-ft")
+    assert [s.federated_rounds(r) for r in (2, 4, 8, 10)] == [1, 3, 6, 7]
+    with pytest.raises(ConfigError, match="at least one FedAvg round"):
+        s.federated_rounds(1)
+    with pytest.raises(ConfigError, match=r"finetune\.fraction"):
+        strategy("fedavg-ft", "strategy.finetune.fraction=1.0")
 
 
 def test_proximal_term_is_zero_at_the_anchor_and_pulls_toward_it():

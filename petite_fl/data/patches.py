@@ -14,6 +14,7 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     SpatialPadd,
 )
+from torch.utils.data import ConcatDataset, Sampler
 
 from petite_fl.data.site import SiteData
 from petite_fl.errors import DataError
@@ -77,3 +78,33 @@ def site_patch_dataset(site: SiteData, split: str, loader: Any, seed: int = 0,
         foreground_ratio=float(loader.foreground_ratio),
         seed=seed,
     )
+
+
+class SiteBatches(Sampler[list[int]]):
+    """Batches of a `ConcatDataset` of sites, each from one site (patch sizes differ between
+    scanners), the site drawn in proportion to its number of volumes: pooled training sees
+    every scan equally often, as one data set would."""
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0) -> None:
+        self.sizes = [int(n) for n in sizes]
+        if not self.sizes or min(self.sizes) < 1:
+            raise DataError(f"pooled training needs at least one volume per site, got {self.sizes}")
+        self.batch_size = int(batch_size)
+        self.offsets = np.cumsum([0, *self.sizes[:-1]])
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return max(1, sum(self.sizes) // self.batch_size)
+
+    def __iter__(self):
+        p = np.asarray(self.sizes, dtype=np.float64) / sum(self.sizes)
+        for _ in range(len(self)):
+            k = int(self.rng.choice(len(self.sizes), p=p))
+            picked = self.rng.choice(self.sizes[k], size=min(self.batch_size, self.sizes[k]), replace=False)
+            yield [int(i) for i in picked + self.offsets[k]]
+
+
+def pooled_patch_dataset(datasets: Sequence[Dataset], batch_size: int, seed: int = 0
+                         ) -> tuple[ConcatDataset, SiteBatches]:
+    """Several sites' patch data sets as one, with batches that never mix sites."""
+    return ConcatDataset(list(datasets)), SiteBatches([len(d) for d in datasets], batch_size, seed)

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from petite_fl.atomic import write_json
-from petite_fl.config import compose, overrides_from_run_config
+from petite_fl.config import compose, hydra_override, overrides_from_run_config
 from petite_fl.console import console
 from petite_fl.deploy import journal
 from petite_fl.errors import ConfigError, PetiteError
@@ -25,6 +25,7 @@ from petite_fl.federation.secagg import FITINS_CONFIG, fitres_content, is_fitins
 from petite_fl.federation.server import Coordinator
 from petite_fl.federation.site import SiteWorker, site_for_node
 from petite_fl.federation.strategies import build_strategy
+from petite_fl.training.jobs import backbone_for
 
 #: Error code of a site that refused a message for a reason it states (bad data, config).
 SITE_REFUSED = 1001
@@ -127,7 +128,7 @@ def serve(grid: Grid, context: Context) -> dict[str, Any]:
 
 
 def _serve(grid: Grid, context: Context) -> dict[str, Any]:
-    """One federated run, or the arms of a comparison one after the other."""
+    """One federated run, or the arms × seeds of a comparison one after the other."""
     run_config = dict(context.run_config)
     cfg = config_for(run_config)
     arms = [str(a) for a in (cfg.compare.run or [])]
@@ -138,19 +139,38 @@ def _serve(grid: Grid, context: Context) -> dict[str, Any]:
     unknown = [a for a in arms if a not in cfg.compare.arms]
     if unknown:
         raise ConfigError(f"compare.run: unknown arm(s) {unknown}; defined: {', '.join(cfg.compare.arms)}")
+    runs = [(arm, seed) for seed in compare_seeds(cfg) for arm in arms]
+    backbone = backbone_for(cfg)  # one backbone for every arm and seed: seeds vary the fine-tuning only
     results, failed = {}, {}
-    for i, arm in enumerate(arms, 1):
-        out = Path(str(cfg.compare.dir)) / "arms" / arm
-        overrides = [*[str(o) for o in cfg.compare.arms[arm]], f"out={out}", "compare.run=null"]
-        console.print(f"server · arm {i}/{len(arms)}: {arm} ({' '.join(overrides[:-2])})", markup=False)
+    for i, (arm, seed) in enumerate(runs, 1):
+        out = arm_dir(Path(str(cfg.compare.dir)), arm, seed)
+        overrides = [*[str(o) for o in cfg.compare.arms[arm]], f"seed={seed}", hydra_override("backbone", backbone),
+                     hydra_override("out", out), "compare.run=null"]
+        label = f"{arm}/seed-{seed}"
         try:
             arm_cfg = config_for(run_config, overrides)
-            results[arm] = Coordinator(arm_cfg, grid, overrides=overrides, label=arm).run()
+            if not int(arm_cfg.federation.rounds) and seed != runs[0][1]:
+                continue  # nothing is trained: the first seed's run stands for every seed
+            console.print(f"server · run {i}/{len(runs)}: {label} ({' '.join(overrides[:-3])})", markup=False)
+            results[label] = Coordinator(arm_cfg, grid, overrides=overrides, label=label).run()
         except PetiteError as exc:  # one arm failing does not lose the others
-            failed[arm] = str(exc)
+            failed[label] = str(exc)
             out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "error.json", {"arm": arm, "error": str(exc)})
-            console.print(f"server · arm {arm} failed: {exc}", markup=False)
+            write_json(out / "error.json", {"arm": arm, "seed": seed, "error": str(exc)})
+            console.print(f"server · {label} failed: {exc}", markup=False)
     if failed:
         raise PetiteError("arms failed: " + "; ".join(f"{a}: {e}" for a, e in failed.items()))
     return results
+
+
+def compare_seeds(cfg: DictConfig) -> list[int]:
+    """The training seeds of a comparison: `seed`, `seed + 1`, … (`compare.seeds` of them)."""
+    n = cfg.compare.seeds
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"compare.seeds must be a whole number ≥ 1 (how many training seeds per arm), got {n!r}")
+    return [int(cfg.seed) + i for i in range(n)]
+
+
+def arm_dir(folder: Path, arm: str, seed: int) -> Path:
+    """Where one arm's run with one seed writes: <compare dir>/arms/<arm>/seed-<seed>."""
+    return folder / "arms" / arm / f"seed-{seed}"

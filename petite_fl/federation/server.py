@@ -34,6 +34,7 @@ from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path
 from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.federation.evaluation import read_final_metrics
 from petite_fl.federation.privacy import PrivacyLedger, private_mean
 from petite_fl.federation.protection import check_combination, protection_from_config
 from petite_fl.federation.records import (
@@ -89,14 +90,16 @@ class RunLog:
     eval_rows: list[dict[str, Any]] = field(default_factory=list)
     transfer_rows: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    subject_rows: list[dict[str, Any]] = field(default_factory=list)  # final test, per subject position
 
     def to_dict(self) -> dict[str, Any]:
         return {"train": self.train_rows, "eval": self.eval_rows, "transfer": self.transfer_rows,
-                "rejected": self.rejected}
+                "rejected": self.rejected, "subjects": self.subject_rows}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunLog:
-        return cls(list(data["train"]), list(data["eval"]), list(data["transfer"]), list(data.get("rejected", [])))
+        return cls(list(data["train"]), list(data["eval"]), list(data["transfer"]), list(data.get("rejected", [])),
+                   list(data.get("subjects", [])))
 
 
 class Coordinator:
@@ -126,6 +129,10 @@ class Coordinator:
             raise ConfigError(f"federation.transport={self.transport} applies to plain rounds; SecAgg+ and "
                               "client-side DP clipping send Flower's own FitIns/FitRes (SecAgg+ quantizes itself): "
                               "use federation.transport=float32 with them")
+        self.federated = self.strategy.federated_rounds(self.rounds)  # later rounds: local fine-tuning only
+        if self.federated < self.rounds and (self.protection.secagg or self.protection.dp != "off"):
+            raise ConfigError(f"strategy {self.strategy.name} ends with local rounds that send nothing; SecAgg+ and "
+                              "DP protect FedAvg rounds: use strategy=fedavg with them")
         self.timeout = float(cfg.federation.timeout)
         self.log = RunLog()
         self.round_rows: list[dict[str, Any]] = []
@@ -274,6 +281,9 @@ class Coordinator:
         if not state.names and self.rounds:
             raise PetiteError(f"peft={cfg.peft.name} trains nothing; evaluate the backbone with federation.rounds=0")
         shared, personal = self.strategy.split(state.trainable)
+        if self.strategy.rule.share and not shared and self.rounds:
+            raise ConfigError(f"strategy {self.strategy.name} shares {', '.join(map(str, self.strategy.rule.share))}, "
+                              f"which peft {state.spec.label} does not train: nothing would be averaged")
         global_tensors = {n: init[n] for n in shared}
         self.say(f"run {run_name}: {self.strategy.describe()}; {len(shared)} shared / {len(personal)} personal "
                  f"tensors; {self.rounds} rounds × {self.steps} local steps; protection: "
@@ -294,10 +304,14 @@ class Coordinator:
             validate = (rnd - 1) % every == 0
             config = {"run": run_name, "round": rnd, "rounds": self.rounds, "steps": self.steps, "sha256": sha,
                       "validate": validate, "weight": "uniform" if self.protection.uniform_weights else "examples"}
+            # After the federated rounds: the first local round still receives the last global.
+            collects = rnd <= self.federated
+            sent = global_tensors if rnd <= self.federated + 1 else {}
             if self.protection.secagg:
                 accepted, errors, average = self._secure_round(rnd, infos, global_tensors, config, sha)
             else:
-                accepted, errors = self._plain_round(rnd, infos, global_tensors, config, sha)
+                accepted, errors = self._plain_round(rnd, infos, sent, config, sha,
+                                                     global_tensors if collects else {})
             for node, why in errors.items():
                 self.say(f"round {rnd}: site {infos[node].site} left out: {why}")
             for node, (_, _, m) in accepted.items():
@@ -310,7 +324,9 @@ class Coordinator:
                 raise PetiteError(f"round {rnd}: {len(accepted)} valid update(s), {self.min_sites} needed "
                                   f"(federation.min_sites); the last completed round ({rnd - 1}) is checkpointed")
             aggregate_begin = time.perf_counter()
-            if not self.protection.secagg:
+            if not collects:
+                average = global_tensors
+            elif not self.protection.secagg:
                 average = self._aggregate(rnd, global_tensors, [(u, w) for u, w, _ in accepted.values()])
             global_tensors = average
             # Timing per round for simulation/benchmark.py (under SecAgg+ the sum is inside the round)
@@ -333,12 +349,22 @@ class Coordinator:
         replies, errors = self.exchange({n: content for n in infos}, EVALUATE, "final")
         adapters = {}
         for node, reply in replies.items():
-            site, m = infos[node].site, dict(reply.metric_records[METRICS])
+            site = infos[node].site
+            read = read_final_metrics(dict(reply.metric_records.get(METRICS) or {}), ("val", "test"))
+            if isinstance(read, str):
+                errors[node] = f"final evaluation refused: {read}"
+                self.log.rejected.append({"round": self.rounds, "site": site, "reason": errors[node]})
+                continue
+            means, subjects = read
             self.log.eval_rows = [r for r in self.log.eval_rows
                                   if not (r["site"] == site and r["round"] == self.rounds)]
-            self._eval_row(self.rounds, site, "val", m)
-            self._eval_row(self.rounds, site, "test", m)
-            adapters[site] = str(reply.config_records[CONFIG]["adapter"])
+            self.log.eval_rows += [{"round": self.rounds, "site": site, "split": split, **row}
+                                   for split, row in means.items()]
+            self.log.subject_rows = [r for r in self.log.subject_rows if r["site"] != site]
+            self.log.subject_rows += [{"site": site, "split": "test", "position": i, **row}
+                                      for i, row in enumerate(subjects)]
+            config = reply.config_records.get(CONFIG)
+            adapters[site] = str(config["adapter"]) if config is not None and "adapter" in config else None
         for node, why in errors.items():
             self.say(f"final evaluation: site {infos[node].site} left out: {why}")
         if global_tensors:
@@ -355,8 +381,10 @@ class Coordinator:
 
     # -- one round ------------------------------------------------------------------------
     def _plain_round(self, rnd: int, infos: Mapping[int, SiteInfo], current: dict[str, torch.Tensor],
-                     config: dict[str, Any], sha: str) -> tuple[dict[int, tuple], dict[int, str]]:
-        """Send the global shared tensors, check every upload: ({node: (upload, weight, metrics)}, errors)."""
+                     config: dict[str, Any], sha: str, expected: dict[str, torch.Tensor]
+                     ) -> tuple[dict[int, tuple], dict[int, str]]:
+        """Send `current`, check every upload against `expected` (the global shared tensors, or
+        nothing in a local round): ({node: (upload, weight, metrics)}, errors)."""
         p, names = self.protection, sorted(current)
         if p.legacy_messages:  # client-side DP clipping: Flower's fixedclipping_mod reads FitIns/FitRes
             ins = FitIns(to_parameters(current, names), {**config, "names": json.dumps(names),
@@ -382,7 +410,7 @@ class Coordinator:
             except (PetiteError, KeyError, ValueError) as exc:
                 problem = f"unreadable reply ({exc})"
             else:
-                problem = self._check(upload, weight, made_on, current, sha)
+                problem = self._check(upload, weight, made_on, expected, sha)
             # client mode: the site's fixedclipping_mod must have bounded the norm _check just measured
             if not problem and p.dp == "client" and self.last_norm > p.clipping_norm * (1 + 1e-3):
                 problem = (f"update norm {self.last_norm:.4g} is not clipped to "
@@ -521,13 +549,20 @@ class Coordinator:
             test = next((r for r in self.log.eval_rows if r["site"] == site and r["split"] == "test"), None)
             ups = [r["bytes_up"] for r in peft_rows if r["site"] == site]
             downs = [r["bytes_down"] for r in peft_rows if r["site"] == site]
-            sites[site] = {"test": test, "adapter": adapters.get(site), "backbone_bytes": backbone_bytes.get(site, 0),
+            sites[site] = {"test": test, "test_subjects": [{k: v for k, v in r.items() if k not in ("site", "split")}
+                                                           for r in self.log.subject_rows if r["site"] == site],
+                           "adapter": adapters.get(site), "backbone_bytes": backbone_bytes.get(site, 0),
                            "upload_bytes_per_round": max(ups) if ups else 0,
                            "download_bytes_per_round": max(downs) if downs else 0}
         up = max((s["upload_bytes_per_round"] for s in sites.values()), default=0)
         return {"run": run_name, "run_dir": str(run_dir), "strategy": self.strategy.name,
                 "describe": self.strategy.describe(), "peft": state.spec.label, "rounds": self.rounds,
-                "local_steps": self.steps, "backbone_sha256": meta["sha256"], "backbone_payload_bytes": backbone_size,
+                "local_steps": self.steps,
+                "budget": {"rounds": self.rounds, "local_steps": self.steps, "federated_rounds": self.federated,
+                           "batch_size": int(self.cfg.train.batch_size),
+                           "patches_per_volume": int(self.cfg.data.loader.patches_per_volume),
+                           "lr": float(self.cfg.peft.lr), "seed": int(self.cfg.seed)},
+                "backbone_sha256": meta["sha256"], "backbone_payload_bytes": backbone_size,
                 "shared_tensors": len(shared), "trainable_tensors": len(state.names),
                 "upload_bytes_per_round": up, "upload_percent_of_backbone": 100.0 * up / backbone_size,
                 "test_mean": self.weighted_mean(self.rounds, "test"), "sites": sites,
@@ -539,6 +574,8 @@ class Coordinator:
     def _write(self, run_dir: Path, summary: dict[str, Any] | None = None) -> None:
         write_csv(run_dir / "train.csv", self.log.train_rows)
         write_csv(run_dir / "metrics.csv", self.log.eval_rows)
+        if self.log.subject_rows:
+            write_csv(run_dir / "subjects.csv", self.log.subject_rows)
         write_csv(run_dir / "transfer.csv", self.log.transfer_rows)
         write_json(run_dir / "log.json", self.log.to_dict())
         if summary is not None:

@@ -34,7 +34,7 @@ from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft, load_adapter_state
 from petite_fl.peft.spec import spec_from_config
-from petite_fl.training.inference import evaluate_patches, evaluate_site, summarise
+from petite_fl.training.inference import METRICS, evaluate_patches, evaluate_site, summarise
 from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
 from petite_fl.training.objectives import make_objective
 from petite_fl.training.trainer import train
@@ -75,6 +75,36 @@ def round_seed(seed: int, site: str, rnd: int, salt: str = "") -> int:
 
 def flat_metrics(prefix: str, summary: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     return {f"{prefix}_{k}": float(v["mean"]) for k, v in summary.items()}
+
+
+def evaluate_split(cfg: DictConfig, site_name: str, manifest: Path, model: torch.nn.Module, split: str,
+                   device: torch.device, amp: bool, per_round: bool = False,
+                   per_subject: bool = False) -> dict[str, Any]:
+    """Metrics of a site's split: the final test whole-volume, per-round validation per `federation.val`.
+
+    `per_subject`: also each subject's metrics as lists (`<split>_subject_<metric>`) in the
+    order of the split, so that the comparison can pair them across arms; by position
+    only, never by subject id or file name, which stay at the site.
+    """
+    site = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling))
+    if not site.pairs[split]:
+        raise ConfigError(f"site {site_name}: {manifest} has no '{split}' subjects to evaluate")
+    roi = training_patch(manifest, cfg.train, model.size_multiple)
+    threshold = float(cfg.data.loader.foreground_threshold)
+    val = cfg.federation.val
+    if per_round and str(val.mode) == "patches":
+        rows = evaluate_patches(model, site, split, roi, device=device, patches=int(val.patches),
+                                seed=int(cfg.seed), foreground_threshold=threshold, amp=amp)
+    else:
+        eval_cfg = dict(cfg.train.eval)
+        if per_round:
+            eval_cfg["overlap"] = float(val.overlap)
+        rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=SimpleNamespace(**eval_cfg),
+                             foreground_threshold=threshold, amp=amp, quiet=True)
+    out: dict[str, Any] = {**flat_metrics(split, summarise(rows)), f"{split}_subjects": len(rows)}
+    if per_subject:
+        out.update({f"{split}_subject_{k}": [float(r[k]) for r in rows] for k in METRICS})
+    return out
 
 
 class SiteWorker:
@@ -163,24 +193,10 @@ class SiteWorker:
             if m and int(m.group(1)) <= rnd - KEEP_ROUNDS:
                 old.unlink(missing_ok=True)
 
-    def _evaluate(self, model: torch.nn.Module, split: str, per_round: bool = False) -> dict[str, float]:
-        """Whole-volume metrics of a split; per-round validation per `federation.val`."""
-        site = load_site(self.manifest, splits=(split,), scaling=str(self.cfg.data.loader.scaling))
-        if not site.pairs[split]:
-            raise ConfigError(f"site {self.site}: {self.manifest} has no '{split}' subjects to evaluate")
-        roi = training_patch(self.manifest, self.cfg.train, model.size_multiple)
-        threshold = float(self.cfg.data.loader.foreground_threshold)
-        val = self.cfg.federation.val
-        if per_round and str(val.mode) == "patches":
-            rows = evaluate_patches(model, site, split, roi, device=self.device, patches=int(val.patches),
-                                    seed=int(self.cfg.seed), foreground_threshold=threshold, amp=self.amp)
-        else:
-            eval_cfg = dict(self.cfg.train.eval)
-            if per_round:
-                eval_cfg["overlap"] = float(val.overlap)
-            rows = evaluate_site(model, site, split, roi, device=self.device, eval_cfg=SimpleNamespace(**eval_cfg),
-                                 foreground_threshold=threshold, amp=self.amp, quiet=True)
-        return {**flat_metrics(split, summarise(rows)), f"{split}_subjects": len(rows)}
+    def _evaluate(self, model: torch.nn.Module, split: str, per_round: bool = False,
+                  per_subject: bool = False) -> dict[str, Any]:
+        return evaluate_split(self.cfg, self.site, self.manifest, model, split, self.device, self.amp,
+                              per_round=per_round, per_subject=per_subject)
 
     def train_round(self, strategy: Strategy, run_name: str, rnd: int, total_rounds: int, steps: int,
                     sha256: str, received: dict[str, torch.Tensor], validate: bool
@@ -218,9 +234,9 @@ class SiteWorker:
                             read=lambda: adapter_state_dict(model, state), train=train_steps,
                             round=rnd, steps=steps, total_rounds=total_rounds)
         update = strategy.local_update(job, init, received, personal)
-        if set(update.upload) != set(received):
+        if set(update.upload) - set(received):
             raise PetiteError(f"site {self.site}: strategy {strategy.name} would upload "
-                              f"{sorted(set(update.upload) ^ set(received))[:5]} beyond the shared tensors")
+                              f"{sorted(set(update.upload) - set(received))[:5]} beyond the shared tensors")
         self._save_personal(run_name, rnd, update.personal, objective.state_dict(), sha256)
         seconds = time.perf_counter() - begin
         metrics.update(update.logs)
@@ -231,15 +247,15 @@ class SiteWorker:
         return update.upload, metrics
 
     def finish(self, strategy: Strategy, run_name: str, rnd: int, sha256: str,
-               received: dict[str, torch.Tensor], splits: tuple[str, ...]) -> tuple[dict[str, float], Path]:
+               received: dict[str, torch.Tensor], splits: tuple[str, ...]) -> tuple[dict[str, Any], Path]:
         """Metrics of the final model and its adapter file, kept at the site."""
         model, state, meta, init = self._prepare(sha256)
         personal, _ = self._personal(run_name, rnd)
         adapter = strategy.current_adapter(init, received, personal)
         load_adapter_state(model, state, adapter)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
         for split in splits:  # validation as in the rounds (a comparable curve), test whole-volume
-            metrics.update(self._evaluate(model, split, per_round=split == "val"))
+            metrics.update(self._evaluate(model, split, per_round=split == "val", per_subject=split == "test"))
         path = self.run_dir(run_name) / "adapter.safetensors"
         patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
         save_adapter(path, adapter, state.spec.to_dict(), meta, extra={

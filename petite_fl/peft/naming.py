@@ -20,3 +20,12 @@ def method_of(name: str) -> str:
         if marker in name:
             return method
     return "full"
+
+
+#: Roles of a method's tensors that a sharing rule can tell apart (FedSA-LoRA shares A, keeps B).
+ROLES = {"lora": (("lora_A", "A"), ("lora_B", "B"))}
+
+
+def role_of(name: str) -> str:
+    """The role of a trainable tensor within its method ('A', 'B' for LoRA), or ''."""
+    return next((role for marker, role in ROLES.get(method_of(name), ()) if marker in name), "")

@@ -13,6 +13,7 @@ import torch
 from monai.data import DataLoader
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.utils.data import Sampler
 
 from petite_fl.atomic import atomic_path
 from petite_fl.console import console
@@ -63,12 +64,14 @@ def train(
     quiet: bool = False,
     schedule_offset: int = 0,
     schedule_total: int | None = None,
+    batch_sampler: Sampler[list[int]] | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad for `steps` optimiser steps.
 
     The learning rate follows warm-up + cosine over `schedule_total` steps (default:
     `steps`), starting at `schedule_offset`: a federated site trains round r as steps
     [(r-1)·S, r·S) of one schedule over all rounds, as a single-site run would.
+    `batch_sampler` replaces shuffled batches of `train.batch_size` (pooled sites: one site per batch).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -79,8 +82,9 @@ def train(
     start, history = 0, []
     if checkpoint is not None and checkpoint.is_file():
         start, history = _restore(checkpoint, model, optimizer, scheduler, scaler, objective)
-    loader = DataLoader(dataset, batch_size=int(train_cfg.batch_size), shuffle=True,
-                        num_workers=int(train_cfg.num_workers), pin_memory=device.type == "cuda")
+    batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else {
+        "batch_size": int(train_cfg.batch_size), "shuffle": True}
+    loader = DataLoader(dataset, **batching, num_workers=int(train_cfg.num_workers), pin_memory=device.type == "cuda")
     every = max(1, int(train_cfg.checkpoint_every))
     log_every = max(1, int(train_cfg.log_every))
     # A progress bar in a terminal; plain lines every `log_every` steps in logs and pipes.

@@ -71,6 +71,10 @@ class Strategy:
         """(shared, personal) tensor names from {tensor name: part}."""
         return self.rule.split(trainable)
 
+    def federated_rounds(self, total_rounds: int) -> int:
+        """Rounds whose uploads the server averages; later rounds train at the sites only."""
+        return total_rounds
+
     # -- site side -------------------------------------------------------------------
     def current_adapter(self, init: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor],
                         personal: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,7 +100,7 @@ class Strategy:
         return weighted_average(updates)
 
     def describe(self) -> str:
-        share = ", ".join(f"{s.part}/{s.method}" for s in self.rule.share) or "nothing"
-        keep = ", ".join(f"{s.part}/{s.method}" for s in self.rule.keep_local)
+        share = ", ".join(map(str, self.rule.share)) or "nothing"
+        keep = ", ".join(map(str, self.rule.keep_local))
         text = f"{self.name}: shares {share}" + (f" except {keep}" if keep else "")
         return text + (f"; FedProx μ={self.proximal_mu:g}" if self.proximal_mu else "")
