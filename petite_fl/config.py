@@ -103,16 +103,22 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
         if key == EXTRA_OVERRIDES:  # any other Hydra overrides, space-separated, applied last
             extra = shlex.split(str(value))
             continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (int, float)):
-            text = repr(value)
-        elif isinstance(value, str):
-            text = value if _PLAIN.fullmatch(value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        else:
+        if not isinstance(value, (bool, int, float, str)):
             raise ConfigError(f"run-config '{key}': unsupported value {value!r} (use str, int, float or bool)")
-        overrides.append(f"{key}={text}")
+        overrides.append(hydra_override(key, value))
     return overrides + extra
+
+
+def hydra_override(key: str, value: bool | int | float | str | os.PathLike[str]) -> str:
+    """`key=value` for Hydra: strings quoted unless they are plain words, so paths survive."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    else:
+        value = str(value)
+        text = value if _PLAIN.fullmatch(value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={text}"
 
 
 def compose_from_run_config(run_config: Mapping[str, Any], config_name: str = "config") -> DictConfig:

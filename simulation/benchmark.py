@@ -121,20 +121,24 @@ def comm_bytes() -> dict[str, Any]:
 
 
 def comm_quality(out: Path, overrides: list[str]) -> dict[str, Any]:
-    """Final test PSNR/SSIM of fedavg in float32 vs 16-bit transport vs FFA-LoRA (petite compare arms)."""
-    from simulation.compare import load_arms
+    """Head-mask PSNR of fedavg in float32 vs 16-bit transport vs FFA-LoRA (petite compare arms), paired."""
+    from simulation.compare import compare_config, compare_overrides
     from simulation.compare import run as compare_run
+    from simulation.compare_report import differences, load_arms
 
     arms = ["fedavg", "fedavg-fp16", "fedavg-bf16", "fedavg-ffa"]
     folder = compare_run(overrides, arms, out / "compare-options")
-    data = load_arms(folder, arms)
-    base = data["fedavg"]["summary"]
+    cfg = compare_config(compare_overrides(overrides))
+    seeds = [int(cfg.seed) + i for i in range(int(cfg.compare.seeds))]
+    data, _ = load_arms(folder, arms, seeds)
+    sites = list(cfg.federation.sites)
+    base = data["fedavg"].first
     rows = []
-    for arm, d in data.items():
-        s = d["summary"]
-        rows.append({"arm": arm, "psnr": s["test_mean"]["psnr"], "ssim": s["test_mean"]["ssim"],
-                     "upload_bytes": s["upload_bytes_per_round"],
-                     "psnr_change_db": s["test_mean"]["psnr"] - base["test_mean"]["psnr"],
+    for arm, runs in data.items():
+        s = runs.first
+        _, pooled, _ = differences(data, arm, "fedavg", seeds, sites, "psnr_fg") if arm != "fedavg" else (0, None, 0)
+        rows.append({"arm": arm, "psnr_fg": s["test_mean"]["psnr_fg"], "upload_bytes": s["upload_bytes_per_round"],
+                     "psnr_fg_change": pooled.text() if pooled else "–", "verdict": pooled.verdict() if pooled else "",
                      "byte_saving": 1.0 - s["upload_bytes_per_round"] / base["upload_bytes_per_round"]})
     return {"rows": rows, "rounds": base["rounds"], "local_steps": base["local_steps"], "folder": str(folder)}
 
@@ -508,9 +512,10 @@ def markdown(report: dict[str, Any]) -> str:
             q = c["quality"]
             lines += ["", f"Effect on quality (`petite compare`, fedavg, {q['rounds']} rounds × "
                           f"{q['local_steps']} steps, five synthetic scanners, test split):", "",
-                      *_table(["arm", "PSNR dB", "SSIM", "upload/round", "bytes saved", "PSNR change"], [
-                          [r["arm"], f"{r['psnr']:.2f}", f"{r['ssim']:.3f}", _mib(r["upload_bytes"]),
-                           f"{100 * r['byte_saving']:.1f} %", f"{r['psnr_change_db']:+.2f} dB"] for r in q["rows"]])]
+                      *_table(["arm", "head-mask PSNR dB", "upload/round", "bytes saved",
+                               "Δ head-mask PSNR vs fedavg [95 %]", "verdict"], [
+                          [r["arm"], f"{r['psnr_fg']:.2f}", _mib(r["upload_bytes"]), f"{100 * r['byte_saving']:.1f} %",
+                           r["psnr_fg_change"], r["verdict"]] for r in q["rows"]])]
         lines.append("")
     if "overhead" in res:
         o = res["overhead"]

@@ -1,4 +1,4 @@
-"""The comparison report, from arms run through the real apps in process (tiny, two sites)."""
+"""The comparison report, from arms run through the real apps in process (tiny, two sites, two seeds)."""
 
 from __future__ import annotations
 
@@ -6,40 +6,113 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 from flower_grid import InProcessGrid
 from flwr.app import Context, RecordDict
+from scipy import stats
 from test_federation_run import NODES, SITES, run_config
 
 from client.app import app as client_app
-from petite_fl.federation.apps import config_for, serve
+from petite_fl.federation.apps import arm_dir, config_for, serve
 from petite_fl.training.jobs import backbone_for
-from simulation.compare import report
+from simulation.compare_report import report
+from simulation.pooled import run_pooled
+
+ARMS = ["no-finetune", "local", "fedavg", "fedavg-ft"]
 
 
-def test_arms_in_one_run_then_report_md_csv_and_figures(tmp_path):
-    arms = ["no-finetune", "local", "fedavg"]
-    folder = tmp_path / "compare"
-    rc = run_config(tmp_path / "cache", **{"federation.rounds": 1})
-    rc["overrides"] += f" compare.run=[{','.join(arms)}] compare.dir={folder}"
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    folder = tmp / "compare"
+    # two test subjects per scanner (a paired interval needs two), two training seeds
+    rc = run_config(tmp / "cache", **{"data.synth.subjects": 4, "overrides": (
+        "federation.val.patches=4 data.synth.splits={train:1,val:1,test:2} compare.seeds=2 "
+        f"compare.run=[{','.join(ARMS)}] compare.dir={folder}")})
     grid = InProcessGrid(client_app, rc, NODES)
     results = serve(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
-    assert sorted(results) == sorted(arms)
     cfg = config_for(rc)
-    # every arm's messages carried its overrides, so the sites trained what the server averaged
-    for arm in arms:
-        sent = [m for m in grid.sent if m.metadata.group_id.startswith(f"{arm}/")]
-        carried = [set(json.loads(m.content.config_records["config"]["overrides"])) for m in sent]
-        assert sent and all(set(cfg.compare.arms[arm]) <= c for c in carried)
-    md = report(folder, cfg, arms, backbone_for(cfg), ["federation.rounds=1"], 12.0).read_text()
-    for arm in arms:
-        assert f"| {arm} |" in md
-    assert "Δ mean vs local" in md and "unetr-paper" in md.split("## Communication")[1]
-    with open(folder / "results.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert {(r["arm"], r["site"]) for r in rows} == {(a, s) for a in arms for s in SITES}
-    no_ft = {r["site"]: float(r["psnr"]) for r in rows if r["arm"] == "no-finetune"}
-    assert all(10 < v < 60 for v in no_ft.values())
-    for name in ("psnr_per_scanner.png", "ssim_per_scanner.png", "convergence.png", "bytes_per_round.png",
+    backbone = backbone_for(cfg)
+    for seed in (0, 1):
+        run_pooled(config_for(rc, ["strategy=pooled", f"seed={seed}"]), backbone, arm_dir(folder, "pooled", seed),
+                   quiet=True)
+    md = report(folder, cfg, [*ARMS, "pooled"], [0, 1], backbone, ["compare.seeds=2"], 12.0).read_text()
+    return folder, results, grid, md
+
+
+def test_every_arm_runs_once_per_seed_and_an_untrained_arm_once(compared):
+    _, results, _, _ = compared
+    assert sorted(results) == sorted([f"{a}/seed-{s}" for a in ARMS[1:] for s in (0, 1)] + ["no-finetune/seed-0"])
+
+
+def test_sites_send_per_subject_metrics_by_position_never_subject_ids(compared):
+    folder, _, grid, _ = compared
+    final = [m for m in grid.replies if not m.has_error() and m.metadata.group_id.endswith("/final")]
+    assert final
+    for reply in final:
+        metrics = dict(reply.content.metric_records["metrics"])
+        assert len(metrics["test_subject_psnr_fg"]) == metrics["test_subjects"] == 2
+        assert "sub-" not in json.dumps(metrics)
+    subjects = rows(folder / "subjects.csv")
+    assert {(r["arm"], r["seed"], r["site"], r["position"]) for r in subjects if r["arm"] == "fedavg"} == {
+        ("fedavg", str(seed), site, str(p)) for seed in (0, 1) for site in SITES for p in (0, 1)}
+
+
+def test_differences_are_paired_per_subject_with_a_t_interval(compared):
+    folder, _, _, _ = compared
+    per_subject = {(r["arm"], r["seed"], r["site"], r["position"]): float(r["psnr_fg"])
+                   for r in rows(folder / "subjects.csv")}
+    diffs = {(r["arm"], r["baseline"], r["metric"], r["site"]): r for r in rows(folder / "differences.csv")}
+    # fedavg − local on scanner5: per subject, averaged over the two seeds, then Student's t
+    d = np.array([np.mean([per_subject["fedavg", s, "scanner5", p] - per_subject["local", s, "scanner5", p]
+                           for s in ("0", "1")]) for p in ("0", "1")])
+    row = diffs["fedavg", "local", "psnr_fg", "scanner5"]
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert float(row["mean"]) == pytest.approx(d.mean())
+    assert (float(row["low"]), float(row["high"])) == pytest.approx((ci.low, ci.high))
+    assert row["method"] == "t" and row["seeds"] == "2"
+    # no-finetune ran once (zero rounds): it stands for both seeds
+    pooled = diffs["local", "no-finetune", "psnr_fg", "pooled"]
+    assert pooled["subjects"] == "4" and pooled["verdict"] in ("better", "worse",
+                                                               "no detectable difference at this sample size")
+    assert ("pooled", "local", "psnr_fg", "pooled") in diffs
+
+
+def test_report_leads_with_head_mask_differences_intervals_and_budgets(compared):
+    folder, _, _, md = compared
+    assert "## Δ head-mask PSNR (dB) vs local" in md and "## Δ head-mask PSNR (dB) vs no-finetune" in md
+    assert "The verdict uses head-mask PSNR" in md and "does not mean they are equal" in md
+    assert "very wide" in md  # two test subjects per scanner: the report says so
+    budgets = {line.split("**")[1]: line for line in md.splitlines() if line.startswith("- **")}
+    assert "2 rounds × 2 local steps per site (1 FedAvg, then 1 local)" in budgets["fedavg-ft"]
+    assert "8 steps in one place" in budgets["pooled"] and "no training" in budgets["no-finetune"]
+    for name in ("forest_psnr.png", "psnr_per_scanner.png", "convergence.png", "bytes_per_round.png",
                  *(f"slices_{s}.png" for s in SITES)):
         assert (folder / name).stat().st_size > 1000 and f"]({name})" in md
-    assert Path(folder / "payload.json").is_file()
+    assert "Δ mean vs local" not in md  # no difference without its interval
+
+
+def test_an_arm_that_lost_a_site_is_compared_on_the_common_sites(compared, tmp_path):
+    import shutil
+
+    from simulation.compare_report import all_differences, differences, load_arms
+
+    folder = compared[0]
+    shutil.copytree(folder / "arms", tmp_path / "arms")
+    for seed in (0, 1):
+        path = arm_dir(tmp_path, "fedavg", seed) / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["sites"].pop("scanner4")
+        path.write_text(json.dumps(summary))
+    data, _ = load_arms(tmp_path, ["local", "fedavg"], [0, 1])
+    per_site, pooled, left_out = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
+    assert list(per_site) == ["scanner5"] and left_out == ["scanner4"] and pooled.subjects == 2
+    row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"])
+               if r["site"] == "pooled" and r["metric"] == "psnr_fg")
+    assert row["sites_left_out"] == "scanner4"

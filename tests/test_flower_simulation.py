@@ -16,7 +16,8 @@ from petite_fl.errors import PetiteError
 from simulation.flower_run import LocalSimulation, app_defaults
 
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
-        "train.pretrain.steps=4", "train.batch_size=1", "data.loader.patches_per_volume=2", "train.eval.overlap=0",
+        "train.pretrain.steps=4", "train.patch_scale=0.5", "train.batch_size=1",
+        "data.loader.patches_per_volume=2", "train.eval.overlap=0",
         "federation.val.patches=2", "federation.sites=[scanner4,scanner5]", "federation.rounds=1",
         "federation.local_steps=2", "federation.wait_for_sites=30"]
 
@@ -52,6 +53,10 @@ def test_flwr_run_completes_and_a_failed_run_is_reported_as_failed(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["simulate", "strategy=fedsgd"], "strategy"),
     (["compare", "--arms", "local,bogus"], "unknown arm"),
+    (["compare", "compare.seeds=0"], "compare.seeds must be a whole number ≥ 1"),
+    (["compare", "data.synth.sizes.scanner5.test=1"],
+     "site scanner5 has 1 test subject(s) (data.synth.sizes.scanner5)"),
+    (["compare", "--arms", "local,fedavg-ft", "federation.rounds=1"], "fedavg-ft needs at least one FedAvg round"),
     (["simulate", "federation.sites=[]"], "federation.sites is empty"),
 ])
 def test_bad_simulation_settings_fail_before_flower_starts(argv, message, capsys, tmp_path, monkeypatch):

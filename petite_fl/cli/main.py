@@ -46,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for metrics.csv / metrics.json")
     p.add_argument("overrides", **over)
 
-    p = sub.add_parser("compare", help="the main job: local vs federated PEFT on the five scanners → report")
-    p.add_argument("--arms", help="comma-separated arms (default: no-finetune,local,fedavg,shared-encoder,"
-                                  "personalized; also local-full; see compare.arms in configs/config.yaml)")
+    p = sub.add_parser("compare", help="the main job: local vs federated PEFT on the five scanners → report "
+                                       "(compare=study: a measurement that tells arms apart; compare=paper: GPU)")
+    p.add_argument("--arms", help="comma-separated arms (default: compare.default_arms of the preset; every arm "
+                                  "is in compare.arms, configs/compare/default.yaml)")
     p.add_argument("--out", type=Path, help="report folder (default: under the cache, by config)")
     p.add_argument("overrides", **over)
 
