@@ -5,18 +5,26 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from simulation.cross_scanner import run
 from tests.test_jobs import _overrides
 
 
-def test_cross_scanner_table_has_references_and_methods(tmp_path: Path):
+def test_cross_scanner_table_has_references_ablation_methods_and_intervals(tmp_path: Path):
     rows, out = run(_overrides(tmp_path, f"out={tmp_path / 'exp'}"), quiet=True, methods=["none", "petite"])
     labels = [r["method"] for r in rows]
     assert labels[0] == "short-scan input itself (no network)"
     assert labels[1].startswith("no fine-tuning, on scanner4")
-    assert labels[2] == "no fine-tuning" and labels[3].startswith("PETITE Mix-PEFT (lora+ssf+BitFit)")
-    assert 0 < rows[3]["trainable_percent"] < 100
+    assert labels[2] == "… with the transformer's outputs zeroed, on scanner4"
+    assert labels[3] == "no fine-tuning" and labels[4] == "… with the transformer's outputs zeroed"
+    assert labels[5].startswith("PETITE Mix-PEFT (lora+ssf+BitFit)")
+    petite = rows[5]
+    assert 0 < petite["trainable_percent"] < 100
+    # paired with no fine-tuning on the same subjects: one test subject gives no interval, and says so
+    assert petite["interval"] == "none" and petite["verdict"] == "no detectable difference at this sample size"
+    assert petite["delta_mean"] == pytest.approx(petite["psnr_fg"] - rows[3]["psnr_fg"])
     table = (out / "results.md").read_text()
-    assert "| method | PSNR (dB) | SSIM | NRMSE |" in table and "PETITE Mix-PEFT" in table
+    assert "| method | PSNR fg (dB) | Δ PSNR fg vs reference [95 % interval] |" in table and "PETITE Mix-PEFT" in table
     with open(out / "results.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 4
+        assert len(list(csv.DictReader(fh))) == 6

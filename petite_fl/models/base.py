@@ -92,6 +92,10 @@ class Backbone(nn.Module):
                 return part
         raise KeyError(f"parameter '{parameter_name}' belongs to no part of {self.name}")
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The transformer blocks whose outputs an ablation zeroes (`models.ablation`)."""
+        raise NotImplementedError
+
     def example_input(self, batch: int = 1, size: tuple[int, int, int] | None = None) -> torch.Tensor:
         """A random input of a valid size (tests, parameter counting)."""
         size = size or (self.size_multiple * 2,) * 3

@@ -316,6 +316,12 @@ class CvTGAN(Backbone):
             return sites
         return []
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        # Attention and MLP branches of every CvT block: the residual stream keeps the
+        # convolutional embeddings, so what is left is the network without its transformer.
+        return [m for _, block, _ in (*self._blocks("encoder"), *self._blocks("decoder"))
+                for m in (block.attn, block.mlp)]
+
     def peft_defaults(self, method: str, part: str) -> dict[str, Any]:
         if method == "lora":
             return {"r": 8, "alpha": 16}
