@@ -24,7 +24,8 @@ from petite_fl.deploy.processes import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
-        "train.pretrain.steps=4", "train.batch_size=1", "data.loader.patches_per_volume=2", "train.eval.overlap=0",
+        "train.pretrain.steps=4", "train.patch_scale=0.5", "train.batch_size=1",
+        "data.loader.patches_per_volume=2", "train.eval.overlap=0",
         "federation.val.patches=2", "federation.sites=[scanner4,scanner5]", "federation.rounds=2",
         "federation.local_steps=2", "federation.wait_for_sites=60", "federation.timeout=300"]
 

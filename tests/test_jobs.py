@@ -21,7 +21,7 @@ from petite_fl.training.jobs import evaluate, finetune, infer_file, pretrain
 
 def _overrides(cache: Path, *extra: str) -> list[str]:
     return [f"paths.cache={cache}", "data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1",
-            "source=scanner4", "target=scanner5", "train=tiny", "train.pretrain.steps=4",
+            "source=scanner4", "target=scanner5", "train=tiny", "train.pretrain.steps=4", "train.patch_scale=0.5",
             "train.finetune.steps=3", "train.checkpoint_every=2", "train.batch_size=1",
             "data.loader.patches_per_volume=2", *extra]
 

@@ -35,7 +35,8 @@ NODES = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
 
 def run_config(cache: Path, overrides: str = "", **extra) -> dict:
     rc = {"paths.cache": str(cache), "data": "tiny", "data.synth.scanners": SITES, "data.synth.workers": 1,
-          "source": "scanner4", "train": "tiny", "train.pretrain.steps": 4, "train.batch_size": 1,
+          "source": "scanner4", "train": "tiny", "train.pretrain.steps": 4, "train.patch_scale": 0.5,
+          "train.batch_size": 1,
           "data.loader.patches_per_volume": 2, "train.eval.overlap": 0.0, "strategy": "fedavg",
           "overrides": f"federation.val.patches=2 peft.lr=0.01 {overrides}".strip(), "federation.sites": SITES,
           "federation.rounds": 1, "federation.local_steps": 2, "federation.wait_for_sites": 1}

@@ -12,7 +12,7 @@ import pytest
 
 from petite_fl.data.acquisition import acquire, blur_to_resolution, noise_ratio
 from petite_fl.data.manifest import read_manifest
-from petite_fl.data.synthetic import generate, synthesize_subject
+from petite_fl.data.synthetic import SynthSpec, generate, synthesize_subject
 from petite_fl.errors import ConfigError
 from petite_fl.scanners import get_scanner
 from tests.conftest import small_spec
@@ -152,3 +152,23 @@ def test_subjects_vary_in_anatomy():
 def test_splits_that_do_not_add_up_are_refused():
     with pytest.raises(ConfigError, match="add up"):
         small_spec(subjects=3).validate()
+
+
+def test_per_scanner_sizes_make_small_and_large_sites(tmp_path):
+    from petite_fl.config import compose
+
+    base = ["data.synth.scanners=[scanner4,scanner5]", "data.synth.subjects=4",
+            "data.synth.splits={train:2,val:1,test:1}"]
+    default = SynthSpec.from_config(compose(overrides=base).data.synth)
+    assert dict(default.splits_for("scanner5")) == {"train": 3, "val": 2, "test": 2}  # the default data-poor site
+    assert dict(default.splits_for("scanner4")) == {"train": 2, "val": 1, "test": 1}
+    assert "scanner3" not in dict(default.sizes)  # not in this data set
+    spec = SynthSpec.from_config(compose(overrides=[*base, "data.synth.sizes.scanner5.train=1",
+                                                    "data.synth.sizes.scanner5.val=1",
+                                                    "data.synth.sizes.scanner5.test=1"]).data.synth)
+    info, _ = generate(spec, tmp_path / "d", workers=1)
+    assert sum(s["scanner"] == "scanner5" for s in info["subjects"]) == 3
+    # subjects fill train, val, test in index order: the small site's test subject is its third
+    assert [s["id"] for s in info["subjects"] if s["scanner"] == "scanner5" and s["split"] == "test"] == ["sub-003"]
+    with pytest.raises(ConfigError, match="unknown scanner 'scanner9'"):
+        SynthSpec.from_config(compose(overrides=["+data.synth.sizes.scanner9={train:1}"]).data.synth)

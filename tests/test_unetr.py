@@ -20,22 +20,22 @@ def test_paper_preset_has_the_papers_parameter_count():
 def test_at_its_own_patch_size_it_computes_what_monai_computes():
     torch.manual_seed(0)
     model = build_backbone("unetr", "tiny", residual=False).eval()
-    x = torch.rand(1, 1, 32, 32, 32)
+    x = torch.rand(1, 1, 48, 48, 48)
     torch.testing.assert_close(model(x), model.unetr(x))
 
 
 def test_another_patch_size_uses_the_interpolated_position_embedding():
-    # Scanner 5's patches are half as deep: the learned embedding must be resized, not dropped.
+    # Scanner 5's windows are shallower (48×48×32 in the tiny preset): the learned embedding is resized, not dropped.
     torch.manual_seed(0)
     model = build_backbone("unetr", "tiny", residual=False).eval()
-    x = torch.rand(1, 1, 32, 32, 16)
+    x = torch.rand(1, 1, 48, 48, 32)
     before = model(x)
     assert before.shape == x.shape
     with torch.no_grad():
         model.unetr.vit.patch_embedding.position_embeddings.add_(1.0)
     assert not torch.allclose(model(x), before)
-    grid = model._position_embedding((2, 2, 1))
-    assert grid.shape == (1, 4, 48)
+    grid = model._position_embedding((3, 3, 2))
+    assert grid.shape == (1, 18, 96)
 
 
 def test_the_tiny_preset_starts_at_the_identity():

@@ -50,15 +50,20 @@ class SynthSpec:
     hypometabolism: float = 0.3
     background: float = 0.02
     gm_concentration: float = 10000.0
+    #: per-scanner splits that replace `splits` for that scanner (small and large sites)
+    sizes: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
     @classmethod
     def from_config(cls, synth: Any) -> SynthSpec:
-        splits = {str(k): int(v) for k, v in dict(synth.splits).items()}
-        unknown = sorted(set(splits) - set(SPLITS))
-        if unknown:
-            raise ConfigError(f"data.synth.splits: unknown split(s) {unknown} (allowed: {SPLITS})")
+        splits = _splits(synth.splits, "data.synth.splits")
+        scanners = tuple(str(s) for s in synth.scanners)
+        sizes = dict(synth.get("sizes") or {})
+        for name in list(sizes):
+            get_scanner(str(name))  # a typo is an error; a scanner left out of the data set is ignored
+            if str(name) not in scanners:
+                sizes.pop(name)
         spec = cls(
-            scanners=tuple(str(s) for s in synth.scanners),
+            scanners=scanners,
             subjects=int(synth.subjects),
             splits=tuple((name, splits.get(name, 0)) for name in SPLITS),
             seed=int(synth.seed),
@@ -67,6 +72,8 @@ class SynthSpec:
             hypometabolism=float(synth.hypometabolism),
             background=float(synth.background),
             gm_concentration=float(synth.gm_concentration),
+            sizes=tuple((str(name), tuple((k, {**splits, **_splits(sizes[name], f"data.synth.sizes.{name}")}.get(k, 0))
+                                          for k in SPLITS)) for name in sorted(sizes)),
         )
         spec.validate()
         return spec
@@ -82,19 +89,44 @@ class SynthSpec:
                 f"data.synth.splits {counts} must be non-negative and add up to "
                 f"data.synth.subjects={self.subjects}"
             )
+        for name, splits in self.sizes:
+            if name not in self.scanners:
+                raise ConfigError(f"data.synth.sizes: scanner '{name}' is not in data.synth.scanners "
+                                  f"{list(self.scanners)}")
+            counts = dict(splits)
+            if any(v < 0 for v in counts.values()) or sum(counts.values()) < 1:
+                raise ConfigError(f"data.synth.sizes.{name}: {counts} must be non-negative with at least one subject")
         if self.frames < 1:
             raise ConfigError(f"data.synth.frames must be at least 1, got {self.frames}")
         if not 0.0 <= self.hypometabolism <= 1.0:
             raise ConfigError("data.synth.hypometabolism is a fraction in [0, 1]")
 
-    def split_of(self, index: int) -> str:
+    def splits_for(self, scanner: str) -> tuple[tuple[str, int], ...]:
+        """The (split, count) pairs of one scanner: its `sizes` entry or the common `splits`."""
+        return dict(self.sizes).get(scanner, self.splits)
+
+    def subjects_for(self, scanner: str) -> int:
+        return sum(n for _, n in self.splits_for(scanner))
+
+    def split_of(self, index: int, scanner: str | None = None) -> str:
         """Subjects fill train, then val, then test, in index order."""
         edge = 0
-        for name, count in self.splits:
+        for name, count in (self.splits if scanner is None else self.splits_for(scanner)):
             edge += count
             if index < edge:
                 return name
         raise IndexError(index)
+
+
+def _splits(raw: Any, where: str) -> dict[str, int]:
+    try:
+        splits = {str(k): int(v) for k, v in dict(raw).items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a mapping of split to a whole number, got {raw!r}") from None
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown split(s) {unknown} (allowed: {SPLITS})")
+    return splits
 
 
 def subject_id(index: int) -> str:
@@ -140,7 +172,7 @@ def _write_subject(job: tuple[Scanner, int, SynthSpec, str]) -> dict[str, Any]:
         # int16 with a scale slope, as scanners export: half the disk of float32.
         save_volume(volume * spec.gm_concentration, scanner.affine,
                     Path(folder) / scanner.name / f"{sid}_{kind}.nii.gz", dtype=np.int16)
-    return {"scanner": scanner.name, "id": sid, "split": spec.split_of(index),
+    return {"scanner": scanner.name, "id": sid, "split": spec.split_of(index, scanner.name),
             "noise_ratio": round(noise_ratio(scan), 4)}
 
 
@@ -197,7 +229,7 @@ def _generate_locked(
 ) -> dict[str, Any]:
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    jobs = [(s, i, spec, str(staging)) for s in scanners for i in range(spec.subjects)]
+    jobs = [(s, i, spec, str(staging)) for s in scanners for i in range(spec.subjects_for(s.name))]
     results = _run_jobs(jobs, workers, on_subject)
     results.sort(key=lambda r: (spec.scanners.index(r["scanner"]), r["id"]))
 

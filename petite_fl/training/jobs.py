@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,9 @@ from petite_fl.config import expand_path
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.site import load_site
-from petite_fl.data.synthetic import SynthSpec, dataset_dir, generate, site_manifest
+from petite_fl.data.synthetic import GENERATOR_VERSION, SynthSpec, dataset_dir, generate, site_manifest
 from petite_fl.errors import ConfigError
+from petite_fl.models.ablation import transformer_ablated
 from petite_fl.models.base import Backbone
 from petite_fl.models.registry import build_from_config, resolve_model_config
 from petite_fl.peft.apply import (
@@ -65,15 +68,18 @@ def resolve_site(cfg: DictConfig, ref: str) -> Path:
 
 
 def training_patch(manifest: Path, train_cfg: DictConfig, multiple: int) -> tuple[int, int, int]:
-    """The site's scanner patch, scaled by train.patch_scale; must stay a multiple of the backbone's."""
+    """The site's scanner patch × train.patch_scale, each side at the nearest multiple of the backbone's.
+
+    Snapped rather than refused: scanner 5's 64×64×32 at 0.75 is 48×48×24, and its 24
+    planes become 32 (a token grid of 3×3×2 for UNETR's 16³ patches).
+    """
     scanner = read_manifest(manifest).scanner
     if scanner is None:
         raise ConfigError(f"{manifest}: no 'scanner' field, so petite-fl cannot pick the training patch size")
-    patch = tuple(round(p * float(train_cfg.patch_scale)) for p in get_scanner(scanner).patch)
-    if any(p % multiple or p == 0 for p in patch):
-        raise ConfigError(f"patch {patch} (scanner {scanner} × train.patch_scale={train_cfg.patch_scale}) "
-                          f"is not a multiple of {multiple}")
-    return patch
+    scale = float(train_cfg.patch_scale)
+    if scale <= 0:
+        raise ConfigError(f"train.patch_scale must be positive, got {scale}")
+    return tuple(max(multiple, multiple * round(p * scale / multiple)) for p in get_scanner(scanner).patch)
 
 
 def device_and_amp(cfg: DictConfig) -> tuple[torch.device, bool]:
@@ -93,12 +99,28 @@ def _dataset(cfg: DictConfig, manifest: Path, model: Backbone, seed: int):
 # -- pretrain --------------------------------------------------------------------------
 
 
+def source_data_key(cfg: DictConfig) -> Any:
+    """What the source's training data depends on: for a synthetic scanner its generator
+    settings, its number of training subjects and its imaging physics (a recalibrated
+    scanner must not reuse a stale backbone; another scanner's size or profile, or more
+    test subjects, need not retrain it)."""
+    source = str(cfg.source)
+    if source not in available_scanners() or Path(source).is_file():
+        return str(expand_path(source))
+    spec = SynthSpec.from_config(cfg.data.synth)
+    physics = {k: v for k, v in asdict(get_scanner(source)).items() if k not in ("rationale", "source")}
+    common = {k: v for k, v in asdict(spec).items() if k not in ("scanners", "splits", "sizes", "subjects")}
+    # subjects fill train first and each one's data depends on its index only: only the training count matters
+    return {"generator": GENERATOR_VERSION, **common, "train": dict(spec.splits_for(source))["train"],
+            "physics": physics}
+
+
 def default_backbone_path(cfg: DictConfig) -> Path:
     # The resolved constructor arguments, not just the preset's name: a changed preset
     # must not reuse a stale cached backbone.
     model = resolve_model_config(str(cfg.model.name), str(cfg.model.preset), **dict(cfg.model.overrides or {}))
     key = config_hash(__version__, model, cfg.train.pretrain, cfg.train.loss, cfg.train.patch_scale,
-                      cfg.train.batch_size, cfg.data.synth, cfg.data.loader, str(cfg.source), cfg.seed)
+                      cfg.train.batch_size, source_data_key(cfg), cfg.data.loader, str(cfg.source), cfg.seed)
     name = f"{cfg.model.name}-{cfg.model.preset}-{Path(str(cfg.source)).stem}-{key}.safetensors"
     return expand_path(cfg.paths.cache) / "backbones" / name
 
@@ -197,8 +219,12 @@ def load_model(backbone_path: Path, adapter_path: Path | None, device: torch.dev
 
 
 def evaluate(cfg: DictConfig, site_ref: str, backbone_path: Path, adapter_path: Path | None,
-             out: Path | None = None, quiet: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Metrics per subject of the evaluation split, their mean ± std; CSV and JSON in `out`."""
+             out: Path | None = None, quiet: bool = False,
+             ablate: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Metrics per subject of the evaluation split, their mean ± std; CSV and JSON in `out`.
+
+    `ablate`: with the backbone's transformer outputs zeroed (`models.ablation`).
+    """
     device, amp = device_and_amp(cfg)
     model, _, adapter_meta = load_model(backbone_path, adapter_path, device)
     manifest = resolve_site(cfg, site_ref)
@@ -207,8 +233,9 @@ def evaluate(cfg: DictConfig, site_ref: str, backbone_path: Path, adapter_path: 
     if not site.pairs[split]:
         raise ConfigError(f"{manifest}: no '{split}' subjects to evaluate (train.eval.split)")
     roi = training_patch(manifest, cfg.train, model.size_multiple)
-    rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=cfg.train.eval,
-                         foreground_threshold=float(cfg.data.loader.foreground_threshold), amp=amp, quiet=quiet)
+    with transformer_ablated(model) if ablate else nullcontext():
+        rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=cfg.train.eval,
+                             foreground_threshold=float(cfg.data.loader.foreground_threshold), amp=amp, quiet=quiet)
     summary = {"site": site.manifest.site, "split": split, "subjects": len(rows),
                "peft": (adapter_meta or {}).get("peft", {"kind": "none"}), "metrics": summarise(rows)}
     if out is not None:
@@ -237,7 +264,8 @@ def infer_file(cfg: DictConfig, input_path: Path, output_path: Path, backbone_pa
     # The window of the adapter's training (the target scanner), else of the pretraining.
     roi = tuple((adapter_meta or {}).get("patch") or meta["provenance"].get("patch") or model.example_input().shape[2:])
     pred = predict_volume(model, scaled, roi, device=device, overlap=float(cfg.train.eval.overlap),
-                          sw_batch_size=int(cfg.train.eval.sw_batch_size), amp=amp)
+                          sw_batch_size=int(cfg.train.eval.sw_batch_size), amp=amp,
+                          region=str(cfg.train.eval.region))
     if str(cfg.data.loader.scaling) == "minmax":  # back to the input's intensity range
         lo, hi = float(volume.data.min()), float(volume.data.max())
         pred = pred * (hi - lo) + lo
