@@ -38,6 +38,7 @@ VERDICT_METRIC = "psnr_fg"
 DIFF_METRICS = (("psnr_fg", "head-mask PSNR (dB)", True, 2), ("ssim_fg", "head-mask SSIM", True, 4),
                 ("psnr", "whole-volume PSNR (dB)", True, 2))
 MARK = {BETTER: "▲", WORSE: "▼"}
+FEW_SUBJECTS = 5  # below this many test subjects per scanner the report warns that intervals are very wide
 
 
 @dataclass
@@ -47,8 +48,21 @@ class ArmRuns:
     arm: str
     runs: dict[int, dict[str, Any]]
 
+    @property
+    def seedless(self) -> bool:
+        """Zero rounds: no training, so one run stands for every seed."""
+        return int(self.first.get("rounds", 1)) == 0
+
+    def has(self, seed: int) -> bool:
+        return seed in self.runs or self.seedless
+
     def seed(self, seed: int) -> dict[str, Any]:
-        return self.runs.get(seed) or next(iter(self.runs.values()))
+        """That seed's run; never another seed's (a failed seed is left out, not replaced)."""
+        if seed in self.runs:
+            return self.runs[seed]
+        if self.seedless:
+            return self.first
+        raise KeyError(f"{self.arm} has no run for seed {seed}")
 
     @property
     def first(self) -> dict[str, Any]:
@@ -89,19 +103,23 @@ def load_arms(folder: Path, arms: list[str], seeds: list[int]) -> tuple[dict[str
 
 
 def differences(data: dict[str, ArmRuns], arm: str, base: str, seeds: list[int], sites: list[str],
-                metric: str) -> tuple[dict[str, Interval], Interval | None, list[str]]:
-    """({site: interval}, pooled interval, sites left out) of `arm` − `base` in `metric`."""
+                metric: str) -> tuple[dict[str, Interval], Interval | None, list[str], list[int]]:
+    """({site: interval}, pooled interval, sites left out, seeds left out) of `arm` − `base` in `metric`.
+
+    Only the seeds both arms completed are paired: a failed seed is left out and named.
+    """
     common = [s for s in sites if s in data[arm].sites() and s in data[base].sites()]
+    both = [seed for seed in seeds if data[arm].has(seed) and data[base].has(seed)]
     strata = {}
-    for site in common:
-        a = np.stack([data[arm].subjects(seed, site, metric) for seed in seeds])
-        b = np.stack([data[base].subjects(seed, site, metric) for seed in seeds])
+    for site in common if both else []:
+        a = np.stack([data[arm].subjects(seed, site, metric) for seed in both])
+        b = np.stack([data[base].subjects(seed, site, metric) for seed in both])
         if a.shape != b.shape:  # another split size: not the same subjects, nothing to pair
             continue
         strata[site] = a - b
     per_site = {site: paired_interval({site: d}) for site, d in strata.items()}
     pooled = paired_interval(strata) if strata else None
-    return per_site, pooled, [s for s in sites if s not in strata]
+    return per_site, pooled, [s for s in sites if s not in strata], [seed for seed in seeds if seed not in both]
 
 
 def all_differences(data, arms, seeds, sites, baselines) -> list[dict[str, Any]]:
@@ -111,14 +129,15 @@ def all_differences(data, arms, seeds, sites, baselines) -> list[dict[str, Any]]
             if arm == base:
                 continue
             for metric, _, higher, _ in DIFF_METRICS:
-                per_site, pooled, left_out = differences(data, arm, base, seeds, sites, metric)
+                per_site, pooled, left_out, seeds_out = differences(data, arm, base, seeds, sites, metric)
                 for where, iv in [*per_site.items(), ("pooled", pooled)]:
                     if iv is None:
                         continue
                     rows.append({"arm": arm, "baseline": base, "metric": metric, "site": where, "mean": iv.mean,
                                  "low": iv.low, "high": iv.high, "subjects": iv.subjects, "seeds": iv.seeds,
                                  "method": iv.method, "verdict": iv.verdict(higher),
-                                 "sites_left_out": ",".join(left_out) if where == "pooled" else ""})
+                                 "sites_left_out": ",".join(left_out) if where == "pooled" else "",
+                                 "seeds_left_out": ",".join(map(str, seeds_out))})
     return rows
 
 
@@ -255,7 +274,9 @@ def _diff_table(diffs, arms, sites, base, metric, digits) -> list[str]:
                        == (arm, base, metric, "pooled")), None)
         if pooled is None:
             continue
-        verdict = pooled["verdict"] + (f" (without {pooled['sites_left_out']})" if pooled["sites_left_out"] else "")
+        out = [f"without {pooled['sites_left_out']}"] if pooled["sites_left_out"] else []
+        out += [f"without seed(s) {pooled['seeds_left_out']}"] if pooled.get("seeds_left_out") else []
+        verdict = pooled["verdict"] + (f" ({'; '.join(out)})" if out else "")
         lines.append(f"| {arm} | " + " | ".join(_cell(diffs, arm, base, metric, s, digits) for s in sites)
                      + f" | {_cell(diffs, arm, base, metric, 'pooled', digits)} | {verdict} |")
     return lines
@@ -274,9 +295,9 @@ def _level_table(means, arms, sites, key, digits) -> list[str]:
 
 def _markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, figures,
               overrides, seconds, backbone) -> str:
-    n_test = min((len(v.get("test_subjects") or []) for a in data.values() for v in a.first["sites"].values()),
-                 default=0)
-    small = n_test < BOOTSTRAP_MIN
+    n_test = min((len(v["test_subjects"]) for a in data.values() for v in a.first["sites"].values()
+                  if v.get("test_subjects")), default=0)
+    small = n_test < FEW_SUBJECTS
     lines = ["# petite-fl: local vs federated PEFT", "",
              f"Command: `petite compare {' '.join(overrides)}` (preset `compare={cfg.compare.name}`)  ",
              f"Machine: {platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
@@ -292,8 +313,11 @@ def _markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, c
              "mask leaves out, dominates them).",
              "- *No detectable difference at this sample size* means the interval includes zero: the arms may differ "
              "by as much as the interval allows, in either direction. It does not mean they are equal.",
-             f"- Intervals: Student t over test subjects (each averaged over seeds) where a scanner has fewer than "
-             f"{BOOTSTRAP_MIN}; otherwise a bootstrap over seeds and, within each scanner, subjects."]
+             f"- Intervals: Student t over test subjects and seeds (standard error² = the variance of the subjects' "
+             f"means over seeds ÷ subjects + the variance of the seeds' means over subjects ÷ seeds; "
+             f"Welch–Satterthwaite degrees of freedom) while a scanner has fewer than {BOOTSTRAP_MIN} test subjects; "
+             "otherwise a bootstrap over seeds and, within each scanner, subjects. A verdict column reads the "
+             "interval of its own table's metric."]
     if small:
         lines.append(f"- With {n_test} test subject(s) per scanner the per-scanner intervals are very wide (a t "
                      f"quantile of {_t975(n_test):.1f} × the standard error): read the pooled column, and run "

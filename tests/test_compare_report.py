@@ -69,13 +69,14 @@ def test_differences_are_paired_per_subject_with_a_t_interval(compared):
     per_subject = {(r["arm"], r["seed"], r["site"], r["position"]): float(r["psnr_fg"])
                    for r in rows(folder / "subjects.csv")}
     diffs = {(r["arm"], r["baseline"], r["metric"], r["site"]): r for r in rows(folder / "differences.csv")}
-    # fedavg − local on scanner5: per subject, averaged over the two seeds, then Student's t
-    d = np.array([np.mean([per_subject["fedavg", s, "scanner5", p] - per_subject["local", s, "scanner5", p]
-                           for s in ("0", "1")]) for p in ("0", "1")])
+    # fedavg − local on scanner5, seeds × subjects: t with the subjects' and the seeds' variances
+    d = np.array([[per_subject["fedavg", s, "scanner5", p] - per_subject["local", s, "scanner5", p]
+                   for p in ("0", "1")] for s in ("0", "1")])
+    v1, v2 = d.mean(axis=0).var(ddof=1) / 2, d.mean(axis=1).var(ddof=1) / 2
+    half = stats.t.ppf(0.975, (v1 + v2) ** 2 / (v1 ** 2 + v2 ** 2)) * np.sqrt(v1 + v2)
     row = diffs["fedavg", "local", "psnr_fg", "scanner5"]
-    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
     assert float(row["mean"]) == pytest.approx(d.mean())
-    assert (float(row["low"]), float(row["high"])) == pytest.approx((ci.low, ci.high))
+    assert (float(row["low"]), float(row["high"])) == pytest.approx((d.mean() - half, d.mean() + half))
     assert row["method"] == "t" and row["seeds"] == "2"
     # no-finetune ran once (zero rounds): it stands for both seeds
     pooled = diffs["local", "no-finetune", "psnr_fg", "pooled"]
@@ -111,8 +112,31 @@ def test_an_arm_that_lost_a_site_is_compared_on_the_common_sites(compared, tmp_p
         summary["sites"].pop("scanner4")
         path.write_text(json.dumps(summary))
     data, _ = load_arms(tmp_path, ["local", "fedavg"], [0, 1])
-    per_site, pooled, left_out = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
-    assert list(per_site) == ["scanner5"] and left_out == ["scanner4"] and pooled.subjects == 2
+    per_site, pooled, left_out, seeds_out = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
+    assert list(per_site) == ["scanner5"] and left_out == ["scanner4"] and pooled.subjects == 2 and not seeds_out
     row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"])
                if r["site"] == "pooled" and r["metric"] == "psnr_fg")
     assert row["sites_left_out"] == "scanner4"
+
+
+def test_a_failed_seed_is_left_out_and_named_never_replaced_by_another(compared, tmp_path):
+    import shutil
+
+    from simulation.compare_report import all_differences, differences, load_arms
+
+    folder = compared[0]
+    shutil.copytree(folder / "arms", tmp_path / "arms")
+    (arm_dir(tmp_path, "fedavg", 1) / "summary.json").unlink()
+    data, _ = load_arms(tmp_path, ["no-finetune", "local", "fedavg"], [0, 1])
+    with pytest.raises(KeyError):
+        data["fedavg"].seed(1)
+    assert data["no-finetune"].seed(1) is data["no-finetune"].seed(0)  # zero rounds: one run for every seed
+    per_site, pooled, _, seeds_out = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
+    assert seeds_out == [1] and pooled.seeds == 1
+    d = data["fedavg"].subjects(0, "scanner5", "psnr_fg") - data["local"].subjects(0, "scanner5", "psnr_fg")
+    assert per_site["scanner5"].mean == pytest.approx(d.mean())
+    _, both, _, none_out = differences(data, "local", "no-finetune", [0, 1], SITES, "psnr_fg")
+    assert both.seeds == 2 and not none_out
+    row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"])
+               if r["site"] == "pooled" and r["metric"] == "psnr_fg")
+    assert row["seeds_left_out"] == "1"

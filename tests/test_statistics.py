@@ -56,16 +56,31 @@ def test_paired_interval_picks_t_for_small_scanners_and_bootstrap_for_large_ones
     per_subject = np.array([0.1, 0.3, 0.2, 0.4])
     ci = stats.ttest_1samp(per_subject, 0.0).confidence_interval(0.95)
     assert (small.low, small.high) == pytest.approx((ci.low, ci.high))
-    large = paired_interval({"s1": np.full((3, 6), 0.5) + np.arange(6) * 0.01})
-    assert large.method == "bootstrap" and large.seeds == 3 and large.subjects == 6
+    large = paired_interval({"s1": np.full((3, 20), 0.5) + np.arange(20) * 0.01})
+    assert large.method == "bootstrap" and large.seeds == 3 and large.subjects == 20
+    assert paired_interval({"s1": np.full((3, 6), 0.5) + np.arange(6) * 0.01}).method == "t"
     assert paired_interval({"s1": np.array([[0.4]])}).method == "none"
 
 
-def test_paired_interval_averages_seeds_per_subject_before_a_t_interval():
-    d = np.array([[0.1, 0.5, 0.2], [0.3, 0.1, 0.4]])  # 2 seeds × 3 subjects
-    got = paired_interval({"s": d})
-    ci = stats.ttest_1samp(d.mean(axis=0), 0.0).confidence_interval(0.95)
-    assert (got.mean, got.low, got.high) == pytest.approx((d.mean(), ci.low, ci.high))
+def test_seed_t_interval_with_one_seed_is_students_t_and_a_shared_seed_effect_widens_it():
+    rng = np.random.default_rng(5)
+    subjects = rng.normal(0.3, 0.2, 6)
+    one = paired_interval({"s": subjects[None, :]})
+    ci = stats.ttest_1samp(subjects, 0.0).confidence_interval(0.95)
+    assert (one.mean, one.low, one.high) == pytest.approx((subjects.mean(), ci.low, ci.high))
+    # three seeds that agree: the per-subject means are the subjects, no seed variance
+    agree = paired_interval({"s": np.stack([subjects] * 3)})
+    assert (agree.low, agree.high) == pytest.approx((ci.low, ci.high))
+    # a seed effect shared by every subject cancels in the per-subject means, yet widens the interval
+    shifted = np.stack([subjects - 0.3, subjects, subjects + 0.3])
+    assert shifted.mean(axis=0) == pytest.approx(subjects)
+    wide = paired_interval({"s": shifted})
+    assert wide.method == "t" and wide.high - wide.low > 1.5 * (ci.high - ci.low)
+    # the squared standard error adds the two variances; Welch–Satterthwaite degrees of freedom
+    v1, v2 = subjects.var(ddof=1) / 6, shifted.mean(axis=1).var(ddof=1) / 3
+    df = (v1 + v2) ** 2 / (v1 ** 2 / 5 + v2 ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * np.sqrt(v1 + v2)
+    assert (wide.low, wide.high) == pytest.approx((shifted.mean() - half, shifted.mean() + half))
 
 
 @pytest.mark.parametrize(("low", "high", "higher", "verdict"), [
