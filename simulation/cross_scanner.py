@@ -59,7 +59,8 @@ def run(overrides: list[str], quiet: bool = False, methods: list[str] = METHODS,
     fixed = [*DEFAULTS, *overrides, hydra_override("backbone", backbone), "out=null"]  # one backbone for every seed
 
     def measure(site: str, method: str = "none", seed: int = int(cfg.seed), ablate: bool = False):
-        mcfg = compose(overrides=[*fixed, f"peft={method}", f"seed={seed}"])
+        """Fine-tune on `site` itself (not only on `target`), then evaluate there."""
+        mcfg = compose(overrides=[*fixed, f"peft={method}", f"seed={seed}", hydra_override("target", site)])
         adapter, meta = (None, None) if method == "none" else finetune(mcfg, quiet=quiet)
         rows, _ = evaluate(mcfg, site, backbone, adapter, quiet=quiet, ablate=ablate)
         return rows, meta
@@ -84,8 +85,9 @@ def run(overrides: list[str], quiet: bool = False, methods: list[str] = METHODS,
     if gaps:
         for site in [s for s in cfg.data.synth.scanners if s in available_scanners() and s != source]:
             none, _ = measure(site)
-            full = [measure(site, "full", int(cfg.seed) + s)[0] for s in range(seeds)]
-            gap_rows.append({"scanner": site, **_row("full fine-tuning vs none", full, none)})
+            full = [measure(site, "full", int(cfg.seed) + s) for s in range(seeds)]
+            gap_rows.append({"scanner": site, "fine_tuned_on": Path(str(full[0][1]["target"])).stem,
+                             **_row("full fine-tuning vs none", [r for r, _ in full], none)})
     _write(out, table, gap_rows, cfg, seeds, time.perf_counter() - start)
     return table + gap_rows, out
 

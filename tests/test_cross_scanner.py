@@ -12,7 +12,13 @@ from tests.test_jobs import _overrides
 
 
 def test_cross_scanner_table_has_references_ablation_methods_and_intervals(tmp_path: Path):
-    rows, out = run(_overrides(tmp_path, f"out={tmp_path / 'exp'}"), quiet=True, methods=["none", "petite"])
+    rows, out = run(_overrides(tmp_path, f"out={tmp_path / 'exp'}", "data.synth.scanners=[scanner4,scanner5,scanner2]"),
+                    quiet=True, methods=["none", "petite"], gaps=True)
+    gaps = rows[6:]
+    rows = rows[:6]
+    # the gap on each scanner is full fine-tuning on that scanner, not on the target
+    assert [(g["scanner"], g["fine_tuned_on"]) for g in gaps] == [("scanner5", "scanner5"), ("scanner2", "scanner2")]
+    assert (out / "gaps.csv").is_file() and "### The scanner gap" in (out / "results.md").read_text()
     labels = [r["method"] for r in rows]
     assert labels[0] == "short-scan input itself (no network)"
     assert labels[1].startswith("no fine-tuning, on scanner4")
