@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
+from petite_fl.atomic import write_json
 from petite_fl.config import compose, expand_path, hydra_override, overrides_from_run_config
 from petite_fl.console import console
 from petite_fl.data.manifest import read_manifest
@@ -120,7 +121,11 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
     for arm in pooled:
         for seed in seeds:
             arm_cfg = compare_config([*overrides, *[str(o) for o in cfg.compare.arms[arm]], f"seed={seed}"])
-            run_pooled(arm_cfg, backbone, arm_dir(folder, arm, seed))
+            try:
+                run_pooled(arm_cfg, backbone, arm_dir(folder, arm, seed))
+            except PetiteError as exc:  # like a failed Flower arm: kept out of the report, named, then fail
+                write_json(arm_dir(folder, arm, seed) / "error.json", {"error": str(exc)})
+                failed.append(f"{arm}/seed-{seed}: {exc}")
     path = report(folder, cfg, arms, seeds, backbone, user, time.perf_counter() - begin)
     if failed:
         raise PetiteError(f"{'; '.join(failed)}; the report of the arms that finished is {path}")

@@ -61,7 +61,7 @@ def test_split_lora_shares_lora_a_only_and_refuses_a_role_a_method_lacks():
 
 def test_fedavg_ft_spends_the_last_quarter_of_rounds_on_local_fine_tuning():
     s = strategy("fedavg-ft")
-    assert [s.federated_rounds(r) for r in (2, 4, 8, 10)] == [1, 3, 6, 7]
+    assert [s.federated_rounds(r) for r in (0, 2, 4, 8, 10)] == [0, 1, 3, 6, 7]  # 0: nothing to split
     with pytest.raises(ConfigError, match="at least one FedAvg round"):
         s.federated_rounds(1)
     with pytest.raises(ConfigError, match=r"finetune\.fraction"):

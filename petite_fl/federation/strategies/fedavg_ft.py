@@ -30,6 +30,8 @@ class FedAvgFT(Strategy):
             raise ConfigError("strategy 'fedavg-ft' needs a shared global adapter: strategy.sharing.share is empty")
 
     def federated_rounds(self, total_rounds: int) -> int:
+        if total_rounds <= 0:
+            return 0
         local = max(1, math.ceil(total_rounds * self.fraction - 1e-9))
         if total_rounds and total_rounds - local < 1:
             raise ConfigError(f"strategy fedavg-ft needs at least one FedAvg round before its {local} local "
