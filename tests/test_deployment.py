@@ -340,6 +340,7 @@ def test_two_tls_sites_finish_two_rounds_through_a_server_crash(link):
         assert _same(adapter, Path(reference["sites"][site]["adapter"]))
 
 
+@pytest.mark.slow  # ~3 min of real processes; the in-process resume tests cover the logic by default
 def test_a_killed_server_resumes_and_a_killed_site_is_left_out_with_nothing_lost(link):
     """Two authenticated TLS sites, two rounds. After round 1 the coordinator and site scanner5 are
     killed (SIGKILL, their whole process trees); the coordinator restarts with --resume. The run
