@@ -1,13 +1,5 @@
-"""Flower ServerApp: wiring over `petite_fl.federation` (see that package for the logic)."""
+"""Flower ServerApp for `flwr run .` from a checkout: the installed package's app."""
 
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from petite_fl.federation.flower.app import server_app as app
 
-from petite_fl.federation.apps import serve
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    serve(grid, context)
+__all__ = ["app"]

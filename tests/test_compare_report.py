@@ -13,8 +13,8 @@ from flwr.app import Context, RecordDict
 from scipy import stats
 from test_federation_run import NODES, SITES, run_config
 
-from client.app import app as client_app
 from petite_fl.federation.apps import arm_dir, config_for, serve
+from petite_fl.federation.flower.app import client_app
 from petite_fl.training.jobs import backbone_for
 from simulation.compare_report import report
 from simulation.pooled import run_pooled

@@ -277,8 +277,8 @@ def _reference(link: Link, run_config: dict, name: str, fail=None):
     """The same run-config, uninterrupted and in process (the real apps over InProcessGrid)."""
     from flower_grid import InProcessGrid
 
-    from client.app import app as client_app
     from petite_fl.federation.apps import config_for
+    from petite_fl.federation.flower.app import client_app
     from petite_fl.federation.server import Coordinator
 
     rc = {**run_config, "overrides": run_config["overrides"] + f" federation.run_name={name} "

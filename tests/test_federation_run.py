@@ -10,10 +10,10 @@ import torch
 from flower_grid import InProcessGrid
 from safetensors.torch import load_file
 
-from client.app import app as client_app
 from petite_fl.artifacts import load_adapter, load_backbone
 from petite_fl.errors import PetiteError
 from petite_fl.federation.apps import config_for
+from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.server import Coordinator
 from petite_fl.training.jobs import backbone_for
 

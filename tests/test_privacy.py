@@ -18,10 +18,10 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import app as client_app
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError
 from petite_fl.federation.apps import config_for
+from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.privacy import private_mean
 from petite_fl.federation.protection import Protection, check_combination, protection_from_config
 from petite_fl.federation.records import ARRAYS, from_record

@@ -11,8 +11,8 @@ from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 from test_federation_run import NODES, federate, run_config
 
-from client.app import app as client_app
 from petite_fl.errors import PetiteError
+from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.records import ARRAYS, CONFIG, from_record
 
 

@@ -1,0 +1,1 @@
+"""Flower adapter of the federation core: the apps, records and the SecAgg+ workflow."""

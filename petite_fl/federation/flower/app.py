@@ -1,0 +1,40 @@
+"""The Flower ServerApp and ClientApp objects, importable from the installed package.
+
+`flwr run` finds them through `[tool.flwr.app.components]`; the repository's `server/` and
+`client/` folders only re-export them for `flwr run .` from a checkout.
+"""
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from petite_fl.federation.apps import handle, serve
+from petite_fl.federation.secagg import TRAIN_MODS
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    serve(grid, context)
+
+
+@client_app.query("hello")
+def hello(message: Message, context: Context) -> Message:
+    return handle(message, context)
+
+
+@client_app.query("backbone")
+def backbone(message: Message, context: Context) -> Message:
+    return handle(message, context)
+
+
+@client_app.train(mods=TRAIN_MODS)  # Flower's SecAgg+ / DP-clipping mods, when a round asks for them
+def train(message: Message, context: Context) -> Message:
+    return handle(message, context)
+
+
+@client_app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    return handle(message, context)
