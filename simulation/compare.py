@@ -23,7 +23,7 @@ from petite_fl.console import console
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.synthetic import SynthSpec
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.apps import arm_dir, compare_seeds
+from petite_fl.federation.arms import arm_dir, compare_seeds
 from petite_fl.federation.site import site_list
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.scanners import available_scanners

@@ -27,7 +27,7 @@ from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.console import console, human_bytes
 from petite_fl.data.synthetic import SynthSpec
 from petite_fl.errors import PetiteError
-from petite_fl.federation.apps import arm_dir
+from petite_fl.federation.arms import arm_dir
 from petite_fl.federation.payload import upload_share
 from petite_fl.federation.site import site_list
 from petite_fl.statistics import BETTER, BOOTSTRAP_MIN, WORSE, Interval, paired_interval

@@ -13,8 +13,10 @@ from flwr.app import Context, RecordDict
 from scipy import stats
 from test_federation_run import NODES, SITES, run_config
 
-from petite_fl.federation.apps import arm_dir, config_for, serve
+from petite_fl.federation.arms import arm_dir
 from petite_fl.federation.flower.app import client_app
+from petite_fl.federation.flower.server import serve
+from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 from simulation.compare_report import report
 from simulation.pooled import run_pooled
@@ -37,10 +39,10 @@ def compared(tmp_path_factory):
         f"compare.run=[{','.join(ARMS)}] compare.dir={folder}")})
     grid = InProcessGrid(client_app, rc, NODES)
     results = serve(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
-    cfg = config_for(rc)
+    cfg = compose_run(rc)
     backbone = backbone_for(cfg)
     for seed in (0, 1):
-        run_pooled(config_for(rc, ["strategy=pooled", f"seed={seed}"]), backbone, arm_dir(folder, "pooled", seed),
+        run_pooled(compose_run(rc, ["strategy=pooled", f"seed={seed}"]), backbone, arm_dir(folder, "pooled", seed),
                    quiet=True)
     md = report(folder, cfg, [*ARMS, "pooled"], [0, 1], backbone, ["compare.seeds=2"], 12.0).read_text()
     return folder, results, grid, md

@@ -277,14 +277,16 @@ def _reference(link: Link, run_config: dict, name: str, fail=None):
     """The same run-config, uninterrupted and in process (the real apps over InProcessGrid)."""
     from flower_grid import InProcessGrid
 
-    from petite_fl.federation.apps import config_for
+    from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.app import client_app
-    from petite_fl.federation.server import Coordinator
+    from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.runconfig import compose_run
 
     rc = {**run_config, "overrides": run_config["overrides"] + f" federation.run_name={name} "
                                                              "federation.wait_for_sites=1"}
     nodes = [{"site": s, "site-root": str(link.folder / name)} for s in ("scanner4", "scanner5")]
-    return Coordinator(config_for(rc), InProcessGrid(client_app, rc, nodes, fail=fail), quiet=True).run()
+    grid = InProcessGrid(client_app, rc, nodes, fail=fail)
+    return Coordinator(compose_run(rc), FlowerTransport(grid), quiet=True).run()
 
 
 def _same(a: Path, b: Path) -> bool:

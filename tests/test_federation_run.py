@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 from petite_fl.artifacts import load_adapter, load_backbone
 from petite_fl.errors import PetiteError
-from petite_fl.federation.apps import config_for
+from petite_fl.federation.coordinator import Coordinator
 from petite_fl.federation.flower.app import client_app
-from petite_fl.federation.server import Coordinator
+from petite_fl.federation.flower.transport import FlowerTransport
+from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 
 SITES = ["scanner4", "scanner5"]
@@ -35,7 +36,7 @@ def run_config(cache: Path, **extra) -> dict:
 
 def federate(rc: dict, nodes=NODES, fail=None) -> tuple[dict, InProcessGrid]:
     grid = InProcessGrid(client_app, rc, nodes, fail=fail)
-    return Coordinator(config_for(rc), grid, quiet=True).run(), grid
+    return Coordinator(compose_run(rc), FlowerTransport(grid), quiet=True).run(), grid
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def runs(cache) -> dict:
 
 @pytest.fixture(scope="module")
 def backbone(cache, runs):
-    model, meta = load_backbone(backbone_for(config_for(run_config(cache))))
+    model, meta = load_backbone(backbone_for(compose_run(run_config(cache))))
     return model, meta
 
 

@@ -9,7 +9,7 @@ from flwr.app import Context, RecordDict
 
 from petite_fl.deploy import journal
 from petite_fl.errors import PetiteError
-from petite_fl.federation import apps
+from petite_fl.federation.flower import server as apps
 
 
 @pytest.fixture
@@ -32,16 +32,16 @@ def test_only_runs_that_never_ended_are_interrupted(runs):
 
 
 def test_serve_journals_a_verdict_as_failed_and_a_lost_server_as_interrupted(runs, monkeypatch):
-    def refuse(grid, ctx):
+    def refuse(*args):
         raise PetiteError("only 1 site(s) ready, 2 needed")
 
-    def lose(grid, ctx):
+    def lose(*args):
         raise ConnectionError("SuperLink unreachable")
 
-    monkeypatch.setattr(apps, "_serve", refuse)
+    monkeypatch.setattr(apps, "run_all", refuse)
     with pytest.raises(PetiteError):
         apps.serve(None, context(7))
-    monkeypatch.setattr(apps, "_serve", lose)
+    monkeypatch.setattr(apps, "run_all", lose)
     with pytest.raises(ConnectionError):
         apps.serve(None, context(8))
     entries = {json.loads(p.read_text())["run_id"]: json.loads(p.read_text()) for p in runs.glob("*.json")}

@@ -20,14 +20,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError
-from petite_fl.federation.apps import config_for
+from petite_fl.federation.coordinator import Coordinator
 from petite_fl.federation.flower.app import client_app
-from petite_fl.federation.privacy import private_mean
+from petite_fl.federation.flower.privacy import private_mean
+from petite_fl.federation.flower.records import ARRAYS, FITINS, FITRES, from_parameters, from_record
+from petite_fl.federation.flower.transport import FlowerTransport
 from petite_fl.federation.protection import Protection, check_combination, protection_from_config
-from petite_fl.federation.records import ARRAYS, from_record
-from petite_fl.federation.secagg import FITINS, FITRES, from_parameters
-from petite_fl.federation.server import Coordinator
 from petite_fl.federation.strategies import build_strategy
+from petite_fl.runconfig import compose_run
 
 SITES = "[scanner3,scanner4,scanner5]"
 NODES = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
@@ -46,7 +46,7 @@ def run_config(cache: Path, overrides: str = "", **extra) -> dict:
 
 def federate(rc: dict, fail=None):
     grid = InProcessGrid(client_app, rc, NODES, fail=fail)
-    summary = Coordinator(config_for(rc), grid, quiet=True).run()
+    summary = Coordinator(compose_run(rc), FlowerTransport(grid), quiet=True).run()
     return summary, grid, torch.load(Path(summary["run_dir"]) / "checkpoint.pt", weights_only=False)["global"]
 
 

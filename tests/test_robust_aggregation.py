@@ -13,7 +13,7 @@ from test_federation_run import NODES, federate, run_config
 
 from petite_fl.errors import PetiteError
 from petite_fl.federation.flower.app import client_app
-from petite_fl.federation.records import ARRAYS, CONFIG, from_record
+from petite_fl.federation.flower.records import ARRAYS, from_record
 
 
 def poisoning(kind: str, victim: int = 1001):
@@ -36,7 +36,7 @@ def poisoning(kind: str, victim: int = 1001):
         elif kind == "dtype":
             tensors[name] = tensors[name].double()
         elif kind == "backbone":
-            reply.content[CONFIG]["backbone_sha256"] = "0" * 64
+            reply.content["config"]["backbone_sha256"] = "0" * 64
         # as a misbehaving site would send them: raw, not through petite-fl's record builder
         reply.content[ARRAYS] = ArrayRecord({k: v.contiguous() for k, v in tensors.items()})
         return reply
@@ -51,13 +51,14 @@ def cache(federation_cache) -> Path:
 
 @pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "dtype", "backbone"])
 def test_a_poisoned_update_is_rejected_and_the_global_is_the_honest_average(cache, kind):
-    from petite_fl.federation.apps import config_for
-    from petite_fl.federation.server import Coordinator
+    from petite_fl.federation.coordinator import Coordinator
+    from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.runconfig import compose_run
 
     rc = run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.min_sites": 1,
                                                  "federation.run_name": f"poison-{kind}"})
     grid = InProcessGrid(poisoning(kind), rc, NODES)
-    summary = Coordinator(config_for(rc), grid, quiet=True).run()
+    summary = Coordinator(compose_run(rc), FlowerTransport(grid), quiet=True).run()
     assert [r["site"] for r in summary["rejected"]] == ["scanner5"]
     honest = next(r for r in grid.replies if r.metadata.message_type == "train" and r.metadata.src_node_id == 1000)
     expected = from_record(honest.content.array_records[ARRAYS])

@@ -7,7 +7,7 @@ import torch
 
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.records import from_record, to_record
+from petite_fl.federation.flower.records import from_record, to_record
 
 
 @pytest.mark.parametrize("transport, wire, half", [("float32", "float32", torch.float32),
@@ -33,10 +33,10 @@ def test_a_tensor_sent_in_another_precision_is_refused_by_name():
 
 
 def test_bad_transport_settings_are_refused_naming_the_field():
-    from petite_fl.federation.server import Coordinator
+    from petite_fl.federation.coordinator import Coordinator
 
     with pytest.raises(ConfigError, match=r"federation\.transport: 'int8' is not one of"):
-        Coordinator(compose("config", ["federation.transport=int8"]), grid=None)
+        Coordinator(compose("config", ["federation.transport=int8"]), transport=None)
     with pytest.raises(ConfigError, match="SecAgg\\+ quantizes itself"):
         Coordinator(compose("config", ["strategy=fedavg", "federation.transport=float16",
-                                       "federation.secagg.enabled=true"]), grid=None)
+                                       "federation.secagg.enabled=true"]), transport=None)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from petite_fl.federation.records import ARRAYS, record_bytes, to_record
+from petite_fl.federation.flower.records import ARRAYS, record_bytes, to_record
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import apply_peft

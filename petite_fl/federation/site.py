@@ -30,6 +30,7 @@ from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.site import load_site
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.backbone_cache import BackboneCache
+from petite_fl.federation.messages import HelloRes
 from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft, load_adapter_state
@@ -66,6 +67,11 @@ def site_for_node(cfg: DictConfig, node_config: Mapping[str, Any]) -> str:
         raise ConfigError(f"node partition {pid} has no site: federation.sites lists {len(sites)} ({sites}); "
                           "run as many supernodes as sites")
     return sites[pid]
+
+
+def site_dir(site_root: Path, site: str) -> Path:
+    """A site's own folder under its root (backbone cache, per-run state)."""
+    return site_root / _SAFE.sub("_", site)
 
 
 def round_seed(seed: int, site: str, rnd: int, salt: str = "") -> int:
@@ -113,20 +119,19 @@ class SiteWorker:
     def __init__(self, cfg: DictConfig, site: str, manifest: str | None = None) -> None:
         self.cfg = cfg
         self.site = site
-        self.dir = expand_path(cfg.federation.site_root) / _SAFE.sub("_", site)
+        self.dir = site_dir(expand_path(cfg.federation.site_root), site)
         self.cache = BackboneCache(self.dir / "backbones")
         # A deployed site names its manifest; a simulated one is a synthetic scanner (made on first use).
         self.manifest = resolve_site(cfg, manifest or site)
         self.device, self.amp = device_and_amp(cfg)
 
     # -- handshake and backbone -------------------------------------------------------
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> HelloRes:
         site = load_site(self.manifest, splits=("train",), scaling=str(self.cfg.data.loader.scaling))
         n_train = len(site.pairs["train"])
         if not n_train:
             raise ConfigError(f"site {self.site}: {self.manifest} has no 'train' subjects")
-        return {"site": self.site, "held": ",".join(self.cache.held()), "num_examples": n_train,
-                "device": str(self.device)}
+        return HelloRes(self.site, tuple(self.cache.held()), n_train, str(self.device))
 
     def receive_backbone(self, tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
         """Store a backbone sent by the server, after checking it hashes as announced."""
@@ -135,8 +140,12 @@ class SiteWorker:
         return self.cache.store(model, str(meta["sha256"]), dict(meta.get("provenance") or {}))
 
     # -- rounds ----------------------------------------------------------------------
+    @staticmethod
+    def run_folder_name(run_name: str) -> str:
+        return _SAFE.sub("_", run_name)
+
     def run_dir(self, run_name: str) -> Path:
-        return self.dir / "runs" / _SAFE.sub("_", run_name)
+        return self.dir / "runs" / self.run_folder_name(run_name)
 
     def _prepare(self, sha256: str):
         model, meta = self.cache.load(sha256, self.device)  # verified against its content hash
@@ -200,8 +209,9 @@ class SiteWorker:
 
     def train_round(self, strategy: Strategy, run_name: str, rnd: int, total_rounds: int, steps: int,
                     sha256: str, received: dict[str, torch.Tensor], validate: bool
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Validate the model the round starts from (optional), train, keep the personal part."""
+                    ) -> tuple[dict[str, torch.Tensor], int, dict[str, float]]:
+        """Validate the model the round starts from (optional), train, keep the personal part:
+        (upload, training scans, metrics)."""
         begin = time.perf_counter()
         model, state, meta, init = self._prepare(sha256)
         personal, extra = self._personal(run_name, rnd - 1)
@@ -214,7 +224,7 @@ class SiteWorker:
         if "objective" in extra:
             objective.load_state_dict(extra["objective"])
         site = load_site(self.manifest, splits=("train",), scaling=str(self.cfg.data.loader.scaling))
-        metrics["num-examples"] = len(site.pairs["train"])  # the weight of this site's update
+        n_train = len(site.pairs["train"])  # the weight of this site's update
         patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
         dataset = site_patch_dataset(site, "train", self.cfg.data.loader,
                                      seed=round_seed(int(self.cfg.seed), self.site, rnd) % 2**31, patch=patch)
@@ -244,7 +254,7 @@ class SiteWorker:
         console.print(f"site {self.site} · round {rnd}/{total_rounds}: {steps} steps, "
                       f"loss {update.logs.get('train_loss', float('nan')):.4g}, {seconds:.0f} s",
                       markup=False, highlight=False)
-        return update.upload, metrics
+        return update.upload, n_train, metrics
 
     def finish(self, strategy: Strategy, run_name: str, rnd: int, sha256: str,
                received: dict[str, torch.Tensor], splits: tuple[str, ...]) -> tuple[dict[str, Any], Path]:

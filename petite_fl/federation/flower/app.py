@@ -8,8 +8,9 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from petite_fl.federation.apps import handle, serve
-from petite_fl.federation.secagg import TRAIN_MODS
+from petite_fl.federation.flower.client import handle
+from petite_fl.federation.flower.secagg import TRAIN_MODS
+from petite_fl.federation.flower.server import serve
 
 server_app = ServerApp()
 client_app = ClientApp()

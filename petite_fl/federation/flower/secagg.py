@@ -11,16 +11,14 @@ them. Flower's `fixedclipping_mod` (client-side DP clipping) reads the same layo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
-from flwr.common import Code, FitIns, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, FitRes, Parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.client_manager import ClientManager
@@ -35,66 +33,14 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from petite_fl.errors import PetiteError
+from petite_fl.federation.checks import check_update
+from petite_fl.federation.flower.records import content_bytes, from_parameters
+from petite_fl.federation.messages import TrainIns
+from petite_fl.federation.protected import Protected
 from petite_fl.federation.protection import Protection
-from petite_fl.federation.records import content_bytes
+from petite_fl.federation.rounds import RoundContext, RoundResult
 
-FITINS, FITINS_CONFIG, FITRES = "fitins.parameters", "fitins.config", "fitres.parameters"
-
-
-# -- the layout both sides agree on ---------------------------------------------------------
-
-
-def to_parameters(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> Parameters:
-    """Legacy Parameters are an unnamed list: the order is the sorted shared names, sent alongside."""
-    return ndarrays_to_parameters([tensors[n].detach().cpu().numpy() for n in names])
-
-
-def from_parameters(parameters: Parameters, names: Sequence[str], like: Mapping[str, torch.Tensor] | None = None,
-                    ) -> dict[str, torch.Tensor]:
-    arrays = parameters_to_ndarrays(parameters)
-    if len(arrays) != len(names):
-        raise PetiteError(f"{len(arrays)} arrays for {len(names)} shared tensor names")
-    out = {}
-    for n, a in zip(names, arrays, strict=True):
-        t = torch.from_numpy(np.array(a, copy=True))
-        out[n] = t.to(like[n].dtype) if like is not None else t
-    return out
-
-
-def is_fitins(content: RecordDict) -> bool:
-    return FITINS in content.array_records
-
-
-def is_fitres(content: RecordDict) -> bool:
-    return FITRES in content.array_records
-
-
-def read_fitins(content: RecordDict) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(train config, global shared tensors) of a legacy-layout train message."""
-    ins = compat.recorddict_to_fitins(content, keep_input=True)
-    config = dict(ins.config)
-    return config, from_parameters(ins.parameters, json.loads(str(config["names"])))
-
-
-def fitres_content(upload: Mapping[str, torch.Tensor], names: Sequence[str], weight: int,
-                   metrics: Mapping[str, Any], clipping_range: float | None) -> RecordDict:
-    """The site's reply as a FitRes: what SecAgg+ masks and fixedclipping_mod clips."""
-    if clipping_range is not None:
-        for n in names:
-            peak = float(upload[n].abs().max()) if upload[n].numel() else 0.0
-            if peak > clipping_range:
-                raise PetiteError(f"shared tensor '{n}' has a value of magnitude {peak:.3g}, beyond "
-                                  f"federation.secagg.clipping_range={clipping_range:g}: SecAgg+ would clip it "
-                                  "silently; raise the range")
-    res = FitRes(Status(Code.OK, "ok"), to_parameters(upload, names), int(weight), dict(metrics))
-    return compat.fitres_to_recorddict(res, keep_input=True)
-
-
-def read_fitres(content: RecordDict, names: Sequence[str]) -> tuple[dict[str, torch.Tensor], int, dict[str, Any]]:
-    """(upload, weight, metrics) of a legacy-layout reply that was not masked (DP without SecAgg+);
-    the upload keeps the dtype it came in, for the server's checks to judge."""
-    res = compat.recorddict_to_fitres(content, keep_input=True)
-    return from_parameters(res.parameters, names), int(res.num_examples), dict(res.metrics)
+_FITINS_CONFIG = "fitins.config"
 
 
 # -- site half: Flower's mods, applied only to the messages that ask for them ------------------
@@ -129,7 +75,7 @@ def secagg_when_asked(msg: Message, ctxt: Context, call_next) -> Message:
 
 def clip_when_asked(msg: Message, ctxt: Context, call_next) -> Message:
     """Flower's `fixedclipping_mod` when the server asks for client-side DP clipping."""
-    config = msg.content.config_records.get(FITINS_CONFIG)
+    config = msg.content.config_records.get(_FITINS_CONFIG)
     if msg.metadata.message_type != "train" or config is None or KEY_CLIPPING_NORM not in config:
         return call_next(msg, ctxt)
     return fixedclipping_mod(msg, ctxt, call_next)
@@ -229,23 +175,64 @@ class _Collect(LegacyStrategy):
         return None
 
 
-def secure_round(grid: Grid, nodes: Sequence[int], names: Sequence[str], current: Mapping[str, torch.Tensor],
-                 config: Mapping[str, Any], protection: Protection, max_weight: float, rnd: int,
+def secure_round(grid: Grid, nodes: Sequence[int], ins: TrainIns, protection: Protection, max_weight: float,
                  timeout: float | None) -> SecureRound:
     """One training round whose shared tensors are summed under SecAgg+; returns the weighted mean."""
-    parameters = to_parameters(current, names)
-    fitins = FitIns(parameters, {**config, "names": json.dumps(list(names))})
+    fitins = ins.fitins()
     counting = CountingGrid(grid)
     collect = _Collect({n: fitins for n in nodes}, counting)
     base = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
     context = LegacyContext(base, strategy=collect)
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: rnd})
-    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(parameters, True)
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: ins.round})
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(fitins.parameters, True)
     workflow = SecAggPlusWorkflow(protection.num_shares, protection.reconstruction_threshold,
                                   max_weight=max_weight, clipping_range=protection.clipping_range,
                                   quantization_range=protection.quantization_range, timeout=timeout)
     workflow(counting, context)
-    average = from_parameters(collect.average, names, current) if collect.average is not None else None
+    average = from_parameters(collect.average, ins.names, ins.tensors) if collect.average is not None else None
     sites = {proxy.node_id: (int(res.num_examples), dict(res.metrics)) for proxy, res in collect.results}
     failures = [getattr(f.args[0], "reason", None) or str(f) if f.args else str(f) for f in collect.failures]
     return SecureRound(average, sites, failures, counting.down, counting.up)
+
+
+class SecAggPlus(Protected):
+    """SecAgg+ around a strategy: its own round driver, and the sum's average stands for every site."""
+
+    def __init__(self, inner: Any, protection: Protection, grid: Grid) -> None:
+        super().__init__(inner)
+        self.protection, self.grid = protection, grid
+
+    def ins_fields(self) -> dict[str, Any]:
+        return {**super().ins_fields(), "secagg_range": self.protection.clipping_range}
+
+    def aggregate(self, current, updates):
+        return dict(updates[0][0]) if updates else {}  # every update is the same unmasked average
+
+    def drive(self, ctx: RoundContext, rnd: int, ins: TrainIns, expected: dict[str, torch.Tensor]) -> RoundResult:
+        """A round whose shared tensors only the SecAgg+ sum reveals; the sum is checked instead."""
+        weights = [1 if ins.uniform_weight else i.num_examples for i in ctx.infos.values()]
+        sec = secure_round(self.grid, list(ctx.infos), ins, self.protection, float(max(weights)), ctx.timeout)
+        result = RoundResult(aggregated=True)
+        for node, info in ctx.infos.items():
+            if node not in sec.sites:
+                result.errors[node] = "dropped out of SecAgg+ (its masked upload is not in the sum)"
+                continue
+            _, m = sec.sites[node]
+            made_on = str(m.pop("backbone_sha256", None))
+            if made_on != ctx.sha:
+                result.errors[node] = f"update made on backbone {made_on[:12]}…, not on {ctx.sha[:12]}…"
+            result.accepted[node] = m
+            result.transfer.append({"round": rnd, "site": info.site, "what": "peft-secagg",
+                                    "bytes_down": sec.bytes_down.get(node, 0), "bytes_up": sec.bytes_up.get(node, 0)})
+        if sec.failures:
+            result.notes.append(f"SecAgg+ reported {len(sec.failures)} failure(s): {sec.failures[:2]}")
+        if sec.average is None or any(node in result.errors for node in result.accepted):
+            # One masked upload made on another backbone poisons the sum: nothing of this round is used.
+            why = "SecAgg+ could not unmask the sum" if sec.average is None else "an update in the sum is invalid"
+            raise PetiteError(f"round {rnd}: {why}; the last completed round ({rnd - 1}) is checkpointed")
+        verdict = check_update(sec.average, 1, ctx.sha, expected, ctx.sha, ctx.bound)
+        if not verdict.ok:
+            raise PetiteError(f"round {rnd}: the SecAgg+ average is refused ({verdict.reason}); the last completed "
+                              f"round ({rnd - 1}) is checkpointed")
+        result.updates = [(sec.average, 1)] * len(result.accepted)
+        return result

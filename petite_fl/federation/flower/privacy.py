@@ -29,8 +29,10 @@ from flwr.serverapp.strategy import (
     FedAvg,
 )
 
+from petite_fl.federation.flower.records import ARRAYS, from_record, to_record
+from petite_fl.federation.protected import Protected
 from petite_fl.federation.protection import Protection
-from petite_fl.federation.records import ARRAYS, from_record, to_record
+from petite_fl.federation.site import round_seed
 
 _WEIGHT = "dp-weight"  # every site weighs 1: the noise is calibrated for a plain mean
 
@@ -89,3 +91,47 @@ class PrivacyLedger:
             return {"epsilon": 0.0, "delta": self.p.delta, "releases": 0}
         s = self.accountant.get_privacy_spent()
         return {"epsilon": float(s.epsilon), "delta": float(s.delta), "releases": int(s.num_releases)}
+
+
+class CentralDP(Protected):
+    """Central DP around a strategy: uniform weights, clipping (client mode: checked), noise, ledger."""
+
+    def __init__(self, inner: Any, p: Protection, seed: int, population: int) -> None:
+        super().__init__(inner)
+        self.p, self.seed, self.population, self.round = p, seed, population, 0
+        self.ledger = PrivacyLedger(p, population)
+
+    def ins_fields(self) -> dict[str, Any]:
+        fields = {**super().ins_fields(), "uniform_weight": True}
+        if self.p.dp == "client":  # Flower's fixedclipping_mod clips at the site
+            fields["clipping_norm"] = self.p.clipping_norm
+        return fields
+
+    def refuse(self, norm: float | None) -> str | None:
+        # client mode: the site's fixedclipping_mod must have bounded the norm the check measured
+        if self.p.dp == "client" and norm is not None and norm > self.p.clipping_norm * (1 + 1e-3):
+            return f"update norm {norm:.4g} is not clipped to federation.dp.clipping_norm={self.p.clipping_norm:g}"
+        return super().refuse(norm)
+
+    def begin_round(self, rnd: int) -> None:
+        self.round = rnd
+        super().begin_round(rnd)
+
+    def aggregate(self, current, updates):
+        if not current:
+            return {}
+        # Under SecAgg+ the updates are n copies of the unmasked average: a plain mean of them is
+        # itself, so Flower's wrapper calibrates the noise for the n sites in the sum.
+        out = private_mean(self.p, current, [u for u, _ in updates],
+                           round_seed(self.seed, "(server)", self.round, "dp-noise"))
+        self.ledger.add(len(updates))
+        return out
+
+    def privacy_events(self) -> list[Any]:
+        return list(self.ledger.events)
+
+    def restore_privacy(self, events) -> None:
+        self.ledger = PrivacyLedger(self.p, self.population, events)
+
+    def privacy_spent(self) -> dict[str, Any] | None:
+        return self.ledger.spent()

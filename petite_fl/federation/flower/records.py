@@ -9,24 +9,21 @@ own state in float32. Byte counts are taken from the records actually sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
+from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 
-from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.errors import PetiteError
+from petite_fl.federation.messages import check_transport
 
 ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
+#: Flower's legacy layout (FitIns/FitRes as records), read by its SecAgg+ and DP-clipping mods
+FITINS, FITRES = "fitins.parameters", "fitres.parameters"
 #: federation.transport → the dtype of floating tensors on the wire
 TRANSPORTS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}
-
-
-def check_transport(name: str) -> str:
-    if str(name) not in TRANSPORTS:
-        raise ConfigError(f"federation.transport: '{name}' is not one of {', '.join(TRANSPORTS)}")
-    return str(name)
 
 
 def to_record(tensors: Mapping[str, torch.Tensor], transport: str = "float32") -> ArrayRecord:
@@ -88,3 +85,20 @@ def content_bytes(content: RecordDict) -> int:
     configs = sum(len(k) + _value_bytes(v) for rec in content.config_records.values() for k, v in rec.items())
     metrics = sum(len(k) + _value_bytes(v) for rec in content.metric_records.values() for k, v in rec.items())
     return int(arrays + configs + metrics)
+
+
+def to_parameters(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> Parameters:
+    """Legacy Parameters are an unnamed list: the order is the sorted shared names, sent alongside."""
+    return ndarrays_to_parameters([tensors[n].detach().cpu().numpy() for n in names])
+
+
+def from_parameters(parameters: Parameters, names: Sequence[str], like: Mapping[str, torch.Tensor] | None = None,
+                    ) -> dict[str, torch.Tensor]:
+    arrays = parameters_to_ndarrays(parameters)
+    if len(arrays) != len(names):
+        raise PetiteError(f"{len(arrays)} arrays for {len(names)} shared tensor names")
+    out = {}
+    for n, a in zip(names, arrays, strict=True):
+        t = torch.from_numpy(np.array(a, copy=True))
+        out[n] = t.to(like[n].dtype) if like is not None else t
+    return out

@@ -1,0 +1,68 @@
+"""A run-config's federated jobs: one run, or the arms × seeds of a comparison in turn.
+
+`petite compare` submits one Flower run whose config names the arms (`compare.run`);
+each arm is its own coordinator run (own config, own run name, own hello to the sites)
+over the same transport and backbone. One failing arm does not lose the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from petite_fl.atomic import write_json
+from petite_fl.config import hydra_override
+from petite_fl.console import console
+from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.federation.coordinator import Coordinator
+from petite_fl.runconfig import compose_run
+from petite_fl.training.jobs import backbone_for
+
+
+def compare_seeds(cfg: DictConfig) -> list[int]:
+    """The training seeds of a comparison: `seed`, `seed + 1`, … (`compare.seeds` of them)."""
+    n = cfg.compare.seeds
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"compare.seeds must be a whole number ≥ 1 (how many training seeds per arm), got {n!r}")
+    return [int(cfg.seed) + i for i in range(n)]
+
+
+def arm_dir(folder: Path, arm: str, seed: int) -> Path:
+    """Where one arm's run with one seed writes: <compare dir>/arms/<arm>/seed-<seed>."""
+    return folder / "arms" / arm / f"seed-{seed}"
+
+
+def run_all(cfg: DictConfig, run_config: Mapping[str, Any], transport: Any) -> dict[str, Any]:
+    arms = [str(a) for a in (cfg.compare.run or [])]
+    if not arms:
+        return Coordinator(cfg, transport).run()
+    if not cfg.compare.dir:
+        raise ConfigError("compare.run is set but compare.dir is not")
+    unknown = [a for a in arms if a not in cfg.compare.arms]
+    if unknown:
+        raise ConfigError(f"compare.run: unknown arm(s) {unknown}; defined: {', '.join(cfg.compare.arms)}")
+    runs = [(arm, seed) for seed in compare_seeds(cfg) for arm in arms]
+    backbone = backbone_for(cfg)  # one backbone for every arm and seed: seeds vary the fine-tuning only
+    results, failed = {}, {}
+    for i, (arm, seed) in enumerate(runs, 1):
+        out = arm_dir(Path(str(cfg.compare.dir)), arm, seed)
+        overrides = [*[str(o) for o in cfg.compare.arms[arm]], f"seed={seed}", hydra_override("backbone", backbone),
+                     hydra_override("out", out), "compare.run=null"]
+        label = f"{arm}/seed-{seed}"
+        try:
+            arm_cfg = compose_run(run_config, overrides)
+            if not int(arm_cfg.federation.rounds) and seed != runs[0][1]:
+                continue  # nothing is trained: the first seed's run stands for every seed
+            console.print(f"server · run {i}/{len(runs)}: {label} ({' '.join(overrides[:-3])})", markup=False)
+            results[label] = Coordinator(arm_cfg, transport, label=label).run()
+        except PetiteError as exc:  # one arm failing does not lose the others
+            failed[label] = str(exc)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "error.json", {"arm": arm, "seed": seed, "error": str(exc)})
+            console.print(f"server · {label} failed: {exc}", markup=False)
+    if failed:
+        raise PetiteError("arms failed: " + "; ".join(f"{a}: {e}" for a, e in failed.items()))
+    return results

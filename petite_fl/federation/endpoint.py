@@ -1,0 +1,85 @@
+"""A site's answers to the coordinator's typed instructions, whatever carries them.
+
+The run's settings arrive once, in `Hello`: the site adds its own settings from its node
+config, keeps the result in its run folder (`config.yaml`) and remembers where in its
+node state, so later messages carry only the run's name and nothing is composed again.
+A refusal is a `PetiteError`; the carrier turns it into one line for the coordinator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from petite_fl.atomic import atomic_path
+from petite_fl.config import expand_path
+from petite_fl.errors import PetiteError
+from petite_fl.federation.messages import (
+    BackboneOffer,
+    BackboneRes,
+    EvaluateIns,
+    EvaluateRes,
+    Hello,
+    HelloRes,
+    TrainIns,
+    TrainRes,
+)
+from petite_fl.federation.site import SiteWorker, site_dir, site_for_node
+from petite_fl.federation.strategies import build_strategy
+from petite_fl.runconfig import site_config
+
+_STATE_PREFIX = "run:"
+
+
+class SiteEndpoint:
+    """One node: its node config (its own settings) and the state its carrier keeps across messages."""
+
+    def __init__(self, node_config: Mapping[str, Any], state: MutableMapping[str, Any]) -> None:
+        self.node = dict(node_config)
+        self.state = state
+
+    def name(self) -> str:
+        return str(self.node.get("site") or f"partition {self.node.get('partition-id')}")
+
+    def answer(self, ins: Any) -> Any:
+        if isinstance(ins, Hello):
+            return self._hello(ins)
+        cfg = self._config(ins.run)
+        worker = SiteWorker(cfg, site_for_node(cfg, self.node), self.node.get("manifest") or None)
+        if isinstance(ins, BackboneOffer):
+            worker.receive_backbone(ins.tensors, ins.meta)
+            return BackboneRes(str(ins.meta["sha256"]))
+        strategy = build_strategy(cfg.strategy)
+        if isinstance(ins, TrainIns):
+            upload, n_train, metrics = worker.train_round(strategy, ins.run, ins.round, ins.rounds, ins.steps,
+                                                          ins.sha256, ins.tensors, ins.validate)
+            return TrainRes(upload, 1 if ins.uniform_weight else n_train, worker.backbone_sha256, metrics)
+        if isinstance(ins, EvaluateIns):
+            metrics, path = worker.finish(strategy, ins.run, ins.round, ins.sha256, ins.tensors, ins.splits)
+            return EvaluateRes(metrics, str(path))
+        raise PetiteError(f"unknown instruction {type(ins).__name__}")
+
+    def _hello(self, ins: Hello) -> HelloRes:
+        cfg = site_config(ins.config, self.node)
+        worker = SiteWorker(cfg, site_for_node(cfg, self.node), self.node.get("manifest") or None)
+        path = worker.run_dir(ins.run) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(OmegaConf.to_yaml(cfg))
+        self.state[_STATE_PREFIX + ins.run] = str(path)
+        return worker.hello()
+
+    def _config(self, run: str) -> DictConfig:
+        """The run's settings as this site kept them at the hello."""
+        kept = self.state.get(_STATE_PREFIX + run)
+        if kept is None and self.node.get("site-root") and self.node.get("site"):  # a restarted site process
+            kept = str(site_dir(expand_path(str(self.node["site-root"])), str(self.node["site"]))
+                       / "runs" / SiteWorker.run_folder_name(run) / "config.yaml")
+        if kept is None or not Path(str(kept)).is_file():
+            raise PetiteError(f"no settings of run '{run}' at this site: it missed the run's hello")
+        cfg = OmegaConf.load(str(kept))
+        OmegaConf.set_readonly(cfg, True)
+        return cfg

@@ -1,0 +1,34 @@
+"""The ClientApp's one handler: a Flower message in, the site's typed answer out.
+
+The site's run settings are remembered in the node's Flower state (`Context.state`,
+kept by the SuperNode across the messages of a run) by `endpoint.SiteEndpoint`.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Error, Message
+
+from petite_fl.errors import PetiteError
+from petite_fl.federation.endpoint import SiteEndpoint
+from petite_fl.federation.messages import BY_KIND
+
+#: Error code of a site that refused a message for a reason it states (bad data, config).
+SITE_REFUSED = 1001
+_STATE = "petite-fl.runs"
+
+
+def handle(message: Message, context: Context) -> Message:
+    """Answer one message of the server; a site's own refusal travels as a clear error reply."""
+    endpoint = SiteEndpoint(dict(context.node_config), {})
+    try:
+        kind = BY_KIND.get(message.metadata.message_type)
+        if kind is None:
+            raise PetiteError(f"unknown message type '{message.metadata.message_type}'")
+        ins = kind.from_record(message.content)
+        if _STATE not in context.state.config_records:
+            context.state.config_records[_STATE] = ConfigRecord()
+        endpoint.state = context.state.config_records[_STATE]
+        reply = endpoint.answer(ins)
+        return Message(reply.to_record(ins), reply_to=message)
+    except PetiteError as exc:
+        return message.create_error_reply(Error(SITE_REFUSED, f"site {endpoint.name()}: {exc}"))

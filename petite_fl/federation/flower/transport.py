@@ -1,0 +1,80 @@
+"""The federation core's transport over a Flower `Grid` (simulation or deployment).
+
+Each typed instruction becomes one Flower message (its own `to_record`), each reply is
+read back and validated by its type's `from_record`: a reply that is not what it claims
+is one line of error for that node, never an exception that ends the ServerApp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from petite_fl.errors import PetiteError
+from petite_fl.federation.flower.records import record_bytes
+from petite_fl.federation.messages import REPLIES
+from petite_fl.federation.protected import Protected
+from petite_fl.federation.protection import Protection
+from petite_fl.federation.rounds import plain_round
+from petite_fl.federation.transport import Exchange
+
+
+class FlowerTransport:
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+
+    def node_ids(self) -> list[int]:
+        return list(self.grid.get_node_ids())
+
+    def record_bytes(self, message: Any) -> int:
+        return record_bytes(message.to_record())
+
+    def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
+        out, encoded, sent = Exchange(), {}, []
+        for node, ins in messages.items():
+            if id(ins) not in encoded:  # one record per distinct instruction (the backbone is large)
+                encoded[id(ins)] = ins.to_record()
+            content = encoded[id(ins)]
+            out.bytes_down[node] = record_bytes(content)
+            sent.append(Message(content=content, dst_node_id=node, message_type=ins.KIND, group_id=group))
+        received = list(self.grid.send_and_receive(sent, timeout=timeout))
+        # The SuperLink answers for a node it has lost (Flower's NODE_UNAVAILABLE) in its own
+        # name (src_node_id 1): such a reply is matched to its node by the message it answers.
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in sent if m.metadata.message_id}
+        for reply in received:
+            node = reply.metadata.src_node_id
+            if node not in messages:
+                node = asked.get(reply.metadata.reply_to_message_id, node)
+            if node not in messages:
+                continue  # a reply to nothing this exchange asked
+            if reply.has_error():
+                out.errors[node] = reply.error.reason or f"error code {reply.error.code}"
+                continue
+            ins = messages[node]
+            try:
+                out.replies[node] = REPLIES[type(ins)].from_record(reply.content, ins)
+            except (PetiteError, KeyError, ValueError, TypeError) as exc:
+                out.errors[node] = f"unreadable reply ({exc})"
+                continue
+            out.bytes_up[node] = record_bytes(reply.content)
+        for node in messages:
+            if node not in out.replies and node not in out.errors:
+                out.errors[node] = f"no reply within federation.timeout={timeout:g} s"
+        return out
+
+    def protect(self, strategy: Any, protection: Protection, seed: int, n_sites: int) -> tuple[Protected, Any]:
+        """The strategy inside Flower's protections (SecAgg+ innermost, DP outside), and the round driver."""
+        wrapped, driver = Protected(strategy), plain_round
+        if protection.secagg:
+            from petite_fl.federation.flower.secagg import SecAggPlus
+
+            wrapped = SecAggPlus(wrapped, protection, self.grid)
+            driver = wrapped.drive
+        if protection.dp != "off":
+            from petite_fl.federation.flower.privacy import CentralDP
+
+            wrapped = CentralDP(wrapped, protection, seed, n_sites)
+        return wrapped, driver

@@ -1,0 +1,54 @@
+"""A strategy with the run's protections around it, the way Flower wraps a strategy in DP.
+
+The coordinator always talks to a `Protected` strategy: with no protection it only
+delegates; `flower/privacy.py` (central DP) and `flower/secagg.py` (SecAgg+) subclass it
+to add what they need: fields of the train instruction (clipping norm, SecAgg+ range,
+uniform weights), a stricter check of each update, noise in `aggregate`, and the
+privacy spent so far (kept in the run's checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from petite_fl.federation.strategies import Strategy
+
+
+class Protected:
+    """Delegates to `inner` (a strategy, or another protection) except where a protection adds."""
+
+    def __init__(self, inner: Strategy | Protected) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # name, rule, split, describe, federated_rounds …
+        return getattr(self.inner, name)
+
+    def aggregate(self, current: Mapping[str, torch.Tensor],
+                  updates: Sequence[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
+        return self.inner.aggregate(current, updates)
+
+    def ins_fields(self) -> dict[str, Any]:
+        """Extra fields of every TrainIns (see messages.TrainIns)."""
+        return self.inner.ins_fields() if isinstance(self.inner, Protected) else {}
+
+    def refuse(self, norm: float | None) -> str | None:
+        """Why an update that passed `check_update` is still refused under this protection."""
+        return self.inner.refuse(norm) if isinstance(self.inner, Protected) else None
+
+    def begin_round(self, rnd: int) -> None:
+        """The round whose updates `aggregate` receives next (a noise seed per round)."""
+        if isinstance(self.inner, Protected):
+            self.inner.begin_round(rnd)
+
+    def privacy_events(self) -> list[Any]:
+        return self.inner.privacy_events() if isinstance(self.inner, Protected) else []
+
+    def restore_privacy(self, events: Sequence[Any]) -> None:
+        if isinstance(self.inner, Protected):
+            self.inner.restore_privacy(events)
+
+    def privacy_spent(self) -> dict[str, Any] | None:
+        return self.inner.privacy_spent() if isinstance(self.inner, Protected) else None

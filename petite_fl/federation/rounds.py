@@ -1,0 +1,72 @@
+"""One training round as a driver: instructions out, replies checked, a typed result back.
+
+`plain_round` sends the global shared tensors and checks every upload on its own
+(`checks.check_update`) before the strategy may average it. The SecAgg+ driver
+(`flower/secagg.py`) returns the same `RoundResult`, with the checked average of the sum
+standing for each site's update. The coordinator does not know which driver it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from petite_fl.federation.checks import check_update
+from petite_fl.federation.messages import HelloRes, TrainIns
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class RoundContext:
+    """What a round driver needs of the run."""
+
+    transport: Any                   # transport.Transport
+    infos: Mapping[int, HelloRes]    # the run's sites by node
+    strategy: Any                    # protected.Protected
+    sha: str                         # the run's backbone
+    bound: float                     # federation.robust.max_update_norm, resolved
+    timeout: float
+    label: str | None = None         # group prefix of a compare arm
+
+    def group(self, name: str) -> str:
+        return f"{self.label}/{name}" if self.label else name
+
+
+@dataclass
+class RoundResult:
+    accepted: dict[int, dict[str, Any]] = field(default_factory=dict)  # node → its metrics (+ update_norm)
+    errors: dict[int, str] = field(default_factory=dict)               # node → why it is left out
+    updates: list[tuple[Tensors, int]] = field(default_factory=list)    # what the strategy aggregates
+    transfer: list[dict[str, Any]] = field(default_factory=list)        # bytes per site
+    rejected: list[dict[str, Any]] = field(default_factory=list)        # refused replies, for the run log
+    notes: list[str] = field(default_factory=list)                      # what the driver wants said
+    aggregated: bool = False  # the driver already averaged (SecAgg+): updates are copies of the mean
+
+
+def plain_round(ctx: RoundContext, rnd: int, ins: TrainIns, expected: Tensors) -> RoundResult:
+    """Send `ins` to every site and keep the uploads that pass the checks against `expected`
+    (the global shared tensors, or nothing in a local round)."""
+    exchange = ctx.transport.exchange({n: ins for n in ctx.infos}, ctx.group(f"round-{rnd}"), ctx.timeout)
+    result = RoundResult(errors=dict(exchange.errors))
+    for node, why in exchange.errors.items():
+        if why.startswith("unreadable reply"):
+            result.rejected.append({"round": rnd, "site": ctx.infos[node].site, "reason": why})
+    for node, reply in exchange.replies.items():
+        site = ctx.infos[node].site
+        verdict = check_update(reply.tensors, reply.num_examples, reply.backbone_sha256, expected, ctx.sha,
+                               ctx.bound)
+        reason = verdict.reason or ctx.strategy.refuse(verdict.norm)
+        if reason:
+            result.errors[node] = reason
+            result.rejected.append({"round": rnd, "site": site, "reason": reason})
+            continue
+        result.accepted[node] = {**reply.metrics, "update_norm": verdict.norm}
+        result.updates.append((reply.tensors, reply.num_examples))
+        result.transfer.append({"round": rnd, "site": site, "what": "peft",
+                                "bytes_down": exchange.bytes_down.get(node, 0),
+                                "bytes_up": exchange.bytes_up.get(node, 0)})
+    return result

@@ -1,0 +1,93 @@
+"""How the coordinator reaches its sites: a small interface, and an in-process carrier.
+
+The round loop (`coordinator`) only asks a `Transport` to deliver one typed instruction
+per node and give back typed replies or one-line errors per node. `flower/transport.py`
+carries them as Flower messages (simulation or deployment); `LocalTransport` here calls
+the same site code (`endpoint.SiteEndpoint`) in this process, which is how the overhead
+benchmark's plain loop and fast tests run the very same algorithm without Flower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.federation.protection import Protection
+from petite_fl.federation.strategies import Strategy
+
+
+@dataclass
+class Exchange:
+    """The replies to one instruction per node: {node: reply} and {node: why none}."""
+
+    replies: dict[int, Any] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    bytes_down: dict[int, int] = field(default_factory=dict)
+    bytes_up: dict[int, int] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    def node_ids(self) -> list[int]:
+        """The nodes connected now."""
+
+    def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
+        """Deliver one instruction per node; every reply is validated before it is returned."""
+
+    def protect(self, strategy: Strategy, protection: Protection, seed: int, n_sites: int) -> tuple[Strategy, Any]:
+        """(the strategy wrapped with the run's protections, the round driver they need)."""
+
+    def record_bytes(self, message: Any) -> int:
+        """Bytes `message` takes on this carrier (its tensor payload)."""
+
+
+def payload_bytes(message: Any) -> int:
+    tensors = getattr(message, "tensors", None) or {}
+    return int(sum(t.numel() * t.element_size() for t in tensors.values()))
+
+
+def _copy(message: Any) -> Any:
+    """A message as if it had crossed the wire: the receiver shares no tensor with the sender."""
+    tensors = getattr(message, "tensors", None)
+    if not tensors:
+        return message
+    import dataclasses
+
+    return dataclasses.replace(message, tensors={k: v.detach().clone() for k, v in tensors.items()})
+
+
+class LocalTransport:
+    """Sites answered in this process, one after another, by the same code as a ClientApp's."""
+
+    def __init__(self, node_configs: list[Mapping[str, Any]]) -> None:
+        from petite_fl.federation.endpoint import SiteEndpoint
+
+        self.sites = {1000 + i: SiteEndpoint(dict(c), {}) for i, c in enumerate(node_configs)}
+
+    def node_ids(self) -> list[int]:
+        return list(self.sites)
+
+    def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
+        out = Exchange()
+        for node, message in messages.items():
+            out.bytes_down[node] = payload_bytes(message)
+            try:
+                reply = _copy(self.sites[node].answer(_copy(message)))
+            except PetiteError as exc:
+                out.errors[node] = f"site {self.sites[node].name()}: {exc}"
+                continue
+            out.replies[node] = reply
+            out.bytes_up[node] = payload_bytes(reply)
+        return out
+
+    def protect(self, strategy: Strategy, protection: Protection, seed: int, n_sites: int) -> tuple[Strategy, Any]:
+        if protection.secagg or protection.dp != "off":
+            raise ConfigError("SecAgg+ and DP are Flower's protocols: run them through Flower (petite simulate)")
+        from petite_fl.federation.protected import Protected
+        from petite_fl.federation.rounds import plain_round
+
+        return Protected(strategy), plain_round
+
+    def record_bytes(self, message: Any) -> int:
+        return payload_bytes(message)

@@ -1,0 +1,125 @@
+"""The Flower-free federation core: typed messages, the in-process transport, and one algorithm.
+
+The same coordinator and site code run over Flower (here Flower's real ClientApp behind an
+in-process Grid) and over `LocalTransport`; both must give the same global adapter, so the
+overhead benchmark's plain loop measures the very algorithm Flower runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from safetensors.torch import load_file
+from test_federation_run import NODES, federate, run_config
+
+from petite_fl.errors import ConfigError
+from petite_fl.federation.coordinator import Coordinator
+from petite_fl.federation.messages import (
+    BackboneRes,
+    EvaluateIns,
+    EvaluateRes,
+    Hello,
+    HelloRes,
+    TrainIns,
+    TrainRes,
+    Unreadable,
+)
+from petite_fl.federation.transport import LocalTransport
+from petite_fl.runconfig import compose_run
+
+
+@pytest.fixture(scope="module")
+def cache(federation_cache) -> Path:
+    return federation_cache
+
+
+def test_the_plain_loop_and_flower_run_the_same_algorithm(cache):
+    extra = {"strategy": "fedavg", "federation.rounds": 1}
+    flower, _ = federate(run_config(cache, **extra, **{"federation.run_name": "core-flower"}))
+    rc = run_config(cache, **extra, **{"federation.run_name": "core-plain",
+                                       "overrides": f"federation.val.patches=4 federation.site_root={cache}/plain"})
+    plain = Coordinator(compose_run(rc), LocalTransport(NODES), quiet=True).run()
+    a = load_file(Path(flower["run_dir"]) / "global-adapter.safetensors")
+    b = load_file(Path(plain["run_dir"]) / "global-adapter.safetensors")
+    assert a.keys() == b.keys() and a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain["test_mean"]["psnr"] == pytest.approx(flower["test_mean"]["psnr"], abs=1e-6)
+    assert plain["sites"]["scanner5"]["backbone_bytes"] > 0  # the backbone went to the in-process sites too
+
+
+def test_the_plain_loop_refuses_flower_protocols(cache):
+    rc = run_config(cache, **{"strategy": "fedavg", "federation.dp.mode": "server"})
+    with pytest.raises(ConfigError, match="Flower's protocols"):
+        Coordinator(compose_run(rc), LocalTransport(NODES), quiet=True).run()
+
+
+def test_the_core_imports_no_flower():
+    code = ("import sys, petite_fl.federation.coordinator, petite_fl.federation.endpoint, "
+            "petite_fl.federation.transport, petite_fl.federation.arms, petite_fl.federation.messages; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'flwr'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _train_ins(**changes) -> TrainIns:
+    base = {"run": "r", "round": 1, "rounds": 2, "steps": 3, "sha256": "a" * 64, "validate": True,
+            "uniform_weight": False, "tensors": {"x.lora.A": torch.ones(2, 3)}}
+    return TrainIns(**{**base, **changes})
+
+
+@pytest.mark.parametrize("message", [
+    Hello("run-1", {"seed": 0, "federation": {"sites": ["scanner4"]}}),
+    _train_ins(), _train_ins(transport="bfloat16"), _train_ins(clipping_norm=0.5, secagg_range=8.0),
+    EvaluateIns("r", 2, "b" * 64, ("val", "test"), {"x": torch.zeros(4)}),
+])
+def test_every_instruction_reads_back_as_it_was_sent(message):
+    back = type(message).from_record(message.to_record())
+    for field in message.__dataclass_fields__:
+        sent, got = getattr(message, field), getattr(back, field)
+        if field == "tensors":
+            assert sent.keys() == got.keys()
+            assert all(torch.allclose(sent[k].float(), got[k], atol=1e-2) for k in sent)
+        else:
+            assert got == sent, field
+
+
+def test_replies_read_back_in_both_layouts():
+    for ins in (_train_ins(), _train_ins(clipping_norm=0.5)):
+        res = TrainRes({"x.lora.A": torch.full((2, 3), 0.25)}, 7, "c" * 64, {"train_loss": 0.5})
+        back = TrainRes.from_record(res.to_record(ins), ins)
+        assert (back.num_examples, back.backbone_sha256, back.metrics) == (7, "c" * 64, {"train_loss": 0.5})
+        assert torch.equal(back.tensors["x.lora.A"], res.tensors["x.lora.A"])
+    hello = HelloRes("scanner4", ("a" * 64,), 3, "cpu")
+    assert HelloRes.from_record(hello.to_record()) == hello
+    assert BackboneRes.from_record(BackboneRes("d" * 64).to_record()).stored == "d" * 64
+    ev = EvaluateRes({"test_psnr": 30.0, "test_subject_psnr": [29.0, 31.0]}, "/site/adapter.safetensors")
+    assert EvaluateRes.from_record(ev.to_record()) == ev
+
+
+@pytest.mark.parametrize(("config", "why"), [
+    ({"held": "", "num_examples": 3, "device": "cpu"}, "missing 'site'"),
+    ({"site": "scanner4", "held": "", "num_examples": "3", "device": "cpu"}, "'num_examples' must be a whole"),
+    ({"site": "scanner4", "held": "", "num_examples": 0, "device": "cpu"}, "'num_examples' must be a whole"),
+    ({"site": "", "held": "", "num_examples": 3, "device": "cpu"}, "'site' must be a non-empty string"),
+])
+def test_a_malformed_hello_reply_is_one_line_naming_the_field(config, why):
+    with pytest.raises(Unreadable, match=why):
+        HelloRes.from_record(RecordDict({"config": ConfigRecord(config)}))
+
+
+def test_a_train_reply_without_a_weight_or_with_a_text_metric_is_unreadable():
+    ins = _train_ins()
+    good = TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64).to_record(ins)
+    missing = RecordDict({"arrays": good.array_records["arrays"], "config": good.config_records["config"],
+                          "metrics": MetricRecord({"train_loss": 1.0})})
+    with pytest.raises(Unreadable, match="num-examples"):
+        TrainRes.from_record(missing, ins)
+    bad = RecordDict({"arrays": good.array_records["arrays"], "metrics": good.metric_records["metrics"],
+                      "config": ConfigRecord({"backbone_sha256": 5})})
+    with pytest.raises(Unreadable, match="backbone_sha256"):
+        TrainRes.from_record(bad, ins)
