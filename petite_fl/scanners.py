@@ -2,6 +2,8 @@
 
 A scanner is the unit of domain shift in PETITE: its own matrix, voxel grid, resolution,
 count level and reconstruction. Adding one means adding one YAML file (see README).
+Same style as `petite_fl.registry` (names, get, the same one-line error), but its entries
+are files looked up on each call, since `PETITE_FL_CONFIG_PATH` can add folders at any time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from petite_fl.config import config_dirs
 from petite_fl.errors import ConfigError
+from petite_fl.registry import unknown_entry
 
 GROUP = "scanner"
 
@@ -157,6 +160,5 @@ def get_scanner(name: str) -> Scanner:
     """The registered scanner called `name`, or a ConfigError listing the known ones."""
     files = _scanner_files()
     if name not in files:
-        known = ", ".join(sorted(files)) or "none"
-        raise ConfigError(f"unknown scanner '{name}' (known: {known})")
+        raise unknown_entry("scanner", name, sorted(files))
     return _load(files[name])

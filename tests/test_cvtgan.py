@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from petite_fl.models.base import PromptSlot, Site
+from petite_fl.models.base import PromptSlot, Site, SiteKind
 from petite_fl.models.cvtgan import PRESETS, CvTGAN, CvTGANDiscriminator, build_discriminator
 from petite_fl.models.registry import build_backbone
 
@@ -70,35 +70,36 @@ def test_peft_site_names_exist_and_have_the_expected_types_and_counts(tiny):
     modules = dict(tiny.named_modules())
     n_blocks = {"encoder": 1 + 2 + 2, "decoder": 2 + 1}
     for part, blocks in n_blocks.items():
-        lora = tiny.peft_sites("lora", part)
+        lora = tiny.peft_sites(SiteKind.LINEAR, part)
         assert len(lora) == 3 * blocks
         assert all(isinstance(modules[name], nn.Linear) for name in lora)
         assert {name.rsplit(".", 1)[1] for name in lora} == {"to_q", "to_k", "to_v"}
 
-        adapters = tiny.peft_sites("adapter", part)
+        adapters = tiny.peft_sites(SiteKind.BLOCK_OUTPUT, part)
         assert len(adapters) == blocks and all(isinstance(s, Site) and s.layout == "tokens" for s in adapters)
         assert all(modules[s.module].fc2.out_features == s.channels for s in adapters)
 
-        slots = tiny.peft_sites("vpt", part)
+        slots = tiny.peft_sites(SiteKind.PROMPT, part)
         assert len(slots) == blocks and all(isinstance(s, PromptSlot) for s in slots)
         assert all(hasattr(modules[s.module], "vpt_prompts") and modules[s.module].to_k.in_features == s.dim
                    for s in slots)
 
-        ssf = tiny.peft_sites("ssf", part)
+        ssf = tiny.peft_sites(SiteKind.LAYER_OUTPUT, part)
         assert ssf and all(s.module in modules for s in ssf)
         for s in ssf:
             m = modules[s.module]
             assert s.layout == ("tokens" if isinstance(m, (nn.Linear, nn.LayerNorm)) else "channels")
             assert not (isinstance(m, nn.Conv3d) and m.groups > 1)  # depthwise projections are skipped
 
-        norms = tiny.peft_sites("layernorm", part)
+        norms = tiny.peft_sites(SiteKind.NORM, part)
         assert norms and all(isinstance(modules[n], (nn.LayerNorm, nn.InstanceNorm3d)) for n in norms)
         assert all(tiny.part_of(n + ".weight") == part for n in norms + lora)
-        assert tiny.peft_sites("no-such-method", part) == []
+        with pytest.raises(ValueError, match="'lora' is not a valid SiteKind"):  # kinds, not method names
+            tiny.peft_sites("lora", part)
 
     # the paper's prompt tokens per stage: encoder 0/8/32 (depths 1/2/2), decoder 32/8 (depths 2/1)
-    assert [s.tokens for s in tiny.peft_sites("vpt", "encoder")] == [0, 8, 8, 32, 32]
-    assert [s.tokens for s in tiny.peft_sites("vpt", "decoder")] == [32, 32, 8]
+    assert [s.tokens for s in tiny.peft_sites(SiteKind.PROMPT, "encoder")] == [0, 8, 8, 32, 32]
+    assert [s.tokens for s in tiny.peft_sites(SiteKind.PROMPT, "decoder")] == [32, 32, 8]
     assert tiny.peft_defaults("lora", "encoder") == {"r": 8, "alpha": 16}
     assert tiny.peft_defaults("adapter", "decoder") == {"reduction": 8}
     assert tiny.peft_defaults("vpt", "encoder") == {"tokens": [0, 8, 32]}
@@ -109,7 +110,7 @@ def test_peft_site_names_exist_and_have_the_expected_types_and_counts(tiny):
 def test_vpt_prompts_on_one_attention_change_the_output_and_receive_gradients(tiny):
     x = torch.rand(1, 1, 32, 32, 16)
     before = tiny(x).detach()
-    slot = tiny.peft_sites("vpt", "decoder")[0]
+    slot = tiny.peft_sites(SiteKind.PROMPT, "decoder")[0]
     attn = tiny.get_submodule(slot.module)
     assert attn.vpt_prompts is None
     attn.vpt_prompts = nn.Parameter(torch.randn(slot.tokens, slot.dim))

@@ -71,7 +71,7 @@ def arrays(messages, exclude=("query.backbone",)) -> list[set[str]]:
 @pytest.mark.parametrize("strategy", ["local", "fedavg", "shared-encoder", "personalized", "fedavg-ft", "split-lora"])
 def test_each_strategy_completes_two_rounds_with_metrics_and_adapters(runs, strategy):
     summary, _ = runs[strategy]
-    assert summary["strategy"] == {"split-lora": "fedavg"}.get(strategy, strategy) and summary["rounds"] == 2
+    assert summary["strategy"] == strategy and summary["rounds"] == 2  # the config's label, not its algorithm
     run_dir = Path(summary["run_dir"])
     for site in SITES:
         test = summary["sites"][site]["test"]

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from petite_fl.errors import ConfigError
+from petite_fl.models.base import SiteKind
 from petite_fl.models.registry import available_backbones, build_backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft, count_parameters, load_adapter_state, merge_peft
-from petite_fl.peft.registry import available_methods
+from petite_fl.peft.base import Method
+from petite_fl.peft.registry import available_methods, get_method
 from petite_fl.peft.spec import PeftSpec, feasible_mixes, spec_from_config
 
 BACKBONES = available_backbones()
@@ -191,6 +193,23 @@ def test_infeasible_specs_are_refused_saying_why_and_what_is_allowed(backbone, c
         spec_from_config(cfg, build_backbone(backbone, "tiny"))
     if "cannot go" in fragment:
         assert "allowed on the decoder of unetr: lora, adapter, ssf" in str(info.value)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_methods_are_placed_by_site_kind_so_a_new_method_needs_no_backbone_edit(backbone):
+    model = build_backbone(backbone, "tiny")
+    for name in available_methods():  # every kind a method asks for is offered by every backbone
+        method = get_method(name)
+        if method.site_kind is not None:
+            assert method.parts(model), f"{backbone} offers no {method.site_kind} place for {name}"
+
+    class ResidualProbe(Method):  # a new method, unregistered: the backbone knows only kinds
+        name = "probe"
+        site_kind = SiteKind.BLOCK_OUTPUT
+
+    probe = ResidualProbe()
+    assert probe.parts(model) == ("encoder", "decoder")
+    assert probe.sites(model, "decoder") == get_method("adapter").sites(model, "decoder")
 
 
 def test_paper_size_counts_match_the_paper_where_it_counts_honestly():

@@ -15,18 +15,25 @@ def strategy(name: str, *overrides: str):
     return build_strategy(compose(overrides=[f"strategy={name}", *overrides]).strategy)
 
 
-def test_registry_has_one_config_per_strategy_and_refuses_unknown_names():
-    assert available_strategies() == ["fedavg", "fedavg-ft", "local", "personalized", "shared-encoder"]
+def test_registry_has_one_class_per_algorithm_and_each_config_selects_one_by_label():
+    assert available_strategies() == ["fedavg", "fedavg-ft", "local", "personalized"]
     configs = sorted(p.stem for p in (configs_dir() / "strategy").glob("*.yaml"))
-    assert {"fedbn", "split-lora", "pooled"} <= set(configs)
+    assert {"fedbn", "shared-encoder", "split-lora", "pooled"} <= set(configs)
     for name in configs:
         if name == "pooled":  # the centralised bound of `petite compare`, refused as a federation
             with pytest.raises(ConfigError, match="centralised bound"):
                 strategy(name)
             continue
-        assert strategy(name).name in available_strategies()
-    with pytest.raises(ConfigError, match=r"strategy\.name 'fedsgd'"):
+        built = strategy(name)
+        assert built.name == name and built.algorithm in available_strategies()
+    # a strategy that only changes the sharing rule is a config of fedavg, labelled by its file
+    assert type(strategy("shared-encoder")) is type(strategy("fedavg"))
+    assert strategy("shared-encoder").describe().startswith("shared-encoder: shares encoder/*")
+    with pytest.raises(ConfigError, match=r"^unknown strategy algorithm 'fedsgd' \(known: fedavg, fedavg-ft, "):
         build_strategy({"name": "fedsgd"})
+    with pytest.raises(ConfigError, match="unknown strategy algorithm 'fedsgd'"):
+        build_strategy({"name": "mine", "algorithm": "fedsgd"})
+    assert build_strategy({"name": "mine", "algorithm": "fedavg"}).name == "mine"
 
 
 def test_bad_strategy_settings_are_refused_with_the_field_named():

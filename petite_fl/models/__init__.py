@@ -1,6 +1,6 @@
 """Backbones: 3D image-to-image networks that declare where PEFT methods go."""
 
-from petite_fl.models.base import PART_NAMES, Backbone, PromptSlot, Site
+from petite_fl.models.base import PART_NAMES, Backbone, PromptSlot, Site, SiteKind
 from petite_fl.models.registry import available_backbones, build_backbone, register_backbone
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "Backbone",
     "PromptSlot",
     "Site",
+    "SiteKind",
     "available_backbones",
     "build_backbone",
     "register_backbone",

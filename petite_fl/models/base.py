@@ -1,14 +1,17 @@
 """The contract between a backbone and the PEFT methods.
 
 A backbone is a 3D image-to-image network (B, 1, D, H, W) → (B, 1, D, H, W) that says
-which of its modules form the **encoder** and the **decoder**, and, for each PEFT method,
-where in a part that method goes (`peft_sites`). PEFT methods are written once against
-this contract; the placement rules of DESIGN.md §1 live in each backbone's file.
+which of its modules form the **encoder** and the **decoder**, and, for each kind of place
+a PEFT method can use (`SiteKind`), where those places are in a part (`peft_sites`). A PEFT
+method declares the kind it needs and is written once against this contract, so a new
+method needs no backbone edit; the placement rules of DESIGN.md §1 live in each backbone's
+file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -16,6 +19,23 @@ from torch import nn
 
 PART_NAMES = ("encoder", "decoder")
 Layout = Literal["tokens", "channels"]
+
+
+class SiteKind(StrEnum):
+    """Kinds of places in a backbone; each PEFT method asks for one (`Method.site_kind`)."""
+
+    #: linear layers (nn.Linear, nn.Conv3d) chosen for an additive (low-rank) weight update → list[str]
+    LINEAR = "linear"
+    #: the output of each block (transformer MLP, CNN decoder block), where a residual
+    #: module is added → list[Site]
+    BLOCK_OUTPUT = "block_output"
+    #: outputs of linear, normalisation and embedding layers whose per-channel scale and
+    #: shift no later layer undoes (not the keys, not a conv an instance norm follows) → list[Site]
+    LAYER_OUTPUT = "layer_output"
+    #: normalisation modules with affine parameters → list[str]
+    NORM = "norm"
+    #: modules that read learned prompt tokens → list[PromptSlot]
+    PROMPT = "prompt"
 
 
 @dataclass(frozen=True)
@@ -51,7 +71,7 @@ class Backbone(nn.Module):
     name: ClassVar[str] = ""
     #: spatial sizes of inputs must be multiples of this
     size_multiple: ClassVar[int] = 16
-    #: where a method goes when used alone, if not on every part that takes it
+    #: where a PEFT method (by name) goes when used alone, if not on every part that takes it
     single_method_parts: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, **config: Any) -> None:
@@ -66,23 +86,17 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def peft_sites(
-        self, method: str, part: str, **args: Any
+        self, kind: SiteKind, part: str, **args: Any
     ) -> list[Site] | list[PromptSlot] | list[str]:
-        """Where `method` goes in `part`; an empty list means it cannot go there.
+        """The places of `kind` in `part` (types in `SiteKind`); empty when the part has none.
 
-        `args` are the method's arguments (e.g. VPT's `tokens`, `deep`), for backbones
-        whose placement depends on them.
-
-        - "lora": names of nn.Linear / nn.Conv3d modules (list[str]);
-        - "adapter": sites after whose output a bottleneck adapter is added (list[Site]);
-        - "ssf": sites after whose output a per-channel scale and shift apply (list[Site]);
-        - "vpt": prompt slots (list[PromptSlot]);
-        - "layernorm": names of normalisation modules with affine parameters (list[str]).
+        `args` are the asking method's arguments (e.g. VPT's `tokens`, `deep`), for
+        backbones whose places depend on them. A string that is no `SiteKind` is refused.
         """
         raise NotImplementedError
 
     def peft_defaults(self, method: str, part: str) -> dict[str, Any]:
-        """The paper's default arguments of `method` on `part` (e.g. LoRA rank)."""
+        """The paper's default arguments of PEFT method `method` on `part` (e.g. LoRA rank)."""
         return {}
 
     def part_of(self, parameter_name: str) -> str:

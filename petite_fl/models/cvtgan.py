@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from petite_fl.errors import ConfigError
-from petite_fl.models.base import Backbone, PromptSlot, Site
+from petite_fl.models.base import Backbone, PromptSlot, Site, SiteKind
 from petite_fl.models.registry import register_backbone
 
 #: default VPT prompt tokens per stage (paper: encoder "0/8/32", decoder D1/D2 "32/8")
@@ -283,22 +283,23 @@ class CvTGAN(Backbone):
         """(qualified name, module) of every module of `part`."""
         return getattr(self, part).named_modules(prefix=part)
 
-    def peft_sites(self, method: str, part: str, **args: Any) -> list[Site] | list[PromptSlot] | list[str]:
+    def peft_sites(self, kind: SiteKind, part: str, **args: Any) -> list[Site] | list[PromptSlot] | list[str]:
+        kind = SiteKind(kind)
         blocks = self._blocks(part)
-        if method == "lora":
+        if kind is SiteKind.LINEAR:
             return [f"{name}.attn.{p}" for name, _, _ in blocks for p in ("to_q", "to_k", "to_v")]
-        if method == "adapter":
+        if kind is SiteKind.BLOCK_OUTPUT:
             return [Site(f"{name}.mlp", block.dim, "tokens") for name, block, _ in blocks]
-        if method == "vpt":  # prompt tokens per stage of the part (paper: encoder 0/8/32)
+        if kind is SiteKind.PROMPT:  # prompt tokens per stage of the part (paper: encoder 0/8/32)
             tokens = args.get("tokens") or VPT_TOKENS[part]
             if isinstance(tokens, int) or len(tokens) != len(VPT_TOKENS[part]):
                 raise ValueError(f"tokens must list one count per {part} stage ({len(VPT_TOKENS[part])}), "
                                  f"got {tokens!r}")
             return [PromptSlot(f"{name}.attn", block.dim, tokens[s]) for name, block, s in blocks]
-        if method == "layernorm":
+        if kind is SiteKind.NORM:
             return [name for name, m in self._modules_in(part)
                     if isinstance(m, nn.LayerNorm) or (isinstance(m, nn.InstanceNorm3d) and m.affine)]
-        if method == "ssf":
+        if kind is SiteKind.LAYER_OUTPUT:
             # Not on the key path (a shift of every key cancels in the softmax), nor on a
             # conv that an instance norm follows (it removes per-channel scale and shift).
             sites: list[Site] = []

@@ -1,50 +1,46 @@
-"""The backbone registry: one file per backbone, each registering itself by name."""
+"""The backbone registry: one file per backbone in this package, each registering itself by name."""
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from petite_fl.errors import ConfigError
 from petite_fl.models.base import Backbone
-
-_BACKBONES: dict[str, type[Backbone]] = {}
-_PRESETS: dict[str, dict[str, dict[str, Any]]] = {}
-#: Modules that register backbones when imported (one per backbone).
-_MODULES = ("petite_fl.models.unetr", "petite_fl.models.cvtgan")
+from petite_fl.registry import Registry
 
 
-def register_backbone(name: str, presets: dict[str, dict[str, Any]]):
+@dataclass(frozen=True)
+class RegisteredBackbone:
+    """A backbone class and its named presets (constructor arguments)."""
+
+    cls: type[Backbone]
+    presets: dict[str, dict[str, Any]]
+
+
+BACKBONES: Registry[RegisteredBackbone] = Registry("backbone", "petite_fl.models")
+
+
+def register_backbone(name: str, presets: dict[str, dict[str, Any]]) -> Callable[[type[Backbone]], type[Backbone]]:
     """Class decorator: register a Backbone subclass under `name` with named presets."""
 
     def wrap(cls: type[Backbone]) -> type[Backbone]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone '{name}' registered twice")
         if "paper" not in presets or "tiny" not in presets:
             raise ValueError(f"backbone '{name}' needs 'paper' and 'tiny' presets")
+        BACKBONES.register(name, RegisteredBackbone(cls, presets))
         cls.name = name
-        _BACKBONES[name] = cls
-        _PRESETS[name] = presets
         return cls
 
     return wrap
 
 
-def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(module)
-
-
 def available_backbones() -> list[str]:
-    _load_all()
-    return sorted(_BACKBONES)
+    return BACKBONES.names()
 
 
 def backbone_presets(name: str) -> dict[str, dict[str, Any]]:
-    _load_all()
-    if name not in _PRESETS:
-        raise ConfigError(f"unknown backbone '{name}' (known: {', '.join(sorted(_BACKBONES))})")
-    return _PRESETS[name]
+    return BACKBONES.get(name).presets
 
 
 def resolve_model_config(name: str, preset: str = "tiny", **overrides: Any) -> dict[str, Any]:
@@ -65,7 +61,7 @@ def resolve_model_config(name: str, preset: str = "tiny", **overrides: Any) -> d
 def build_backbone(name: str, preset: str = "tiny", **overrides: Any) -> Backbone:
     """Instantiate a registered backbone from a preset plus overrides."""
     config = resolve_model_config(name, preset, **overrides)
-    return _BACKBONES[name](**config)
+    return BACKBONES.get(name).cls(**config)
 
 
 def build_from_config(model_cfg: Any) -> Backbone:

@@ -17,7 +17,7 @@ from monai.networks.blocks import SABlock
 from monai.networks.nets import UNETR
 from torch import nn
 
-from petite_fl.models.base import Backbone, PromptSlot, Site
+from petite_fl.models.base import Backbone, PromptSlot, Site, SiteKind
 from petite_fl.models.registry import register_backbone
 
 PATCH = 16
@@ -83,18 +83,19 @@ class PetiteUNETR(Backbone):
         return [(n, m) for n, m in self.named_modules()
                 if isinstance(m, types) and any(n.startswith(p + ".") or n == p for p in prefixes)]
 
-    def peft_sites(self, method: str, part: str, **args: Any):
+    def peft_sites(self, kind: SiteKind, part: str, **args: Any) -> list[Site] | list[PromptSlot] | list[str]:
+        kind = SiteKind(kind)
         hidden = self.config["hidden_size"]
         blocks = [f"unetr.vit.blocks.{i}" for i in range(len(self.unetr.vit.blocks))]
-        if method == "lora":
+        if kind is SiteKind.LINEAR:
             if part == "encoder":  # query and key of self-attention (PETITE)
                 return [f"{b}.attn.{proj}" for b in blocks for proj in ("to_q", "to_k")]
             return [n for n, _ in self._modules_in("decoder", nn.Conv3d)]
-        if method == "adapter":
+        if kind is SiteKind.BLOCK_OUTPUT:
             if part == "encoder":  # after the MLP of each transformer block
                 return [Site(f"{b}.mlp", hidden, "tokens") for b in blocks]
             return [Site(f"unetr.{n}", self._out_channels(n), "channels") for n in DECODER[:-1]]
-        if method == "ssf":
+        if kind is SiteKind.LAYER_OUTPUT:
             # After linear, norm and embedding layers, except where a later layer would undo
             # it: a shift of the keys cancels in the softmax, and a conv followed by instance
             # norm loses any per-channel scale and shift. So: not on to_k, and in the CNN
@@ -106,13 +107,13 @@ class PetiteUNETR(Backbone):
             return [Site(n, m.out_channels if isinstance(m, nn.ConvTranspose3d) else m.num_features, "channels")
                     for n, m in self._modules_in("decoder", nn.ConvTranspose3d, nn.InstanceNorm3d)] + \
                 [Site("unetr.out.conv.conv", 1, "channels")]
-        if method == "vpt":
+        if kind is SiteKind.PROMPT:
             if part != "encoder":
                 return []  # a CNN decoder has no token sequence
             tokens = int(args.get("tokens", 50))
             deep = bool(args.get("deep", False))
             return [PromptSlot(b, hidden, tokens if (deep or i == 0) else 0) for i, b in enumerate(blocks)]
-        if method == "layernorm":
+        if kind is SiteKind.NORM:
             return [n for n, m in self._modules_in(part, nn.LayerNorm, nn.InstanceNorm3d, nn.BatchNorm3d)
                     if getattr(m, "weight", None) is not None]
         return []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from petite_fl.models.base import SiteKind
 from petite_fl.peft.base import Method, add_output_hook
 from petite_fl.peft.registry import register_method
 
@@ -45,11 +46,12 @@ class Adapters(Method):
     additive = True
     Args = AdapterArgs
     summary = "bottleneck adapters"
+    site_kind = SiteKind.BLOCK_OUTPUT
     positive_args = ("reduction",)
 
     def inject(self, model, part, args: AdapterArgs) -> None:
         modules = dict(model.named_modules())
-        for site in model.peft_sites(self.name, part):
+        for site in self.sites(model, part):
             target = modules[site.module]
             target.add_module(MODULE, Bottleneck(site.channels, int(args.reduction), site.layout))
             add_output_hook(target, lambda mod, out: getattr(mod, MODULE)(out))

@@ -1,6 +1,8 @@
 """The contract every PEFT method follows, and the output-hook helpers they share.
 
-Contract: `inject(model, part, args)` adds the method's parameters to a frozen backbone
+Contract: a method names the kind of place it goes (`site_kind`, a `SiteKind`) and asks the
+backbone for those places (`sites`), never for itself by name, so backbones know places,
+not methods. `inject(model, part, args)` adds the method's parameters to a frozen backbone
 (never changing the backbone's own tensors); the caller marks exactly the new
 parameters trainable, so the adapter's state dict is just those tensors and loads onto a
 fresh copy of the backbone after the same injection. `merge(model)` folds what can be
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from petite_fl.errors import ConfigError
-from petite_fl.models.base import Backbone
+from petite_fl.models.base import PART_NAMES, Backbone, PromptSlot, Site, SiteKind
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class Method:
     summary: ClassVar[str] = ""
     #: arguments that must be at least 1 (ranks, reduction factors)
     positive_args: ClassVar[tuple[str, ...]] = ()
+    #: the kind of backbone place the method goes (None: it finds its own, or goes nowhere)
+    site_kind: ClassVar[SiteKind | None] = None
 
     def parse_args(self, backbone: Backbone, part: str, given: dict[str, Any]) -> Any:
         """Backbone defaults for this part, overridden by `given`; unknown names refused."""
@@ -56,9 +60,15 @@ class Method:
                 raise ConfigError(f"PEFT method '{self.name}': {name} must be at least 1, got {getattr(args, name)}")
         return args
 
+    def sites(self, backbone: Backbone, part: str, **args: Any) -> list[Site] | list[PromptSlot] | list[str]:
+        """The backbone's places of this method's kind in `part` (empty: it cannot go there)."""
+        if self.site_kind is None:
+            return []
+        return backbone.peft_sites(self.site_kind, part, **args)
+
     def parts(self, backbone: Backbone) -> tuple[str, ...]:
         """Parts where the method can go on this backbone."""
-        return tuple(p for p in ("encoder", "decoder") if backbone.peft_sites(self.name, p))
+        return tuple(p for p in PART_NAMES if self.sites(backbone, p))
 
     def inject(self, model: Backbone, part: str, args: Any) -> None:
         raise NotImplementedError

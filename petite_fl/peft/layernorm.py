@@ -9,6 +9,7 @@ from __future__ import annotations
 from peft import LNTuningConfig
 from peft.tuners.ln_tuning.layer import LNTuningLayer
 
+from petite_fl.models.base import SiteKind
 from petite_fl.peft.base import Method, inject_hf_peft
 from petite_fl.peft.registry import register_method
 
@@ -17,9 +18,10 @@ from petite_fl.peft.registry import register_method
 class LayerNormTuning(Method):
     name = "layernorm"
     summary = "LayerNorm tuning (HF peft LN tuning)"
+    site_kind = SiteKind.NORM
 
     def inject(self, model, part, args) -> None:
-        targets = model.peft_sites(self.name, part)
+        targets = self.sites(model, part)
         if not targets:
             return
         inject_hf_peft(LNTuningConfig(target_modules=targets), model)

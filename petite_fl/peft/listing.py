@@ -9,9 +9,13 @@ import torch
 
 from petite_fl.models.registry import available_backbones, build_backbone
 from petite_fl.peft.apply import apply_peft, count_parameters
+from petite_fl.peft.registry import available_methods
 from petite_fl.peft.spec import PETITE_CHOICE, PeftSpec, feasible_mixes, spec_from_config
 
-SINGLE = ("layernorm", "bitfit", "lora", "adapter", "ssf", "vpt", "full")
+
+def single_methods() -> list[str]:
+    """Every registered method alone, in registry order, then full fine-tuning (no `none`)."""
+    return [m for m in available_methods() if m not in ("none", "full")] + ["full"]
 
 
 def _count(backbone: str, preset: str, spec_or_cfg: PeftSpec | dict) -> tuple[str, int, int]:
@@ -29,7 +33,7 @@ def peft_table(preset: str = "paper") -> list[dict[str, object]]:
     for backbone in available_backbones():
         with torch.device("meta"):
             model = build_backbone(backbone, preset)
-        entries = [("single", {"name": m}) for m in SINGLE] + [("mix", s) for s in feasible_mixes(model)]
+        entries = [("single", {"name": m}) for m in single_methods()] + [("mix", s) for s in feasible_mixes(model)]
         for kind, spec in entries:
             label, trainable, total = _count(backbone, preset, spec)
             petite = kind == "mix" and (spec.encoder, spec.decoder) == PETITE_CHOICE.get(backbone)

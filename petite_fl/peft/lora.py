@@ -21,6 +21,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import Conv3d as LoraConv3d
 
+from petite_fl.models.base import SiteKind
 from petite_fl.peft.base import Method, inject_hf_peft
 from petite_fl.peft.registry import register_method
 
@@ -40,10 +41,11 @@ class LoRA(Method):
     additive = True
     Args = LoraArgs
     summary = "LoRA (HF peft; Linear and Conv3d)"
+    site_kind = SiteKind.LINEAR
     positive_args = ("r",)
 
     def inject(self, model, part, args: LoraArgs) -> None:
-        targets = model.peft_sites(self.name, part)
+        targets = self.sites(model, part)
         if not targets:
             return
         config = LoraConfig(r=int(args.r), lora_alpha=float(args.alpha), lora_dropout=float(args.dropout),

@@ -1,40 +1,31 @@
-"""The PEFT method registry: one file per method, each registering itself."""
+"""The PEFT method registry: one file per method in this package, each registering itself."""
 
 from __future__ import annotations
 
-import importlib
-
-from petite_fl.errors import ConfigError
 from petite_fl.peft.base import Method
+from petite_fl.registry import Registry
 
-_METHODS: dict[str, Method] = {}
-_MODULES = ("none", "full", "layernorm", "bitfit", "lora", "adapter", "ssf", "vpt")
+#: The order listings, error messages and the Mix-PEFT enumeration (`feasible_mixes`, so
+#: `petite peft list`) have always used; a method not named here follows alphabetically.
+LISTING_ORDER = ("none", "full", "layernorm", "bitfit", "lora", "adapter", "ssf", "vpt")
+
+METHODS: Registry[Method] = Registry("PEFT method", "petite_fl.peft", order=LISTING_ORDER)
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    if cls.name in _METHODS:
-        raise ValueError(f"PEFT method '{cls.name}' registered twice")
-    _METHODS[cls.name] = cls()
+    """Class decorator: register one instance of a Method subclass under its `name`."""
+    METHODS.register(cls.name, cls())
     return cls
 
 
-def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"petite_fl.peft.{module}")
-
-
 def available_methods() -> list[str]:
-    _load_all()
-    return list(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> Method:
-    _load_all()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown PEFT method '{name}' (known: {', '.join(_METHODS)})")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def additive_methods() -> list[str]:
-    _load_all()
-    return [n for n, m in _METHODS.items() if m.additive]
+    """Methods that can be mixed, one on the encoder and another on the decoder."""
+    return [n for n, m in METHODS.items() if m.additive]

@@ -2,8 +2,9 @@
 
 Mix-PEFT (PETITE): one *additive* method on the encoder and a *different* one on the
 decoder, plus optional BitFit everywhere. Feasibility comes from where each method can
-go on the backbone (`Backbone.peft_sites`): UNETR's CNN decoder takes no VPT, so UNETR
-has 4 × 3 − 3 = 9 combinations and CVT-GAN 4 × 4 − 4 = 12: 21 in all.
+go on the backbone (`Method.sites`, the backbone's places of the method's `SiteKind`):
+UNETR's CNN decoder has no prompt slots (no VPT), so UNETR has 4 × 3 − 3 = 9
+combinations and CVT-GAN 4 × 4 − 4 = 12: 21 in all.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def check_spec(spec: PeftSpec, backbone: Backbone) -> None:
         additive = additive_methods()
         for part in ("encoder", "decoder"):
             method = getattr(spec, part)
-            allowed = [m for m in additive if backbone.peft_sites(m, part)]
+            allowed = [m for m in additive if get_method(m).sites(backbone, part)]
             if method not in allowed:
                 why = ("is not a method" if method not in available_methods() else
                        "is not additive" if method not in additive else f"cannot go on the {part} of {backbone.name}")
@@ -109,6 +110,6 @@ def check_spec(spec: PeftSpec, backbone: Backbone) -> None:
 def feasible_mixes(backbone: Backbone) -> list[PeftSpec]:
     """Every Mix-PEFT combination the backbone allows, with BitFit (the paper's rule)."""
     additive = additive_methods()
-    encoders = [m for m in additive if backbone.peft_sites(m, "encoder")]
-    decoders = [m for m in additive if backbone.peft_sites(m, "decoder")]
+    encoders = [m for m in additive if get_method(m).sites(backbone, "encoder")]
+    decoders = [m for m in additive if get_method(m).sites(backbone, "decoder")]
     return [PeftSpec("mix", e, d, True) for e in encoders for d in decoders if e != d]

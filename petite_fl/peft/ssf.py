@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petite_fl.models.base import SiteKind
 from petite_fl.peft.base import Method, add_output_hook, channel_view
 from petite_fl.peft.registry import register_method
 
@@ -74,10 +75,11 @@ class SSF(Method):
     name = "ssf"
     additive = True
     summary = "SSF (scale and shift features)"
+    site_kind = SiteKind.LAYER_OUTPUT
 
     def inject(self, model, part, args) -> None:
         modules = dict(model.named_modules())
-        for site in model.peft_sites(self.name, part):
+        for site in self.sites(model, part):
             target = modules[site.module]
             if hasattr(target, SCALE):
                 continue

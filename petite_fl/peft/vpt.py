@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from petite_fl.errors import ConfigError
+from petite_fl.models.base import SiteKind
 from petite_fl.peft.base import Method
 from petite_fl.peft.registry import register_method
 
@@ -31,11 +32,12 @@ class VPT(Method):
     additive = True
     Args = VptArgs
     summary = "visual prompt tuning"
+    site_kind = SiteKind.PROMPT
 
     def inject(self, model, part, args: VptArgs) -> None:
         kwargs = {"deep": args.deep} | ({} if args.tokens is None else {"tokens": args.tokens})
         try:
-            slots = model.peft_sites(self.name, part, **kwargs)
+            slots = self.sites(model, part, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"PEFT method 'vpt' on {model.name} {part}: {exc}") from None
         modules = dict(model.named_modules())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -55,12 +55,17 @@ def proximal(anchor: Mapping[str, torch.Tensor], weight: float) -> Callable[[tor
 
 
 class Strategy:
-    """FedAvg-family behaviour with a sharing rule; subclasses change the site half."""
+    """FedAvg-family behaviour with a sharing rule; subclasses change the site half.
 
-    name = "base"
+    `algorithm` is the registry key of the class; `name` is the config's label (run names,
+    `describe`, logs), so `shared-encoder` is fedavg with a sharing rule, not a class.
+    """
+
+    algorithm: ClassVar[str] = ""
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = cfg
+        self.name = str(cfg.get("name") or self.algorithm)
         self.rule = SharingRule.from_config(cfg.get("sharing") or {})
         self.proximal_mu = float(cfg.get("proximal_mu") or 0.0)
         if self.proximal_mu < 0:

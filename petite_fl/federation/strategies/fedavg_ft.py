@@ -19,7 +19,7 @@ from petite_fl.federation.strategies.registry import register
 
 @register
 class FedAvgFT(Strategy):
-    name = "fedavg-ft"
+    algorithm = "fedavg-ft"
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -13,7 +13,7 @@ from petite_fl.federation.strategies.registry import register
 
 @register
 class Local(Strategy):
-    name = "local"
+    algorithm = "local"
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -17,7 +17,7 @@ from petite_fl.federation.strategies.registry import register
 
 @register
 class Personalized(Strategy):
-    name = "personalized"
+    algorithm = "personalized"
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -1,4 +1,9 @@
-"""Strategies by name (one file each); `strategy.name` in configs/strategy/ picks one."""
+"""Strategy algorithms by name (one file each in this package).
+
+A strategy config (configs/strategy/<label>.yaml) names its algorithm, the registered class
+(`algorithm: fedavg`), apart from its label (`name: shared-encoder`, used in run names and
+logs): a strategy that differs from another only by its sharing rule is a config file.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,30 @@ from typing import Any
 
 from petite_fl.errors import ConfigError
 from petite_fl.federation.strategies.base import Strategy
+from petite_fl.registry import Registry
 
-_STRATEGIES: dict[str, type[Strategy]] = {}
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy algorithm", "petite_fl.federation.strategies")
+#: The label of configs/strategy/pooled.yaml: `petite compare`'s centralised bound, no algorithm.
+POOLED = "pooled"
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    _STRATEGIES[cls.name] = cls
-    return cls
+    """Class decorator: register a Strategy subclass under its `algorithm`."""
+    return STRATEGIES.register(cls.algorithm, cls)
 
 
 def available_strategies() -> list[str]:
-    _load()
-    return sorted(_STRATEGIES)
+    """The registered algorithms (not the config labels that select them)."""
+    return STRATEGIES.names()
+
+
+def algorithm_of(cfg: Mapping[str, Any]) -> str:
+    """The algorithm a strategy config selects; a config without `algorithm` names it by `name`."""
+    return str(cfg.get("algorithm") or cfg.get("name"))
 
 
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
-    _load()
-    name = str(cfg.get("name"))
-    if name == "pooled":  # configs/strategy/pooled.yaml names the centralised bound, not a federation
+    if cfg.get("name") == POOLED:  # names the centralised bound, not a federation
         raise ConfigError("strategy=pooled trains on every site's scans in one place: it is `petite compare`'s "
                           "centralised bound (simulation only), not a federated strategy")
-    if name not in _STRATEGIES:
-        raise ConfigError(f"strategy.name '{name}' is not one of {', '.join(sorted(_STRATEGIES))}")
-    return _STRATEGIES[name](cfg)
-
-
-def _load() -> None:
-    from petite_fl.federation.strategies import (  # noqa: F401
-        fedavg,
-        fedavg_ft,
-        local,
-        personalized,
-        shared_encoder,
-    )
+    return STRATEGIES.get(algorithm_of(cfg))(cfg)
