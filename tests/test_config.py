@@ -1,4 +1,4 @@
-"""One configuration system: Hydra compose over configs/, with user config folders."""
+"""One configuration system: Hydra compose over petite_fl/configs/, with user config folders."""
 
 from __future__ import annotations
 

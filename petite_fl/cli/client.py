@@ -3,7 +3,7 @@
     petite-client --site scanner1            # check the site, then join as a SuperNode
     petite-client keygen --site scanner1     # the site's key pair (register the .pub)
 
-A site is `configs/site/<name>.yaml` or a YAML file with: name, manifest, device, cache,
+A site is `petite_fl/configs/site/<name>.yaml` or a YAML file with: name, manifest, device, cache,
 server, ca_cert, private_key, port. `-o key=value` applies Hydra overrides (e.g. paths.cache).
 """
 
@@ -24,7 +24,7 @@ PROG = "petite-client"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--site", help="site name (configs/site/<name>.yaml) or a site YAML file")
+    parser.add_argument("--site", help="site name (petite_fl/configs/site/<name>.yaml) or a site YAML file")
     parser.add_argument("--insecure", action="store_true",
                         help="plain text, no authentication (only against a server started with --insecure)")
     parser.add_argument("--check", action="store_true", help="run the checks and stop (do not join)")
@@ -72,7 +72,7 @@ def cmd_join(args) -> int:
     from petite_fl.errors import ConfigError, PetiteError
 
     if not args.site:
-        raise ConfigError("--site is required (a name in configs/site/ or a site YAML file)")
+        raise ConfigError("--site is required (a name in petite_fl/configs/site/ or a site YAML file)")
     site = site_deployment(args.site, insecure=args.insecure, overrides=args.overrides)
     if args.insecure:
         console.print("[bold yellow]warning:[/] --insecure: no TLS and no site authentication")

@@ -132,7 +132,7 @@ def _print_report(report: SiteReport) -> None:
 
 
 def cmd_scanners(_: argparse.Namespace) -> int:
-    table = Table(title="registered scanners (configs/scanner/*.yaml)")
+    table = Table(title="registered scanners (petite_fl/configs/scanner/*.yaml)")
     for col in ("scanner", "vendor / site", "matrix", "voxel mm", "patch", "FWHM mm",
                 "counts/voxel", "recon (noise |k|^p)"):
         table.add_column(col)

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the main job: local vs federated PEFT on the five scanners → report "
                                        "(compare=study: a measurement that tells arms apart; compare=paper: GPU)")
     p.add_argument("--arms", help="comma-separated arms (default: compare.default_arms of the preset; every arm "
-                                  "is in compare.arms, configs/compare/default.yaml)")
+                                  "is in compare.arms, petite_fl/configs/compare/default.yaml)")
     p.add_argument("--out", type=Path, help="report folder (default: under the cache, by config)")
     p.add_argument("overrides", **over)
 
