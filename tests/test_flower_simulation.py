@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from petite_fl.errors import PetiteError
-from simulation.flower_run import LocalSimulation, app_defaults
+from petite_fl.experiments.flower_run import LocalSimulation, app_defaults
 
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
         "train.pretrain.steps=4", "train.patch_scale=0.5", "train.batch_size=1",

@@ -120,7 +120,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from simulation.compare import run
+    from petite_fl.experiments.compare import run
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     run(list(args.overrides), arms, args.out)
@@ -130,10 +130,10 @@ def cmd_compare(args) -> int:
 def cmd_simulate(args) -> int:
     import shlex
 
+    from petite_fl.experiments.compare import compare_config
+    from petite_fl.experiments.flower_run import LocalSimulation, resources
     from petite_fl.federation.site import site_list
     from petite_fl.federation.strategies import build_strategy
-    from simulation.compare import compare_config
-    from simulation.flower_run import LocalSimulation, resources
 
     cfg = compare_config(list(args.overrides))  # validates the overrides before Flower starts
     build_strategy(cfg.strategy)

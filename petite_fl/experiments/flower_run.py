@@ -31,7 +31,7 @@ from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import toml_value
 from petite_fl.errors import PetiteError
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout: pyproject.toml with [tool.flwr.app]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml with [tool.flwr.app]
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
 

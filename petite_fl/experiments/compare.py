@@ -4,8 +4,9 @@ Every arm (no fine-tuning, local PEFT, fedavg, shared-encoder, personalized, fed
 split-lora, …) runs through the same Flower apps in one `flwr run` simulation, on the same
 data, the same backbone (pretrained on the source scanner, cached) and the same
 local-step budget, once per training seed; the pooled bound runs in this process. The
-sites report per-subject test metrics; `simulation.compare_report` pairs them across arms
-into differences with confidence intervals (report.md, CSV, PNG figures).
+sites report per-subject test metrics; `compare_results` pairs them across arms into
+differences with confidence intervals and `compare_report` writes the report (report.md,
+CSV, PNG figures).
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from petite_fl.console import console
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.synthetic import SynthSpec
 from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.experiments.compare_report import report
+from petite_fl.experiments.flower_run import LocalSimulation, app_defaults, resources
+from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.apps import arm_dir, compare_seeds
 from petite_fl.federation.site import site_list
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.scanners import available_scanners
 from petite_fl.training.jobs import backbone_for, config_hash, resolve_site
-from simulation.compare_report import report
-from simulation.flower_run import LocalSimulation, app_defaults, resources
-from simulation.pooled import run_pooled
 
 #: subjects a site needs per split for a comparison: training, per-round validation, a paired interval
 MIN_SUBJECTS = {"train": 1, "val": 1, "test": 2}
