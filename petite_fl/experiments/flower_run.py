@@ -20,12 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import toml_value

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         info = machine(device)
         command = shlex.join([*PROG.split(), *(argv if argv is not None else sys.argv[1:])])
         report = {"mode": mode, "command": command,
-                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                   "machine": info, "machine_label": machine_label(info), "plan": p, "results": {}, "seconds": {}}
         console.print(f"benchmark ({mode}, {report['machine_label']}) → {out}")
 
