@@ -60,17 +60,12 @@ def interrupted(folder: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: e.get("started", 0))
 
 
-def app_dir() -> Path:
-    """The Flower app petite-server resubmits: this installation's project folder."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").is_file():
-        raise PetiteError(f"no pyproject.toml next to the petite_fl package ({root}); pass --app with the "
-                          "petite-fl project folder")
-    return root
-
-
 def resubmit(folder: Path, entry: dict[str, Any], app: Path, connection: str, timeout: float = 300) -> int:
-    """`flwr run <app> <connection>` with the interrupted run's run-config; returns the new run id."""
+    """`flwr run <app> <connection>` with the interrupted run's run-config; returns the new run id.
+
+    `app` is normally the packaged Flower app (`petite_fl.experiments.flower_run.app_dir`):
+    the run continues with this installation's code whichever folder first submitted it.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         for key, value in entry["run_config"].items():
             f.write(f"{json.dumps(key)} = {toml_value(value)}\n")

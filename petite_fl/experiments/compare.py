@@ -44,7 +44,7 @@ def compare_overrides(overrides: list[str]) -> list[str]:
 
 
 def compare_config(overrides: list[str]) -> DictConfig:
-    """The config of a Flower run: pyproject's Flower defaults, then these overrides."""
+    """The config of a Flower run: the packaged Flower app's run-config defaults, then these overrides."""
     return compose("config", [*overrides_from_run_config(app_defaults()), *overrides])
 
 

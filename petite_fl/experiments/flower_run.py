@@ -1,7 +1,7 @@
 """Run the petite-fl Flower app in Flower's simulation engine, and report failure as failure.
 
-`flwr run . --stream` is what users type; this wraps exactly that for petite-fl's own
-commands and tests, with three fixes for traps of flwr 1.42 (../shared/FLOWER.md):
+`flwr run <app> --stream` is what users type; this wraps exactly that for petite-fl's own
+commands and tests, with three fixes for traps of flwr 1.42:
 - a private SuperLink on free ports and a private FLWR_HOME, stopped afterwards, so no
   background SuperLink outlives the command or serves a stale copy of the code;
 - runtime dependency installation off (no network, no CUDA torch pulled in);
@@ -30,13 +30,25 @@ from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import toml_value
 from petite_fl.errors import PetiteError
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml with [tool.flwr.app]
+#: The Flower app shipped in the package: a pyproject.toml whose components are the installed
+#: package's apps (petite_fl.federation.flower.app), so `flwr run` needs no checkout. Flower
+#: only reads the folder (it builds the FAB in memory), so it may live in a read-only site-packages.
+APP_DIR = Path(__file__).resolve().parent / "flower-app"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
 
-def app_defaults(root: Path = ROOT) -> dict[str, Any]:
-    """The run-config defaults of pyproject's [tool.flwr.app.config], flattened as Flower does."""
-    data = tomllib.loads((root / "pyproject.toml").read_text())
+def app_dir() -> Path:
+    """The packaged Flower app folder, for `flwr run <folder>`."""
+    if not (APP_DIR / "pyproject.toml").is_file():
+        raise PetiteError(f"petite-fl's Flower app is missing at {APP_DIR}: the installation is incomplete; "
+                          "reinstall petite-fl")
+    return APP_DIR
+
+
+def app_defaults(app: Path | None = None) -> dict[str, Any]:
+    """The run-config defaults of an app's [tool.flwr.app.config] (default: the packaged app), flattened
+    as Flower does."""
+    data = tomllib.loads(((app or app_dir()) / "pyproject.toml").read_text())
     config = data["tool"]["flwr"]["app"]["config"]
     flat: dict[str, Any] = {}
 
@@ -119,8 +131,10 @@ class LocalSimulation:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def run(self, run_config: Mapping[str, Any], num_supernodes: int, cpus_per_client: float = 1.0,
-            gpus_per_client: float = 0.0, app: Path = ROOT) -> RunResult:
-        """`flwr run <app> --stream` with these run-config overrides; raises if the run failed."""
+            gpus_per_client: float = 0.0, app: Path | None = None) -> RunResult:
+        """`flwr run <app> --stream` (default: the packaged app) with these run-config overrides; raises if the
+        run failed."""
+        app = app or app_dir()
         overrides = self.home / "run-config.toml"
         overrides.write_text("".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in run_config.items()))
         federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
