@@ -66,7 +66,7 @@ def _explain(tail: list[str], site: str = "<name>") -> str | None:
 
 def cmd_join(args) -> int:
     from petite_fl.atomic import atomic_path
-    from petite_fl.deploy.processes import supernode_command
+    from petite_fl.deploy.processes import supernode_command, write_toml
     from petite_fl.deploy.run import run_foreground
     from petite_fl.deploy.site import preflight, site_deployment
     from petite_fl.errors import ConfigError, PetiteError
@@ -81,8 +81,9 @@ def cmd_join(args) -> int:
     if args.check:
         console.print(f"site {escape(site.name)}: ready to join {escape(site.server)}")
         return 0
+    node_config = write_toml(site.cache / site.name / "node-config.toml", site.node_config())
     cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
-                            node_config=site.node_config(), port=site.port)
+                            node_config=node_config, port=site.port)
     # A marker for "joined and not left cleanly": after a crash, Flower's SuperLink still counts the
     # site as connected until two heartbeats are missed (~60 s) and refuses to activate it again
     # meanwhile, with the same error as for an unregistered key; so a crashed site retries.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from petite_fl.atomic import write_json
-from petite_fl.deploy.processes import BIN, toml_value
+from petite_fl.deploy.processes import BIN, write_toml
 from petite_fl.errors import PetiteError
 
 ENV = "PETITE_FL_SERVER_JOURNAL"
@@ -66,10 +66,9 @@ def resubmit(folder: Path, entry: dict[str, Any], app: Path, connection: str, ti
     `app` is normally the packaged Flower app (`petite_fl.experiments.flower_run.app_dir`):
     the run continues with this installation's code whichever folder first submitted it.
     """
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        for key, value in entry["run_config"].items():
-            f.write(f"{json.dumps(key)} = {toml_value(value)}\n")
-        config = f.name
+    fd, config = tempfile.mkstemp(suffix=".toml")
+    os.close(fd)
+    write_toml(Path(config), entry["run_config"])
     try:
         out = subprocess.run([str(BIN / "flwr"), "run", str(app), connection, "--run-config", config,
                               "--format", "json"], capture_output=True, text=True, timeout=timeout)

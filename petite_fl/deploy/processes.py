@@ -9,13 +9,15 @@ entry is written by `connection.py`.)
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
+from petite_fl.atomic import atomic_path
 from petite_fl.errors import ConfigError
 
 BIN = Path(sys.executable).parent
@@ -58,25 +60,24 @@ def superlink_command(*, tls: ServerTLS | None, auth: bool, host: str, port: int
     return cmd
 
 
-def toml_value(value: Any) -> str:
-    """A scalar as a TOML value (Flower's --node-config, --run-config files)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
+def write_toml(path: Path, values: Mapping[str, Any]) -> Path:
+    """A TOML file of flat key = value pairs (Flower's --run-config and --node-config files), atomically.
 
-
-def node_config_text(values: Mapping[str, Any]) -> str:
-    """Flower's --node-config syntax: space-separated key=value."""
-    parts = [f"{key}={toml_value(value)}" for key, value in values.items()]
-    return " ".join(parts)
+    Flower reads a file argument that ends in `.toml` as TOML, so values keep their types
+    and any string (a path with spaces or quotes) survives, which a `key=value` string does not.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(tomli_w.dumps(dict(values)))
+    return path
 
 
 def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path | None,
-                      node_config: Mapping[str, Any], port: int) -> list[str]:
-    """`flower-supernode` for one site: TLS with the coordinator's CA, authenticated by its key."""
-    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", node_config_text(node_config),
+                      node_config: Path, port: int) -> list[str]:
+    """`flower-supernode` for one site: TLS with the coordinator's CA, authenticated by its key.
+
+    `node_config` is a `.toml` file (`write_toml`) with the site's node config.
+    """
+    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", str(node_config),
            "--port", str(port)]
     if ca_cert is None:
         cmd.append("--insecure")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from petite_fl.deploy.ports import free_port
-from petite_fl.deploy.processes import toml_value
+from petite_fl.deploy.processes import write_toml
 from petite_fl.errors import PetiteError
 
 #: The Flower app shipped in the package: a pyproject.toml whose components are the installed
@@ -135,8 +135,7 @@ class LocalSimulation:
         """`flwr run <app> --stream` (default: the packaged app) with these run-config overrides; raises if the
         run failed."""
         app = app or app_dir()
-        overrides = self.home / "run-config.toml"
-        overrides.write_text("".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in run_config.items()))
+        overrides = write_toml(self.home / "run-config.toml", run_config)
         federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
                       f"client-resources-num-gpus={gpus_per_client:g}")
         cmd = [str(self.bin / "flwr"), "run", str(app), "--stream", "--federation-config", federation,
