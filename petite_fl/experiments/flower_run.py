@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from petite_fl.deploy.ports import free_port
-from petite_fl.deploy.processes import write_toml
+from petite_fl.deploy.processes import stop_process_tree, write_toml
 from petite_fl.errors import PetiteError
 
 #: The Flower app shipped in the package: a pyproject.toml whose components are the installed
@@ -120,13 +119,8 @@ class LocalSimulation:
                           f"see {self.home / 'superlink.log'}")
 
     def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_tree(self.process)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
