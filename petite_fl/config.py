@@ -1,4 +1,4 @@
-"""One way to build a configuration: Hydra's compose API over `configs/`.
+"""One way to build a configuration: Hydra's compose API over the built-in `petite_fl/configs/`.
 
 Every CLI and both Flower apps call `compose`, so an override means the same thing
 whether it comes from a command line, a Flower run-config or a test.
@@ -9,13 +9,12 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra import initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,21 +22,23 @@ from omegaconf.errors import OmegaConfBaseException
 from petite_fl.errors import ConfigError
 
 #: Extra config folders (os.pathsep-separated) searched after the built-in ones, e.g.
-#: a hospital's own `scanner/` or `site/` entries kept outside the checkout.
+#: a hospital's own `scanner/` or `site/` entries kept outside the installation.
 EXTRA_DIRS_ENV = "PETITE_FL_CONFIG_PATH"
-#: Run-config key holding further Hydra overrides (Flower only overrides keys it lists).
-EXTRA_OVERRIDES = "overrides"
+#: The built-in groups: a package, so Hydra finds them as `pkg://` in a wheel and in a checkout.
+CONFIG_MODULE = "petite_fl.configs"
 _PLAIN = re.compile(r"[A-Za-z0-9_\-./\[\],]+")
 
 
 def configs_dir() -> Path:
-    """The built-in `configs/` folder (repository root, next to the package)."""
-    path = Path(__file__).resolve().parent.parent / "configs"
+    """The folder of the built-in config groups (`petite_fl/configs/`, package data).
+
+    Hydra reads them as the package `petite_fl.configs`; the folder itself is needed for
+    listings (scanners, sites) and for the compose memo's modification times.
+    """
+    path = Path(str(resources.files(CONFIG_MODULE)))
     if not (path / "config.yaml").is_file():
-        raise ConfigError(
-            f"petite-fl's configs/ folder was not found at {path}; install the project from "
-            "its checkout with `pip install -e .`"
-        )
+        raise ConfigError(f"petite-fl's built-in configs (package {CONFIG_MODULE}) are missing at {path}: "
+                          "the installation is incomplete; reinstall petite-fl")
     return path
 
 
@@ -48,7 +49,7 @@ def config_dirs() -> list[Path]:
 
 
 def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose `configs/<config_name>.yaml` with Hydra overrides, resolved and read-only.
+    """Compose `<config_name>.yaml` of the built-in configs with Hydra overrides, resolved and read-only.
 
     Memoised per process: a simulated site composes the run's config for every message
     (0.06–0.18 s of Hydra each time, per README → Performance). The key holds everything the result depends on: the
@@ -77,7 +78,7 @@ def _compose(config_name: str, overrides: Sequence[str], dirs: list[Path]) -> Di
     if search:
         all_overrides.append(f"hydra.searchpath=[{','.join(search)}]")
     try:
-        with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=all_overrides)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
@@ -86,27 +87,6 @@ def _compose(config_name: str, overrides: Sequence[str], dirs: list[Path]) -> Di
         ) from None
     OmegaConf.set_readonly(cfg, True)
     return cfg
-
-
-def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
-    """Flower's flat run-config (dotted keys, scalar values) → Hydra overrides.
-
-    `{"model": "cvtgan", "train.finetune.steps": 50, "peft.bitfit": False}` →
-    `["model=cvtgan", "train.finetune.steps=50", "peft.bitfit=false"]`; an empty string
-    keeps the default of configs/ (TOML has no null). Strings are quoted
-    for Hydra unless they are plain words, so paths and values with spaces survive.
-    """
-    overrides, extra = [], []
-    for key, value in run_config.items():
-        if value == "":  # pyproject's way of saying "the configs/ default" (TOML has no null)
-            continue
-        if key == EXTRA_OVERRIDES:  # any other Hydra overrides, space-separated, applied last
-            extra = shlex.split(str(value))
-            continue
-        if not isinstance(value, (bool, int, float, str)):
-            raise ConfigError(f"run-config '{key}': unsupported value {value!r} (use str, int, float or bool)")
-        overrides.append(hydra_override(key, value))
-    return overrides + extra
 
 
 def hydra_override(key: str, value: bool | int | float | str | os.PathLike[str]) -> str:
@@ -119,11 +99,6 @@ def hydra_override(key: str, value: bool | int | float | str | os.PathLike[str])
         value = str(value)
         text = value if _PLAIN.fullmatch(value) else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return f"{key}={text}"
-
-
-def compose_from_run_config(run_config: Mapping[str, Any], config_name: str = "config") -> DictConfig:
-    """The bridge both Flower apps use: the same composition as the CLIs."""
-    return compose(config_name, overrides_from_run_config(run_config))
 
 
 def expand_path(value: str | os.PathLike[str]) -> Path:

@@ -1,4 +1,4 @@
-"""Reconstruction metrics as defined in the PETITE paper (DESIGN.md §1), in torch.
+"""Reconstruction metrics as defined in the PETITE paper (Kim, Choi, Hwang, MICCAI 2024), in torch.
 
 - PSNR  = 10 log10(data_range² / MSE), data_range = 1 for [0, 1]-scaled volumes;
 - SSIM  = 3D SSIM (Wang et al. 2004) with data range = max of the target, a 7³ uniform

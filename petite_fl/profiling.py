@@ -1,6 +1,6 @@
 """What the benchmarks measure with: the machine, peak memory, and timed training steps.
 
-Kept in the library (not in simulation/) because the server reports its own peak memory
+Kept outside the benchmark (petite_fl.experiments.benchmark) because the server reports its own peak memory
 with the same function, so that a README figure and a run's summary mean the same thing.
 """
 

@@ -12,13 +12,22 @@ config (`site_config`).
 from __future__ import annotations
 
 import shlex
+import tomllib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from petite_fl.config import compose, overrides_from_run_config
-from petite_fl.errors import ConfigError
+from petite_fl.config import compose, hydra_override
+from petite_fl.errors import ConfigError, PetiteError
+
+#: Run-config key holding further Hydra overrides (Flower only overrides keys it lists).
+EXTRA_OVERRIDES = "overrides"
+#: The Flower app shipped in the package: a pyproject.toml whose components are the installed
+#: package's apps (petite_fl.federation.flower.app), so `flwr run` needs no checkout. Flower
+#: only reads the folder (it builds the FAB in memory), so it may live in a read-only site-packages.
+APP_DIR = Path(__file__).resolve().parent / "experiments" / "flower-app"
 
 #: the parts of a run's configuration a site trains and evaluates with
 SITE_SECTIONS = ("seed", "data", "train", "peft", "strategy", "federation")
@@ -26,14 +35,66 @@ SITE_SECTIONS = ("seed", "data", "train", "peft", "strategy", "federation")
 NODE_SETTINGS = {"site-root": "federation.site_root", "device": "train.device"}
 
 
+def app_dir() -> Path:
+    """The packaged Flower app folder, for `flwr run <folder>`."""
+    if not (APP_DIR / "pyproject.toml").is_file():
+        raise PetiteError(f"petite-fl's Flower app is missing at {APP_DIR}: the installation is incomplete; "
+                          "reinstall petite-fl")
+    return APP_DIR
+
+
+def app_defaults(app: Path | None = None) -> dict[str, Any]:
+    """The run-config defaults of an app's [tool.flwr.app.config] (default: the packaged app),
+    flattened as Flower does."""
+    config = tomllib.loads(((app or app_dir()) / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", config)
+    return flat
+
+
+def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
+    """Flower's flat run-config (dotted keys, scalar values) → Hydra overrides.
+
+    `{"model": "cvtgan", "train.finetune.steps": 50, "peft.bitfit": False}` →
+    `["model=cvtgan", "train.finetune.steps=50", "peft.bitfit=false"]`; an empty string
+    keeps the default of the built-in configs (TOML has no null). Strings are quoted
+    for Hydra unless they are plain words, so paths and values with spaces survive.
+    """
+    overrides, extra = [], []
+    for key, value in run_config.items():
+        if value == "":  # pyproject's way of saying "the configs' default" (TOML has no null)
+            continue
+        if key == EXTRA_OVERRIDES:  # any other Hydra overrides, space-separated, applied last
+            extra = shlex.split(str(value))
+            continue
+        if not isinstance(value, (bool, int, float, str)):
+            raise ConfigError(f"run-config '{key}': unsupported value {value!r} (use str, int, float or bool)")
+        overrides.append(hydra_override(key, value))
+    return overrides + extra
+
+
+
 def compose_run(run_config: Mapping[str, Any], extra: Sequence[str] = ()) -> DictConfig:
     """The run's configuration from its run-config (then `extra` Hydra overrides), resolved."""
     return compose("config", [*overrides_from_run_config(run_config), *extra])
 
 
-def run_config_for(defaults: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """The run-config a command submits: the app's defaults plus its Hydra overrides."""
-    return {**defaults, "overrides": shlex.join(overrides)}
+def submitted(overrides: Sequence[str]) -> dict[str, Any]:
+    """The run-config `petite simulate` / `petite compare` submit: their Hydra overrides."""
+    return {EXTRA_OVERRIDES: shlex.join(overrides)}
+
+
+def command_config(overrides: Sequence[str]) -> DictConfig:
+    """What the ServerApp will compose for a submission of `overrides` (checked before Flower starts)."""
+    return compose_run({**app_defaults(), **submitted(overrides)})
 
 
 def site_sections(cfg: DictConfig) -> dict[str, Any]:

@@ -1,1 +1,1 @@
-"""Experiments, simulations and benchmarks built on petite_fl (run from the repository root)."""
+"""Entry points of a checkout (`python -m simulation.<name>`); the code is in petite_fl.experiments."""

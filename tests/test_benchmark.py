@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from simulation.benchmark import main
+from petite_fl.experiments.benchmark import main
 
 
 def test_comm_benchmark_covers_every_spec_at_paper_size_and_writes_json_and_markdown(tmp_path: Path, capsys):

@@ -13,13 +13,13 @@ from flwr.app import Context, RecordDict
 from scipy import stats
 from test_federation_run import NODES, SITES, run_config
 
+from petite_fl.experiments.compare_report import report
+from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.arms import arm_dir
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.server import serve
 from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
-from simulation.compare_report import report
-from simulation.pooled import run_pooled
 
 ARMS = ["no-finetune", "local", "fedavg", "fedavg-ft"]
 
@@ -104,7 +104,7 @@ def test_report_leads_with_head_mask_differences_intervals_and_budgets(compared)
 def test_an_arm_that_lost_a_site_is_compared_on_the_common_sites(compared, tmp_path):
     import shutil
 
-    from simulation.compare_report import all_differences, differences, load_arms
+    from petite_fl.experiments.compare_results import all_differences, differences, load_arms
 
     folder = compared[0]
     shutil.copytree(folder / "arms", tmp_path / "arms")
@@ -124,7 +124,7 @@ def test_an_arm_that_lost_a_site_is_compared_on_the_common_sites(compared, tmp_p
 def test_a_failed_seed_is_left_out_and_named_never_replaced_by_another(compared, tmp_path):
     import shutil
 
-    from simulation.compare_report import all_differences, differences, load_arms
+    from petite_fl.experiments.compare_results import all_differences, differences, load_arms
 
     folder = compared[0]
     shutil.copytree(folder / "arms", tmp_path / "arms")

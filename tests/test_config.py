@@ -1,4 +1,4 @@
-"""One configuration system: Hydra compose over configs/, with user config folders."""
+"""One configuration system: Hydra compose over petite_fl/configs/, with user config folders."""
 
 from __future__ import annotations
 
@@ -59,13 +59,13 @@ def test_a_user_adds_a_scanner_with_one_yaml_file(tmp_path: Path, monkeypatch):
 
 
 def test_flower_run_config_bridges_to_the_same_composition():
-    from petite_fl.config import compose_from_run_config, overrides_from_run_config
+    from petite_fl.runconfig import compose_run, overrides_from_run_config
 
     run_config = {"model": "cvtgan", "train.finetune.steps": 7, "peft.bitfit": False, "train.patch_scale": 0.5,
                   "out": "/tmp/a dir/it's", "data.synth.scanners": "[scanner4,scanner5]"}
     assert overrides_from_run_config(run_config)[:4] == [
         "model=cvtgan", "train.finetune.steps=7", "peft.bitfit=false", "train.patch_scale=0.5"]
-    cfg = compose_from_run_config(run_config)
+    cfg = compose_run(run_config)
     assert cfg == compose(overrides=["model=cvtgan", "train.finetune.steps=7", "peft.bitfit=false",
                                      "train.patch_scale=0.5", "out='/tmp/a dir/it\\'s'",
                                      "data.synth.scanners=[scanner4,scanner5]"])

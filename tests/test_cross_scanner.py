@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulation.cross_scanner import run
+from petite_fl.experiments.cross_scanner import run
 from tests.test_jobs import _overrides
 
 

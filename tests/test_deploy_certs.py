@@ -62,3 +62,12 @@ def test_the_cli_commands_make_credentials_and_refuse_bad_input_in_one_line(tmp_
     assert (tmp_path / "home" / "sites" / "scanner2" / "keys" / "scanner2.key.pub").is_file()
     err = capsys.readouterr().err
     assert "--overwrite" in err and "not an IP address" in err and "Traceback" not in err
+
+
+def test_client_overrides_follow_the_options_like_every_cli_and_the_old_o_flag_still_works(tmp_path):
+    from petite_fl.cli.client import main as client
+
+    assert client(["keygen", "--site", "scanner1", f"paths.cache={tmp_path / 'a'}"]) == 0
+    assert client(["keygen", "--site", "scanner1", "-o", f"paths.cache={tmp_path / 'b'}"]) == 0
+    for folder in ("a", "b"):
+        assert (tmp_path / folder / "sites" / "scanner1" / "keys" / "scanner1.key.pub").is_file()

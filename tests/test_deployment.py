@@ -6,7 +6,6 @@ bounded in time, and killed at the end whatever happens.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -20,7 +19,7 @@ import pytest
 from conftest import write_site
 
 from petite_fl.deploy.ports import free_port
-from petite_fl.deploy.processes import BIN
+from petite_fl.deploy.processes import BIN, stop_process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
@@ -59,13 +58,7 @@ class Processes:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=15)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
+            stop_process_tree(proc, steps=((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)))
         for p in self.leftovers():  # never leave a process behind, even if a launcher failed
             p.kill()
 
@@ -171,14 +164,7 @@ class Link:
 
     def kill(self, proc: subprocess.Popen) -> None:
         """A crash: SIGKILL to the launcher and every process under it (Flower's detached ones too)."""
-        import psutil
-
-        family = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        for p in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        proc.wait(timeout=10)
+        assert stop_process_tree(proc, steps=((signal.SIGKILL, 10.0),))
 
 
 def wait_for(predicate, seconds: float, what: str, log: str = "") -> None:

@@ -7,13 +7,13 @@ runs, and it is stopped at the end whatever happens.
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 import pytest
 
 from petite_fl.errors import PetiteError
-from simulation.flower_run import LocalSimulation, app_defaults
+from petite_fl.experiments.flower_run import LocalSimulation
+from petite_fl.runconfig import app_defaults, submitted
 
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
         "train.pretrain.steps=4", "train.patch_scale=0.5", "train.batch_size=1",
@@ -23,10 +23,10 @@ TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.work
 
 
 def test_pyproject_declares_the_flower_app_and_its_defaults_compose():
-    from petite_fl.config import compose_from_run_config
+    from petite_fl.runconfig import compose_run
 
     defaults = app_defaults()
-    cfg = compose_from_run_config(defaults)
+    cfg = compose_run(defaults)
     assert cfg.strategy.name == defaults["strategy"] and cfg.model.preset == "tiny"
     assert cfg.federation.rounds == defaults["federation.rounds"] and cfg.backbone is None
 
@@ -35,7 +35,7 @@ def test_flwr_run_completes_and_a_failed_run_is_reported_as_failed(tmp_path):
     lines: list[str] = []
     with LocalSimulation(home=tmp_path / "flwr", echo=lines.append) as sim:
         overrides = [f"paths.cache={tmp_path / 'cache'}", *TINY]
-        result = sim.run({"overrides": shlex.join(overrides)}, num_supernodes=2)
+        result = sim.run(submitted(overrides), num_supernodes=2)
         assert result.status == "finished:completed"
         runs = list((tmp_path / "cache" / "runs" / "federated").iterdir())
         summary = json.loads((runs[0] / "summary.json").read_text())
@@ -44,7 +44,7 @@ def test_flwr_run_completes_and_a_failed_run_is_reported_as_failed(tmp_path):
         assert all(s["backbone_bytes"] > 0 for s in summary["sites"].values())
         # A run whose ServerApp fails must not look like a success (`--stream` exits 0).
         with pytest.raises(PetiteError, match="failed"):
-            sim.run({"overrides": shlex.join([*overrides, "federation.local_steps=0"])}, num_supernodes=2)
+            sim.run(submitted([*overrides, "federation.local_steps=0"]), num_supernodes=2)
         process = sim.process
     assert process.poll() is not None  # the private SuperLink is gone
     assert any("site scanner5" in line for line in lines)

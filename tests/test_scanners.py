@@ -11,7 +11,7 @@ import pytest
 from petite_fl.errors import ConfigError
 from petite_fl.scanners import _load, available_scanners, get_scanner, scanner_from_dict
 
-# DESIGN.md §1, the PETITE paper's table.
+# The PETITE paper's scanner table: matrix, voxel size (mm), vendor, site, training patch.
 PAPER = {
     "scanner1": ((192, 192, 136), (1.21875,) * 3, "Siemens", "UC", (64, 64, 64)),
     "scanner2": ((192, 192, 128), (1.21875,) * 3, "Siemens", "UC", (64, 64, 64)),

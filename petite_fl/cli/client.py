@@ -3,8 +3,9 @@
     petite-client --site scanner1            # check the site, then join as a SuperNode
     petite-client keygen --site scanner1     # the site's key pair (register the .pub)
 
-A site is `configs/site/<name>.yaml` or a YAML file with: name, manifest, device, cache,
-server, ca_cert, private_key, port. `-o key=value` applies Hydra overrides (e.g. paths.cache).
+A site is `petite_fl/configs/site/<name>.yaml` or a YAML file with: name, manifest, device, cache,
+server, ca_cert, private_key, port. Hydra overrides (key=value) follow the options, as for
+every petite command: `petite-client --site scanner1 paths.cache=/data/petite`.
 """
 
 from __future__ import annotations
@@ -21,21 +22,38 @@ from petite_fl.cli.common import console, run_cli
 PROG = "petite-client"
 
 
+OVERRIDES = {"nargs": "*", "help": "Hydra overrides, e.g. paths.cache=/data/petite"}
+
+
+def _legacy_overrides(parser: argparse.ArgumentParser) -> None:
+    """`-o key=value`, the earlier spelling of an override, still accepted."""
+    parser.add_argument("-o", "--override", action="append", default=[], dest="legacy_overrides",
+                        help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Joining as a site (the default command)."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--site", help="site name (configs/site/<name>.yaml) or a site YAML file")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"{PROG} keygen --help: the site's key pair")
+    parser.add_argument("--site", help="site name (petite_fl/configs/site/<name>.yaml) or a site YAML file")
     parser.add_argument("--insecure", action="store_true",
                         help="plain text, no authentication (only against a server started with --insecure)")
     parser.add_argument("--check", action="store_true", help="run the checks and stop (do not join)")
-    parser.add_argument("-o", "--override", action="append", default=[], dest="overrides",
-                        help="a Hydra override, e.g. -o paths.cache=/data/petite (repeatable)")
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("keygen", help="the site's SuperNode authentication key pair")
+    _legacy_overrides(parser)
+    parser.add_argument("overrides", **OVERRIDES)
+    return parser
+
+
+def build_keygen_parser() -> argparse.ArgumentParser:
+    """`petite-client keygen`: a command of its own, so that overrides can follow its options too."""
+    p = argparse.ArgumentParser(prog=f"{PROG} keygen", description="the site's SuperNode authentication key pair")
     p.add_argument("--site", required=True, help="site name (the key files are named after it)")
     p.add_argument("--out", type=Path, help="folder (default: $PETITE_FL_HOME/sites/<site>/keys)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing key pair")
-    return parser
+    _legacy_overrides(p)
+    p.add_argument("overrides", **OVERRIDES)
+    return p
 
 
 def cmd_keygen(args) -> int:
@@ -66,13 +84,13 @@ def _explain(tail: list[str], site: str = "<name>") -> str | None:
 
 def cmd_join(args) -> int:
     from petite_fl.atomic import atomic_path
-    from petite_fl.deploy.processes import supernode_command
+    from petite_fl.deploy.processes import supernode_command, write_toml
     from petite_fl.deploy.run import run_foreground
     from petite_fl.deploy.site import preflight, site_deployment
     from petite_fl.errors import ConfigError, PetiteError
 
     if not args.site:
-        raise ConfigError("--site is required (a name in configs/site/ or a site YAML file)")
+        raise ConfigError("--site is required (a name in petite_fl/configs/site/ or a site YAML file)")
     site = site_deployment(args.site, insecure=args.insecure, overrides=args.overrides)
     if args.insecure:
         console.print("[bold yellow]warning:[/] --insecure: no TLS and no site authentication")
@@ -81,8 +99,9 @@ def cmd_join(args) -> int:
     if args.check:
         console.print(f"site {escape(site.name)}: ready to join {escape(site.server)}")
         return 0
+    node_config = write_toml(site.cache / site.name / "node-config.toml", site.node_config())
     cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
-                            node_config=site.node_config(), port=site.port)
+                            node_config=node_config, port=site.port)
     # A marker for "joined and not left cleanly": after a crash, Flower's SuperLink still counts the
     # site as connected until two heartbeats are missed (~60 s) and refuses to activate it again
     # meanwhile, with the same error as for an unregistered key; so a crashed site retries.
@@ -114,8 +133,11 @@ def cmd_join(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: (cmd_keygen if args.command == "keygen" else cmd_join)(args))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keygen = argv[:1] == ["keygen"]
+    args = build_keygen_parser().parse_args(argv[1:]) if keygen else build_parser().parse_args(argv)
+    args.overrides = [*args.legacy_overrides, *args.overrides]
+    return run_cli(PROG, lambda: (cmd_keygen if keygen else cmd_join)(args))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from petite_fl.cli.common import console, run_cli
 from petite_fl.config import compose
+from petite_fl.console import human_bytes
 from petite_fl.data.check import SiteReport, check_site
 from petite_fl.data.synthetic import SynthSpec, dataset_dir, disk_size, generate
 from petite_fl.scanners import available_scanners, get_scanner
@@ -71,11 +72,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
                               on_subject=lambda _: progress.advance(task))
     seconds = time.perf_counter() - start
     _print_dataset(info, out)
-    size = disk_size(out) / 1e6
+    size = human_bytes(disk_size(out))
     if made:
-        console.print(f"generated {total} subject scans in {seconds:.1f} s, {size:.0f} MB at {escape(str(out))}")
+        console.print(f"generated {total} subject scans in {seconds:.1f} s, {size} at {escape(str(out))}")
     else:
-        console.print(f"data set is up to date at {escape(str(out))} ({size:.0f} MB): nothing to do "
+        console.print(f"data set is up to date at {escape(str(out))} ({size}): nothing to do "
                       "(--force regenerates)")
     return 0
 
@@ -83,8 +84,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def _print_dataset(info: dict[str, Any], out: Path) -> None:
     table = Table(title=f"synthetic PET data set '{out.name}' (seed {info['spec']['seed']})")
     for col in ("scanner", "vendor / site", "matrix", "voxel mm", "FWHM mm", "counts/voxel",
-                "train/val/test", "noise in/tgt", "MB"):
-        table.add_column(col, justify="right" if col in ("counts/voxel", "noise in/tgt", "MB") else "left")
+                "train/val/test", "noise in/tgt", "size"):
+        table.add_column(col, justify="right" if col in ("counts/voxel", "noise in/tgt", "size") else "left")
     for name, s in info["scanners"].items():
         subjects = [r for r in info["subjects"] if r["scanner"] == name]
         splits = "/".join(str(sum(r["split"] == k for r in subjects)) for k in ("train", "val", "test"))
@@ -94,7 +95,7 @@ def _print_dataset(info: dict[str, Any], out: Path) -> None:
             name, f"{s['vendor']} / {s['site']}", "×".join(map(str, s["matrix"])),
             "×".join(f"{v:.4g}" for v in s["voxel_mm"]), "×".join(f"{v:g}" for v in acq["fwhm_mm"]),
             f"{acq['counts_per_voxel']:g}", splits, f"{ratio:.3f}",
-            f"{disk_size(out / name) / 1e6:.0f}",
+            human_bytes(disk_size(out / name)),
         )
     console.print(table)
     console.print("noise in/tgt: RMS error to the noise-free image, input over target, in the head "
@@ -132,7 +133,7 @@ def _print_report(report: SiteReport) -> None:
 
 
 def cmd_scanners(_: argparse.Namespace) -> int:
-    table = Table(title="registered scanners (configs/scanner/*.yaml)")
+    table = Table(title="registered scanners (petite_fl/configs/scanner/*.yaml)")
     for col in ("scanner", "vendor / site", "matrix", "voxel mm", "patch", "FWHM mm",
                 "counts/voxel", "recon (noise |k|^p)"):
         table.add_column(col)

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the main job: local vs federated PEFT on the five scanners → report "
                                        "(compare=study: a measurement that tells arms apart; compare=paper: GPU)")
     p.add_argument("--arms", help="comma-separated arms (default: compare.default_arms of the preset; every arm "
-                                  "is in compare.arms, configs/compare/default.yaml)")
+                                  "is in compare.arms, petite_fl/configs/compare/default.yaml)")
     p.add_argument("--out", type=Path, help="report folder (default: under the cache, by config)")
     p.add_argument("overrides", **over)
 
@@ -120,7 +120,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from simulation.compare import run
+    from petite_fl.experiments.compare import run
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
     run(list(args.overrides), arms, args.out)
@@ -128,18 +128,16 @@ def cmd_compare(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    import shlex
-
+    from petite_fl.experiments.flower_run import LocalSimulation, resources
     from petite_fl.federation.site import site_list
     from petite_fl.federation.strategies import build_strategy
-    from simulation.compare import compare_config
-    from simulation.flower_run import LocalSimulation, resources
+    from petite_fl.runconfig import command_config, submitted
 
-    cfg = compare_config(list(args.overrides))  # validates the overrides before Flower starts
+    cfg = command_config(args.overrides)  # what the ServerApp will run, checked before Flower starts
     build_strategy(cfg.strategy)
     cpus, gpus = resources(str(cfg.train.device))
     with LocalSimulation() as sim:
-        result = sim.run({"overrides": shlex.join(args.overrides)}, num_supernodes=len(site_list(cfg)),
+        result = sim.run(submitted(args.overrides), num_supernodes=len(site_list(cfg)),
                          cpus_per_client=cpus, gpus_per_client=gpus)
     console.print(f"Flower run {result.run_id}: {result.status} in {result.seconds:.0f} s")
     return 0

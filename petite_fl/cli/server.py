@@ -6,8 +6,9 @@
     petite-server register --site scanner1 --key scanner1.key.pub  # admit a site's key
 
 Runs Flower's own SuperLink with TLS and SuperNode authentication on; plain text only with
---insecure. Submit a run with `flwr run . petite` (the connection it writes to
-$FLWR_HOME/config.toml).
+--insecure. Submit a run with `flwr run <app> petite` (the connection it writes to
+$FLWR_HOME/config.toml), <app> being the Flower app installed with petite-fl (the folder it
+prints) or a checkout's root.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="after a crash: submit again every run that was in progress when the server stopped; "
                              "each continues from its last completed round")
-    parser.add_argument("--app", type=Path, help="the petite-fl project folder --resume submits "
-                                                 "(default: this installation's)")
+    parser.add_argument("--app", type=Path, help="the Flower app folder --resume submits "
+                                                 "(default: the one installed with petite-fl)")
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("certs", help="a CA and the SuperLink's TLS certificate (ECDSA P-384)")
     p.add_argument("--out", type=Path, help="folder for ca.crt, ca.key, server.pem, server.key "
@@ -95,6 +96,7 @@ def cmd_serve(args) -> int:
     from petite_fl.deploy.connection import write_connection
     from petite_fl.deploy.processes import ServerTLS, superlink_command
     from petite_fl.deploy.run import run_foreground
+    from petite_fl.runconfig import app_dir
 
     cache = _cache()
     tls = None if args.insecure else ServerTLS.from_folder(args.tls or cache / "tls")
@@ -116,9 +118,10 @@ def cmd_serve(args) -> int:
                           "them, or submit them again yourself")
     console.print(f"coordinator on {escape(args.host)}:{args.port} ({'TLS' if tls else 'PLAIN TEXT'}, "
                   f"site authentication {'on' if '--enable-supernode-auth' in cmd else 'off'}); "
-                  f"`flwr run . petite` submits a run (connection in {escape(str(conn))}). Ctrl-C stops it.")
+                  f"`flwr run {escape(str(app_dir()))} petite` submits a run (connection in {escape(str(conn))}). "
+                  "Ctrl-C stops it.")
     if args.resume:
-        app = (args.app or journal.app_dir()).resolve()
+        app = (args.app or app_dir()).resolve()
         threading.Thread(target=_resume, args=(runs, pending, app, address), daemon=True).start()
     run_foreground(cmd, env={**os.environ, journal.ENV: str(runs)})
     return 0

@@ -79,7 +79,7 @@ def make_server_credentials(folder: str | Path, sans: Sequence[str] = ("IP:127.0
     if not names:
         raise ConfigError("at least one --san is needed (the address the sites connect to)")
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (x509.CertificateBuilder().subject_name(_name("petite-fl CA")).issuer_name(_name("petite-fl CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())

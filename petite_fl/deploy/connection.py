@@ -5,10 +5,10 @@ $FLWR_HOME/config.toml, so that `flwr run . petite` and `flwr supernode register
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 
 import tomli_w
-import tomllib
 
 from petite_fl.atomic import atomic_path
 

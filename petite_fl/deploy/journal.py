@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from petite_fl.atomic import write_json
-from petite_fl.deploy.processes import BIN, toml_value
+from petite_fl.deploy.processes import BIN, write_toml
 from petite_fl.errors import PetiteError
 
 ENV = "PETITE_FL_SERVER_JOURNAL"
@@ -60,21 +60,15 @@ def interrupted(folder: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: e.get("started", 0))
 
 
-def app_dir() -> Path:
-    """The Flower app petite-server resubmits: this installation's project folder."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").is_file():
-        raise PetiteError(f"no pyproject.toml next to the petite_fl package ({root}); pass --app with the "
-                          "petite-fl project folder")
-    return root
-
-
 def resubmit(folder: Path, entry: dict[str, Any], app: Path, connection: str, timeout: float = 300) -> int:
-    """`flwr run <app> <connection>` with the interrupted run's run-config; returns the new run id."""
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        for key, value in entry["run_config"].items():
-            f.write(f"{json.dumps(key)} = {toml_value(value)}\n")
-        config = f.name
+    """`flwr run <app> <connection>` with the interrupted run's run-config; returns the new run id.
+
+    `app` is normally the packaged Flower app (`petite_fl.experiments.flower_run.app_dir`):
+    the run continues with this installation's code whichever folder first submitted it.
+    """
+    fd, config = tempfile.mkstemp(suffix=".toml")
+    os.close(fd)
+    write_toml(Path(config), entry["run_config"])
     try:
         out = subprocess.run([str(BIN / "flwr"), "run", str(app), connection, "--run-config", config,
                               "--format", "json"], capture_output=True, text=True, timeout=timeout)

@@ -3,19 +3,26 @@
 petite-fl does not reimplement any of Flower's transport: `flower-superlink` and
 `flower-supernode` run as they are, with TLS and SuperNode authentication switched on
 unless `insecure` is asked for explicitly. These functions only build their arguments,
-so that the CLIs start exactly the same processes everywhere. (The `flwr` connection
-entry is written by `connection.py`.)
+so that the CLIs start exactly the same processes everywhere, and `stop_process_tree`
+stops what they started. (The `flwr` connection entry is written by `connection.py`.)
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
+from petite_fl.atomic import atomic_path
 from petite_fl.errors import ConfigError
 
 BIN = Path(sys.executable).parent
@@ -58,25 +65,24 @@ def superlink_command(*, tls: ServerTLS | None, auth: bool, host: str, port: int
     return cmd
 
 
-def toml_value(value: Any) -> str:
-    """A scalar as a TOML value (Flower's --node-config, --run-config files)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
+def write_toml(path: Path, values: Mapping[str, Any]) -> Path:
+    """A TOML file of flat key = value pairs (Flower's --run-config and --node-config files), atomically.
 
-
-def node_config_text(values: Mapping[str, Any]) -> str:
-    """Flower's --node-config syntax: space-separated key=value."""
-    parts = [f"{key}={toml_value(value)}" for key, value in values.items()]
-    return " ".join(parts)
+    Flower reads a file argument that ends in `.toml` as TOML, so values keep their types
+    and any string (a path with spaces or quotes) survives, which a `key=value` string does not.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(tomli_w.dumps(dict(values)))
+    return path
 
 
 def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path | None,
-                      node_config: Mapping[str, Any], port: int) -> list[str]:
-    """`flower-supernode` for one site: TLS with the coordinator's CA, authenticated by its key."""
-    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", node_config_text(node_config),
+                      node_config: Path, port: int) -> list[str]:
+    """`flower-supernode` for one site: TLS with the coordinator's CA, authenticated by its key.
+
+    `node_config` is a `.toml` file (`write_toml`) with the site's node config.
+    """
+    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", str(node_config),
            "--port", str(port)]
     if ca_cert is None:
         cmd.append("--insecure")
@@ -86,3 +92,60 @@ def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path
         cmd += ["--auth-supernode-private-key", str(private_key),
                 "--auth-supernode-public-key", str(Path(str(private_key) + ".pub"))]
     return cmd
+
+
+#: What `stop_process_tree` sends by default: SIGTERM, up to 20 s to exit, then SIGKILL.
+STOP_STEPS = ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0))
+
+
+def stop_process_tree(proc: subprocess.Popen, grace: float = 0.0,
+                      steps: Sequence[tuple[int, float]] = STOP_STEPS) -> bool:
+    """Stop a process started with `start_new_session=True`, its process group and every descendant.
+
+    Flower starts some of its processes in their own session (the SuperLink's SuperExec and
+    the apps it runs), outside the launcher's group, so descendants are listed as well, and
+    first: one whose parent dies is re-parented and no longer found under it. After `grace`
+    seconds in which they may exit on their own, each (signal, seconds) of `steps` in turn
+    goes to the group and the descendants until none is left. True when none is.
+    """
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def gone_within(seconds: float) -> bool:
+        nonlocal family
+        deadline = time.monotonic() + seconds
+        while True:
+            proc.poll()  # reaps the launcher, so that its group can empty
+            family = [p for p in family if running(p)]
+            try:
+                os.killpg(proc.pid, 0)  # anyone left in the group?
+                group_alive = True
+            except ProcessLookupError:
+                group_alive = False
+            if not group_alive and not family:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+    if grace and gone_within(grace):
+        return True
+    for sig, seconds in steps:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(sig)
+        if gone_within(seconds):
+            return True
+    return False

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 
+from petite_fl.deploy.processes import stop_process_tree
 from petite_fl.errors import PetiteError
 
 
@@ -49,58 +48,15 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
             except subprocess.TimeoutExpired:
                 continue
     except KeyboardInterrupt:
-        _stop(proc)
+        stop_process_tree(proc)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     reader.join(timeout=2)  # the last lines, if the helpers have let go of the pipe
     # Helpers left behind by the exited parent; they follow it on their own, and a SIGTERM
     # in the middle of Flower's own shutdown prints a spurious traceback, so give them time.
-    _stop(proc, grace=5.0)
+    stop_process_tree(proc, grace=5.0)
     if code != 0:
         why = explain(list(tail)) if explain else None
         raise PetiteError(f"{os.path.basename(cmd[0])} exited with code {code}" + (f": {why}" if why else ""))
     return code
-
-
-def _stop(proc: subprocess.Popen, grace: float = 0.0) -> None:
-    """After `grace` seconds, SIGTERM to the child's process group and to every descendant,
-    SIGKILL to what lingers.
-
-    Descendants are listed too because Flower starts some of its processes in their own
-    session (the SuperLink's SuperExec and the apps it runs), outside the group.
-    """
-    import psutil
-
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-
-    def gone(wait: float) -> bool:
-        nonlocal family
-        deadline = time.monotonic() + wait
-        while True:
-            proc.poll()
-            family = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-            try:
-                os.killpg(proc.pid, 0)  # anyone left in the group?
-                group_alive = True
-            except ProcessLookupError:
-                group_alive = False
-            if not group_alive and not family:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.2)
-
-    if grace and gone(grace):
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        for p in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.send_signal(sig)
-        if gone(wait):
-            return

@@ -1,4 +1,4 @@
-"""A deployed site: its configuration (`configs/site/<name>.yaml` or a file) and the checks
+"""A deployed site: its configuration (`petite_fl/configs/site/<name>.yaml` or a file) and the checks
 made before it joins, so that a bad data set, a missing certificate or an unreachable
 server is a one-line message and not a SuperNode that fails later.
 """
@@ -42,7 +42,7 @@ def available_sites() -> list[str]:
 
 
 def load_site_config(ref: str, overrides: list[str] = ()) -> dict[str, Any]:
-    """configs/site/<ref>.yaml (or a YAML file), resolved against the root config."""
+    """petite_fl/configs/site/<ref>.yaml (or a YAML file), resolved against the root config."""
     path = Path(ref).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         root = OmegaConf.to_container(compose(overrides=list(overrides)), resolve=True)
@@ -52,7 +52,7 @@ def load_site_config(ref: str, overrides: list[str] = ()) -> dict[str, Any]:
         data = OmegaConf.to_container(compose(overrides=[f"+site={ref}", *overrides]).site, resolve=True)
     else:
         raise ConfigError(f"unknown site '{ref}': not a YAML file and not one of {', '.join(available_sites())} "
-                          "(configs/site/, or PETITE_FL_CONFIG_PATH/site/)")
+                          "(petite_fl/configs/site/, or PETITE_FL_CONFIG_PATH/site/)")
     missing = [f for f in FIELDS if f not in data]
     if missing:
         raise ConfigError(f"site config '{ref}' lacks {', '.join(missing)}")

@@ -16,84 +16,27 @@ that read only that layout).
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.federation.fields import (
+    Unreadable,
+    config_of,
+    finite_metrics,
+    flag,
+    get,
+    json_field,
+    text,
+    whole,
+)
 
 Tensors = dict[str, torch.Tensor]
 _ARRAYS, _CONFIG, _METRICS = "arrays", "config", "metrics"
 _NUM_EXAMPLES = "num-examples"  # Flower's own name for the averaging weight
 #: the config key Flower's fixedclipping_mod reads the clipping norm from
 _CLIP_KEY = "clipping_norm"
-
-
-#: federation.transport: the precision of floating tensors on the wire
-TRANSPORT_NAMES = ("float32", "float16", "bfloat16")
-
-
-def check_transport(name: str) -> str:
-    if str(name) not in TRANSPORT_NAMES:
-        raise ConfigError(f"federation.transport: '{name}' is not one of {', '.join(TRANSPORT_NAMES)}")
-    return str(name)
-
-
-class Unreadable(PetiteError):
-    """A record that is not the message it claims to be."""
-
-
-# -- field readers: one clear line per bad field ------------------------------------------------
-
-
-def _get(values: Mapping[str, Any], key: str, what: str) -> Any:
-    if key not in values:
-        raise Unreadable(f"{what}: missing '{key}'")
-    return values[key]
-
-
-def _text(values: Mapping[str, Any], key: str, what: str) -> str:
-    value = _get(values, key, what)
-    if not isinstance(value, str) or not value:
-        raise Unreadable(f"{what}: '{key}' must be a non-empty string, got {value!r}")
-    return value
-
-
-def _whole(values: Mapping[str, Any], key: str, what: str, minimum: int = 0) -> int:
-    value = _get(values, key, what)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise Unreadable(f"{what}: '{key}' must be a whole number ≥ {minimum}, got {value!r}")
-    return value
-
-
-def _flag(values: Mapping[str, Any], key: str, what: str) -> bool:
-    value = _get(values, key, what)
-    if not isinstance(value, bool):
-        raise Unreadable(f"{what}: '{key}' must be true or false, got {value!r}")
-    return value
-
-
-def _finite_metrics(values: Mapping[str, Any], what: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Numbers (or lists of numbers) only; a NaN travels as a value the server refuses later."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in skip:
-            continue
-        items = value if isinstance(value, list) else [value]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
-            raise Unreadable(f"{what}: metric '{key}' is not a number")
-        out[key] = value
-    return out
-
-
-def _json(values: Mapping[str, Any], key: str, what: str) -> Any:
-    try:
-        return json.loads(_text(values, key, what))
-    except ValueError:
-        raise Unreadable(f"{what}: '{key}' is not valid JSON") from None
 
 
 # -- handshake ------------------------------------------------------------------------------
@@ -114,11 +57,11 @@ class Hello:
 
     @classmethod
     def from_record(cls, content) -> Hello:
-        c = _config(content, "hello")
-        config = _json(c, "config", "hello")
+        c = config_of(content, "hello")
+        config = json_field(c, "config", "hello")
         if not isinstance(config, dict):
             raise Unreadable("hello: 'config' is not a mapping")
-        return cls(_text(c, "run", "hello"), config)
+        return cls(text(c, "run", "hello"), config)
 
 
 @dataclass(frozen=True)
@@ -138,12 +81,12 @@ class HelloRes:
 
     @classmethod
     def from_record(cls, content, asked: Hello | None = None) -> HelloRes:
-        c = _config(content, "hello reply")
-        held = _get(c, "held", "hello reply")
+        c = config_of(content, "hello reply")
+        held = get(c, "held", "hello reply")
         if not isinstance(held, str):
             raise Unreadable(f"hello reply: 'held' must be a comma-separated string, got {held!r}")
-        return cls(_text(c, "site", "hello reply"), tuple(h for h in held.split(",") if h),
-                   _whole(c, "num_examples", "hello reply", 1), _text(c, "device", "hello reply"))
+        return cls(text(c, "site", "hello reply"), tuple(h for h in held.split(",") if h),
+                   whole(c, "num_examples", "hello reply", 1), text(c, "device", "hello reply"))
 
 
 @dataclass(frozen=True)
@@ -163,13 +106,13 @@ class BackboneOffer:
 
     @classmethod
     def from_record(cls, content) -> BackboneOffer:
-        c = _config(content, "backbone offer")
-        meta = _json(c, "meta", "backbone offer")
+        c = config_of(content, "backbone offer")
+        meta = json_field(c, "meta", "backbone offer")
         if not isinstance(meta, dict) or not {"model", "config", "sha256"} <= set(meta):
             raise Unreadable("backbone offer: 'meta' lacks model, config or sha256")
         if _ARRAYS not in content.array_records:
             raise Unreadable("backbone offer: no tensors")
-        return cls(_text(c, "run", "backbone offer"), content.array_records[_ARRAYS].to_torch_state_dict(), meta)
+        return cls(text(c, "run", "backbone offer"), content.array_records[_ARRAYS].to_torch_state_dict(), meta)
 
 
 @dataclass(frozen=True)
@@ -183,7 +126,7 @@ class BackboneRes:
 
     @classmethod
     def from_record(cls, content, asked: BackboneOffer | None = None) -> BackboneRes:
-        stored = _text(_config(content, "backbone reply"), "stored", "backbone reply")
+        stored = text(config_of(content, "backbone reply"), "stored", "backbone reply")
         if asked is not None and stored != asked.meta["sha256"]:
             raise Unreadable(f"backbone reply: stored {stored[:12]}…, not the offered backbone")
         return cls(stored)
@@ -257,13 +200,13 @@ class TrainIns:
 
             ins = compat.recorddict_to_fitins(content, keep_input=True)
             c = dict(ins.config)
-            tensors = from_parameters(ins.parameters, _json(c, "names", what))
+            tensors = from_parameters(ins.parameters, json_field(c, "names", what))
         else:
-            c = _config(content, what)
-            tensors = from_record(content.array_records.get(_ARRAYS), _text(c, "transport", what))
-        return cls(_text(c, "run", what), _whole(c, "round", what, 1), _whole(c, "rounds", what, 1),
-                   _whole(c, "steps", what, 1), _text(c, "sha256", what), _flag(c, "validate", what),
-                   _text(c, "weight", what) == "uniform", tensors, str(c.get("transport", "float32")),
+            c = config_of(content, what)
+            tensors = from_record(content.array_records.get(_ARRAYS), text(c, "transport", what))
+        return cls(text(c, "run", what), whole(c, "round", what, 1), whole(c, "rounds", what, 1),
+                   whole(c, "steps", what, 1), text(c, "sha256", what), flag(c, "validate", what),
+                   text(c, "weight", what) == "uniform", tensors, str(c.get("transport", "float32")),
                    float(c[_CLIP_KEY]) if _CLIP_KEY in c else None,
                    float(c["secagg_clipping_range"]) if "secagg_clipping_range" in c else None)
 
@@ -284,7 +227,7 @@ class TrainRes:
             from flwr.common import Code, FitRes, Status
             from flwr.compat.common import recorddict_compat as compat
 
-            from petite_fl.federation.flower.records import to_parameters
+            from petite_fl.federation.flower.records import check_secagg_range, to_parameters
 
             check_secagg_range(self.tensors, asked.secagg_range)
             res = FitRes(Status(Code.OK, "ok"), to_parameters(self.tensors, asked.names), self.num_examples,
@@ -307,25 +250,13 @@ class TrainRes:
 
             res = compat.recorddict_to_fitres(content, keep_input=True)
             m = dict(res.metrics)
-            return cls(from_parameters(res.parameters, asked.names), _whole({"n": res.num_examples}, "n", what, 1),
-                       _text(m, "backbone_sha256", what), _finite_metrics(m, what, ("backbone_sha256",)))
+            return cls(from_parameters(res.parameters, asked.names), whole({"n": res.num_examples}, "n", what, 1),
+                       text(m, "backbone_sha256", what), finite_metrics(m, what, ("backbone_sha256",)))
         m = dict(content.metric_records[_METRICS]) if _METRICS in content.metric_records else {}
-        c = _config(content, what)
+        c = config_of(content, what)
         return cls(from_record(content.array_records.get(_ARRAYS), asked.transport),
-                   _whole(m, _NUM_EXAMPLES, what, 1), _text(c, "backbone_sha256", what),
-                   _finite_metrics(m, what, (_NUM_EXAMPLES,)))
-
-
-def check_secagg_range(tensors: Mapping[str, torch.Tensor], clipping_range: float | None) -> None:
-    """Refuse a value SecAgg+ would clip silently."""
-    if clipping_range is None:
-        return
-    for name, t in tensors.items():
-        peak = float(t.abs().max()) if t.numel() else 0.0
-        if peak > clipping_range:
-            raise PetiteError(f"shared tensor '{name}' has a value of magnitude {peak:.3g}, beyond "
-                              f"federation.secagg.clipping_range={clipping_range:g}: SecAgg+ would clip it "
-                              "silently; raise the range")
+                   whole(m, _NUM_EXAMPLES, what, 1), text(c, "backbone_sha256", what),
+                   finite_metrics(m, what, (_NUM_EXAMPLES,)))
 
 
 @dataclass(frozen=True)
@@ -354,10 +285,10 @@ class EvaluateIns:
         from petite_fl.federation.flower.records import from_record
 
         what = "evaluate message"
-        c = _config(content, what)
-        transport = _text(c, "transport", what)
-        return cls(_text(c, "run", what), _whole(c, "round", what, 0), _text(c, "sha256", what),
-                   tuple(_text(c, "splits", what).split(",")),
+        c = config_of(content, what)
+        transport = text(c, "transport", what)
+        return cls(text(c, "run", what), whole(c, "round", what, 0), text(c, "sha256", what),
+                   tuple(text(c, "splits", what).split(",")),
                    from_record(content.array_records.get(_ARRAYS), transport), transport)
 
 
@@ -381,20 +312,10 @@ class EvaluateRes:
         m = dict(content.metric_records[_METRICS]) if _METRICS in content.metric_records else {}
         c = content.config_records.get(_CONFIG)
         adapter = c.get("adapter") if c is not None else None
-        return cls(_finite_metrics(m, what), str(adapter) if isinstance(adapter, str) else None)
+        return cls(finite_metrics(m, what), str(adapter) if isinstance(adapter, str) else None)
 
 
 #: what each instruction is answered with
 REPLIES: dict[type, type] = {Hello: HelloRes, BackboneOffer: BackboneRes, TrainIns: TrainRes, EvaluateIns: EvaluateRes}
 #: message type → instruction class (the site side reads by type)
 BY_KIND: dict[str, type] = {cls.KIND: cls for cls in REPLIES}
-
-
-def _config(content, what: str) -> dict[str, Any]:
-    if _CONFIG not in content.config_records:
-        raise Unreadable(f"{what}: no config record")
-    return dict(content.config_records[_CONFIG])
-
-
-def finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, RecordDict
 from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
 
 from petite_fl.errors import PetiteError
-from petite_fl.federation.messages import check_transport
+from petite_fl.federation.fields import check_transport
 
 ARRAYS = "arrays"
 #: Flower's legacy layout (FitIns/FitRes as records), read by its SecAgg+ and DP-clipping mods
@@ -102,3 +102,15 @@ def from_parameters(parameters: Parameters, names: Sequence[str], like: Mapping[
         t = torch.from_numpy(np.array(a, copy=True))
         out[n] = t.to(like[n].dtype) if like is not None else t
     return out
+
+
+def check_secagg_range(tensors: Mapping[str, torch.Tensor], clipping_range: float | None) -> None:
+    """Refuse a value SecAgg+ would clip silently."""
+    if clipping_range is None:
+        return
+    for name, t in tensors.items():
+        peak = float(t.abs().max()) if t.numel() else 0.0
+        if peak > clipping_range:
+            raise PetiteError(f"shared tensor '{name}' has a value of magnitude {peak:.3g}, beyond "
+                              f"federation.secagg.clipping_range={clipping_range:g}: SecAgg+ would clip it "
+                              "silently; raise the range")

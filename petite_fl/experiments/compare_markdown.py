@@ -1,20 +1,8 @@
-"""The comparison report: per-subject results of every arm and seed, paired, with intervals.
-
-Each arm's run writes `summary.json` with every test subject's metrics by position in
-the split. For an arm A and a baseline B (local PEFT, no fine-tuning) the paired
-difference A − B of each (seed, scanner, subject) is summarised per scanner and pooled
-over scanners by `petite_fl.statistics` (mean, 95 % interval, verdict). The verdict uses
-head-mask PSNR: whole-volume SSIM is dominated by the air around the head and swings by
-0.1 between arms whose PSNR differs by 0.1 dB. An arm that lost a site is compared on the
-sites both arms have, and the table says so.
-"""
+"""The comparison's report text: report.md and the console tables, from results already computed."""
 
 from __future__ import annotations
 
-import csv
-import json
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,210 +11,13 @@ import torch
 from omegaconf import DictConfig
 
 from petite_fl import __version__
-from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.console import console, human_bytes
 from petite_fl.data.synthetic import SynthSpec
-from petite_fl.errors import PetiteError
-from petite_fl.federation.arms import arm_dir
-from petite_fl.federation.payload import upload_share
-from petite_fl.federation.site import site_list
-from petite_fl.statistics import BETTER, BOOTSTRAP_MIN, WORSE, Interval, paired_interval
-from petite_fl.training.inference import METRICS
+from petite_fl.experiments.compare_results import DIFF_METRICS, VERDICT_METRIC, ArmRuns
+from petite_fl.statistics import BETTER, BOOTSTRAP_MIN, WORSE, Interval
 
-VERDICT_METRIC = "psnr_fg"
-#: (metric, label, higher is better, digits) of the difference tables, verdict metric first
-DIFF_METRICS = (("psnr_fg", "head-mask PSNR (dB)", True, 2), ("ssim_fg", "head-mask SSIM", True, 4),
-                ("psnr", "whole-volume PSNR (dB)", True, 2))
 MARK = {BETTER: "▲", WORSE: "▼"}
 FEW_SUBJECTS = 5  # below this many test subjects per scanner the report warns that intervals are very wide
-
-
-@dataclass
-class ArmRuns:
-    """One arm's summaries by seed (an arm with zero rounds runs once and stands for every seed)."""
-
-    arm: str
-    runs: dict[int, dict[str, Any]]
-
-    @property
-    def seedless(self) -> bool:
-        """Zero rounds: no training, so one run stands for every seed."""
-        return int(self.first.get("rounds", 1)) == 0
-
-    def has(self, seed: int) -> bool:
-        return seed in self.runs or self.seedless
-
-    def seed(self, seed: int) -> dict[str, Any]:
-        """That seed's run; never another seed's (a failed seed is left out, not replaced)."""
-        if seed in self.runs:
-            return self.runs[seed]
-        if self.seedless:
-            return self.first
-        raise KeyError(f"{self.arm} has no run for seed {seed}")
-
-    @property
-    def first(self) -> dict[str, Any]:
-        return next(iter(self.runs.values()))
-
-    def sites(self) -> set[str]:
-        """Sites with per-subject test results in every seed."""
-        sets = [{s for s, v in r["sites"].items() if v.get("test_subjects")} for r in self.runs.values()]
-        return set.intersection(*sets) if sets else set()
-
-    def subjects(self, seed: int, site: str, metric: str) -> np.ndarray:
-        rows = self.seed(seed)["sites"][site]["test_subjects"]
-        return np.array([r[metric] for r in sorted(rows, key=lambda r: r["position"])], dtype=np.float64)
-
-
-def load_arms(folder: Path, arms: list[str], seeds: list[int]) -> tuple[dict[str, ArmRuns], dict[str, str]]:
-    """({arm: its runs}, {arm: why it has none}) from <folder>/arms/<arm>/seed-<s>/."""
-    out, missing = {}, {}
-    for arm in arms:
-        runs = {}
-        for seed in seeds:
-            path = arm_dir(folder, arm, seed) / "summary.json"
-            if path.is_file():
-                runs[seed] = json.loads(path.read_text())
-        if runs:
-            out[arm] = ArmRuns(arm, runs)
-        else:
-            err = next((arm_dir(folder, arm, s) / "error.json" for s in seeds
-                        if (arm_dir(folder, arm, s) / "error.json").is_file()), None)
-            missing[arm] = json.loads(err.read_text())["error"] if err else f"no results in {folder / 'arms' / arm}"
-    if not out:
-        raise PetiteError(f"no arm has results in {folder / 'arms'}: "
-                          + "; ".join(f"{a}: {w}" for a, w in missing.items()))
-    return out, missing
-
-
-# -- paired differences -----------------------------------------------------------------------
-
-
-def differences(data: dict[str, ArmRuns], arm: str, base: str, seeds: list[int], sites: list[str],
-                metric: str) -> tuple[dict[str, Interval], Interval | None, list[str], list[int]]:
-    """({site: interval}, pooled interval, sites left out, seeds left out) of `arm` − `base` in `metric`.
-
-    Only the seeds both arms completed are paired: a failed seed is left out and named.
-    """
-    common = [s for s in sites if s in data[arm].sites() and s in data[base].sites()]
-    both = [seed for seed in seeds if data[arm].has(seed) and data[base].has(seed)]
-    strata = {}
-    for site in common if both else []:
-        a = np.stack([data[arm].subjects(seed, site, metric) for seed in both])
-        b = np.stack([data[base].subjects(seed, site, metric) for seed in both])
-        if a.shape != b.shape:  # another split size: not the same subjects, nothing to pair
-            continue
-        strata[site] = a - b
-    per_site = {site: paired_interval({site: d}) for site, d in strata.items()}
-    pooled = paired_interval(strata) if strata else None
-    return per_site, pooled, [s for s in sites if s not in strata], [seed for seed in seeds if seed not in both]
-
-
-def all_differences(data, arms, seeds, sites, baselines) -> list[dict[str, Any]]:
-    rows = []
-    for base in baselines:
-        for arm in arms:
-            if arm == base:
-                continue
-            for metric, _, higher, _ in DIFF_METRICS:
-                per_site, pooled, left_out, seeds_out = differences(data, arm, base, seeds, sites, metric)
-                for where, iv in [*per_site.items(), ("pooled", pooled)]:
-                    if iv is None:
-                        continue
-                    rows.append({"arm": arm, "baseline": base, "metric": metric, "site": where, "mean": iv.mean,
-                                 "low": iv.low, "high": iv.high, "subjects": iv.subjects, "seeds": iv.seeds,
-                                 "method": iv.method, "verdict": iv.verdict(higher),
-                                 "sites_left_out": ",".join(left_out) if where == "pooled" else "",
-                                 "seeds_left_out": ",".join(map(str, seeds_out))})
-    return rows
-
-
-# -- the report -------------------------------------------------------------------------------
-
-
-def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], backbone: Path,
-           overrides: list[str], seconds: float) -> Path:
-    data, missing = load_arms(folder, arms, seeds)
-    arms = [a for a in arms if a in data]
-    sites = site_list(cfg)
-    baselines = [b for b in cfg.compare.baselines if b in data]
-    means = _mean_rows(data, sites)
-    diffs = all_differences(data, arms, seeds, sites, baselines)
-    write_csv(folder / "results.csv", means)
-    write_csv(folder / "subjects.csv", _subject_rows(data, sites))
-    write_csv(folder / "differences.csv", diffs)
-    curves = _curves(data)
-    write_csv(folder / "convergence.csv", curves)
-    payload = _payload(cfg)
-    write_json(folder / "payload.json", payload)
-    from simulation.compare_figures import figures
-
-    names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone)
-    md = _markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, names,
-                   overrides, seconds, backbone)
-    with atomic_path(folder / "report.md") as tmp:
-        tmp.write_text(md)
-    _print(diffs, arms, sites, baselines)
-    console.print(f"report: {folder / 'report.md'}", markup=False)
-    return folder / "report.md"
-
-
-def _mean_rows(data: dict[str, ArmRuns], sites: list[str]) -> list[dict[str, Any]]:
-    """Per arm, seed and site: the test means (head mask first) and bytes."""
-    rows = []
-    for arm, runs in data.items():
-        for seed, s in runs.runs.items():
-            for site in sites:
-                v = s["sites"].get(site) or {}
-                test = v.get("test") or {}
-                rows.append({"arm": arm, "seed": seed, "strategy": s["strategy"], "peft": s["peft"], "site": site,
-                             "subjects": test.get("subjects"),
-                             **{k: test.get(k) for k in ("psnr_fg", "ssim_fg", "nrmse_fg", "psnr", "ssim", "nrmse")},
-                             "upload_bytes_per_round": v.get("upload_bytes_per_round"),
-                             "backbone_bytes_received": v.get("backbone_bytes")})
-    return rows
-
-
-def _subject_rows(data: dict[str, ArmRuns], sites: list[str]) -> list[dict[str, Any]]:
-    return [{"arm": arm, "seed": seed, "site": site, "position": r["position"], **{k: r[k] for k in METRICS}}
-            for arm, runs in data.items() for seed, s in runs.runs.items() for site in sites
-            for r in (s["sites"].get(site) or {}).get("test_subjects") or []]
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _curves(data: dict[str, ArmRuns]) -> list[dict[str, Any]]:
-    """Per arm and round (first seed): weighted-mean validation metrics and mean training loss."""
-    out = []
-    for arm, runs in data.items():
-        folder = Path(runs.first["run_dir"])
-        metrics, train = _read_csv(folder / "metrics.csv"), _read_csv(folder / "train.csv")
-        for rnd in sorted({int(r["round"]) for r in metrics if r["split"] == "val"}):
-            val = [r for r in metrics if r["split"] == "val" and int(r["round"]) == rnd]
-            w = sum(int(r["subjects"]) for r in val)
-            row = {"arm": arm, "round": rnd, **{f"val_{k}": sum(float(r[k]) * int(r["subjects"]) for r in val) / w
-                                                for k in ("psnr", "ssim")}}
-            losses = [float(r["train_loss"]) for r in train if int(r["round"]) == rnd and r["train_loss"]]
-            row["train_loss"] = sum(losses) / len(losses) if losses else None
-            out.append(row)
-    return out
-
-
-def _payload(cfg: DictConfig) -> dict[str, Any]:
-    """Upload per round ÷ backbone, from the real record builder, tiny and paper size."""
-    from petite_fl.config import compose
-
-    strategies = {n: compose("config", [f"strategy={n}"]).strategy
-                  for n in ("fedavg", "shared-encoder", "split-lora", "personalized", "local")}
-    out = {}
-    for preset in dict.fromkeys([str(cfg.model.preset), "paper"]):
-        out[f"{cfg.model.name}-{preset}"] = upload_share(str(cfg.model.name), preset, cfg.peft, strategies)
-    return out
 
 
 def budget_text(summary: dict[str, Any]) -> str:
@@ -293,8 +84,11 @@ def _level_table(means, arms, sites, key, digits) -> list[str]:
     return lines
 
 
-def _markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, figures,
-              overrides, seconds, backbone) -> str:
+def markdown(cfg: DictConfig, arms: list[str], seeds: list[int], data: dict[str, ArmRuns], missing: dict[str, str],
+             sites: list[str], means: list[dict[str, Any]], diffs: list[dict[str, Any]], baselines: list[str],
+             curves: list[dict[str, Any]], payload: dict[str, Any], figures: list[str], overrides: list[str],
+             seconds: float, backbone: Path) -> str:
+    """report.md: the command and machine, how to read it, the difference and level tables, figures."""
     n_test = min((len(v["test_subjects"]) for a in data.values() for v in a.first["sites"].values()
                   if v.get("test_subjects")), default=0)
     small = n_test < FEW_SUBJECTS
@@ -392,7 +186,8 @@ def _communication(cfg, arms, data, payload) -> list[str]:
     return lines
 
 
-def _print(diffs, arms, sites, baselines) -> None:
+def print_tables(diffs: list[dict[str, Any]], arms: list[str], sites: list[str], baselines: list[str]) -> None:
+    """The head-mask PSNR difference tables on the console, one per baseline."""
     from rich.table import Table
 
     for base in baselines:

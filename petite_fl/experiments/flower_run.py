@@ -1,7 +1,7 @@
 """Run the petite-fl Flower app in Flower's simulation engine, and report failure as failure.
 
-`flwr run . --stream` is what users type; this wraps exactly that for petite-fl's own
-commands and tests, with three fixes for traps of flwr 1.42 (../shared/FLOWER.md):
+`flwr run <app> --stream` is what users type; this wraps exactly that for petite-fl's own
+commands and tests, with three fixes for traps of flwr 1.42:
 - a private SuperLink on free ports and a private FLWR_HOME, stopped afterwards, so no
   background SuperLink outlives the command or serves a stale copy of the code;
 - runtime dependency installation off (no network, no CUDA torch pulled in);
@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,31 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from petite_fl.deploy.ports import free_port
-from petite_fl.deploy.processes import toml_value
+from petite_fl.deploy.processes import stop_process_tree, write_toml
 from petite_fl.errors import PetiteError
+from petite_fl.runconfig import app_dir
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout: pyproject.toml with [tool.flwr.app]
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
-
-
-def app_defaults(root: Path = ROOT) -> dict[str, Any]:
-    """The run-config defaults of pyproject's [tool.flwr.app.config], flattened as Flower does."""
-    data = tomllib.loads((root / "pyproject.toml").read_text())
-    config = data["tool"]["flwr"]["app"]["config"]
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value
-
-    walk("", config)
-    return flat
 
 
 @dataclass
@@ -109,21 +89,17 @@ class LocalSimulation:
                           f"see {self.home / 'superlink.log'}")
 
     def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_tree(self.process)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def run(self, run_config: Mapping[str, Any], num_supernodes: int, cpus_per_client: float = 1.0,
-            gpus_per_client: float = 0.0, app: Path = ROOT) -> RunResult:
-        """`flwr run <app> --stream` with these run-config overrides; raises if the run failed."""
-        overrides = self.home / "run-config.toml"
-        overrides.write_text("".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in run_config.items()))
+            gpus_per_client: float = 0.0, app: Path | None = None) -> RunResult:
+        """`flwr run <app> --stream` (default: the packaged app) with these run-config overrides; raises if the
+        run failed."""
+        app = app or app_dir()
+        overrides = write_toml(self.home / "run-config.toml", run_config)
         federation = (f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client:g} "
                       f"client-resources-num-gpus={gpus_per_client:g}")
         cmd = [str(self.bin / "flwr"), "run", str(app), "--stream", "--federation-config", federation,

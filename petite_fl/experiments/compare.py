@@ -4,13 +4,13 @@ Every arm (no fine-tuning, local PEFT, fedavg, shared-encoder, personalized, fed
 split-lora, …) runs through the same Flower apps in one `flwr run` simulation, on the same
 data, the same backbone (pretrained on the source scanner, cached) and the same
 local-step budget, once per training seed; the pooled bound runs in this process. The
-sites report per-subject test metrics; `simulation.compare_report` pairs them across arms
-into differences with confidence intervals (report.md, CSV, PNG figures).
+sites report per-subject test metrics; `compare_results` pairs them across arms into
+differences with confidence intervals and `compare_report` writes the report (report.md,
+CSV, PNG figures).
 """
 
 from __future__ import annotations
 
-import shlex
 import time
 from pathlib import Path
 
@@ -18,19 +18,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
 from petite_fl.atomic import write_json
-from petite_fl.config import compose, expand_path, hydra_override, overrides_from_run_config
+from petite_fl.config import expand_path, hydra_override
 from petite_fl.console import console
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.synthetic import SynthSpec
 from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.experiments.compare_report import report
+from petite_fl.experiments.flower_run import LocalSimulation, resources
+from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.arms import arm_dir, compare_seeds
 from petite_fl.federation.site import site_list
 from petite_fl.federation.strategies import build_strategy
+from petite_fl.runconfig import command_config, submitted
 from petite_fl.scanners import available_scanners
 from petite_fl.training.jobs import backbone_for, config_hash, resolve_site
-from simulation.compare_report import report
-from simulation.flower_run import LocalSimulation, app_defaults, resources
-from simulation.pooled import run_pooled
 
 #: subjects a site needs per split for a comparison: training, per-round validation, a paired interval
 MIN_SUBJECTS = {"train": 1, "val": 1, "test": 2}
@@ -38,13 +39,11 @@ MIN_SUBJECTS = {"train": 1, "val": 1, "test": 2}
 
 def compare_overrides(overrides: list[str]) -> list[str]:
     """compare.overrides (the preset's sizing), then the user's own."""
-    base = compose("config", [*overrides_from_run_config(app_defaults()), *overrides])
-    return [*[str(o) for o in base.compare.overrides], *overrides]
+    return [*[str(o) for o in command_config(overrides).compare.overrides], *overrides]
 
 
-def compare_config(overrides: list[str]) -> DictConfig:
-    """The config of a Flower run: pyproject's Flower defaults, then these overrides."""
-    return compose("config", [*overrides_from_run_config(app_defaults()), *overrides])
+#: The config of a Flower run of these overrides, as the ServerApp composes it.
+compare_config = command_config
 
 
 def check_arms(cfg: DictConfig, arms: list[str]) -> None:
@@ -113,7 +112,7 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
         cpus, gpus = resources(str(cfg.train.device))
         try:
             with LocalSimulation() as sim:
-                result = sim.run({"overrides": shlex.join(extra)}, num_supernodes=len(sites), cpus_per_client=cpus,
+                result = sim.run(submitted(extra), num_supernodes=len(sites), cpus_per_client=cpus,
                                  gpus_per_client=gpus)
             console.print(f"Flower run {result.run_id} {result.status} in {result.seconds:.0f} s", markup=False)
         except PetiteError as exc:  # report what did finish, then fail

@@ -1,0 +1,49 @@
+"""Benchmark section `overhead`: `flwr run` vs the same training without Flower, back to back."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from petite_fl.experiments.benchmark.federated import fl_overrides, prepare_data, untrained_backbone
+from petite_fl.experiments.benchmark.workers import run_child
+
+
+def overhead(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
+    """`flwr run` vs the same sites, steps, data and averaging in one plain process, back to back.
+
+    Both are timed from the command to its end, the plain loop as a fresh `python` process
+    (imports included) as a user would run it. Two workloads separate Flower's fixed cost
+    (starting the simulation engine, the apps' imports) from its cost per round.
+    """
+    from petite_fl.experiments.flower_run import LocalSimulation
+    from petite_fl.runconfig import submitted
+
+    sites = ["scanner1", "scanner2", "scanner3", "scanner4", "scanner5"]
+    backbone = untrained_backbone(home, "unetr", p["fl_preset"])
+    cores = os.cpu_count() or 1
+    rows = []
+    for rounds, steps in p["overhead"]:
+        name = f"overhead-{rounds}x{steps}"
+        base = fl_overrides(home, backbone, p, sites, rounds, steps, name, [f"train.device={device}"])
+        prepare_data(base)
+        # One site at a time, as the plain loop trains them: the ratio is Flower's cost, not parallelism.
+        begin = time.perf_counter()
+        with LocalSimulation(echo=lambda line: None) as sim:
+            started = time.perf_counter() - begin
+            flower = sim.run(submitted(base), num_supernodes=len(sites), cpus_per_client=cores,
+                             gpus_per_client=1.0 if device == "cuda" else 0.0)
+        local = run_child("local", {"overrides": base})
+        summary = json.loads((home / "runs" / "federated" / name / "summary.json").read_text())
+        rows.append({"sites": len(sites), "rounds": rounds, "local_steps": steps, "preset": p["fl_preset"],
+                     "flower_run_seconds": flower.seconds, "superlink_start_seconds": started,
+                     "local_seconds": local["wall_seconds"], "overhead_ratio": flower.seconds / local["wall_seconds"],
+                     "flower_test_psnr": summary["test_mean"].get("psnr"), "local_test_psnr": local["test_psnr"],
+                     "flower_phase_seconds": summary["phase_seconds"], "local_phase_seconds": local["phase_seconds"]})
+        print(f"  overhead: {rounds} rounds × {steps} steps: flwr run {flower.seconds:.0f} s, "
+              f"plain loop {local['wall_seconds']:.0f} s", flush=True)
+    return {"rows": rows, "note": f"client-resources-num-cpus={cores}: one simulated site at a time, like the "
+                                  "plain loop; the SuperLink is started before the timed `flwr run`"}

@@ -1,0 +1,111 @@
+"""The comparison report: per-subject results of every arm and seed, paired, with intervals.
+
+Writes the report folder: CSV tables (means, subjects, differences from
+`compare_results`, convergence), payload.json, the figures (`compare_figures`) and
+report.md (`compare_markdown`). The verdict uses head-mask PSNR: whole-volume SSIM is
+dominated by the air around the head and swings by 0.1 between arms whose PSNR differs
+by 0.1 dB. An arm that lost a site is compared on the sites both arms have, and the
+table says so.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from petite_fl.atomic import atomic_path, write_csv, write_json
+from petite_fl.console import console
+from petite_fl.experiments.compare_markdown import markdown, print_tables
+from petite_fl.experiments.compare_results import ArmRuns, all_differences, load_arms
+from petite_fl.federation.payload import upload_share
+from petite_fl.federation.site import site_list
+from petite_fl.training.inference import METRICS
+
+
+def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], backbone: Path,
+           overrides: list[str], seconds: float) -> Path:
+    """Every file of the report from the arms' runs in `folder`; returns report.md's path."""
+    data, missing = load_arms(folder, arms, seeds)
+    arms = [a for a in arms if a in data]
+    sites = site_list(cfg)
+    baselines = [b for b in cfg.compare.baselines if b in data]
+    means = _mean_rows(data, sites)
+    diffs = all_differences(data, arms, seeds, sites, baselines)
+    write_csv(folder / "results.csv", means)
+    write_csv(folder / "subjects.csv", _subject_rows(data, sites))
+    write_csv(folder / "differences.csv", diffs)
+    curves = _curves(data)
+    write_csv(folder / "convergence.csv", curves)
+    payload = _payload(cfg)
+    write_json(folder / "payload.json", payload)
+    from petite_fl.experiments.compare_figures import figures
+
+    names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone)
+    md = markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, names,
+                  overrides, seconds, backbone)
+    with atomic_path(folder / "report.md") as tmp:
+        tmp.write_text(md)
+    print_tables(diffs, arms, sites, baselines)
+    console.print(f"report: {folder / 'report.md'}", markup=False)
+    return folder / "report.md"
+
+
+def _mean_rows(data: dict[str, ArmRuns], sites: list[str]) -> list[dict[str, Any]]:
+    """Per arm, seed and site: the test means (head mask first) and bytes."""
+    rows = []
+    for arm, runs in data.items():
+        for seed, s in runs.runs.items():
+            for site in sites:
+                v = s["sites"].get(site) or {}
+                test = v.get("test") or {}
+                rows.append({"arm": arm, "seed": seed, "strategy": s["strategy"], "peft": s["peft"], "site": site,
+                             "subjects": test.get("subjects"),
+                             **{k: test.get(k) for k in ("psnr_fg", "ssim_fg", "nrmse_fg", "psnr", "ssim", "nrmse")},
+                             "upload_bytes_per_round": v.get("upload_bytes_per_round"),
+                             "backbone_bytes_received": v.get("backbone_bytes")})
+    return rows
+
+
+def _subject_rows(data: dict[str, ArmRuns], sites: list[str]) -> list[dict[str, Any]]:
+    return [{"arm": arm, "seed": seed, "site": site, "position": r["position"], **{k: r[k] for k in METRICS}}
+            for arm, runs in data.items() for seed, s in runs.runs.items() for site in sites
+            for r in (s["sites"].get(site) or {}).get("test_subjects") or []]
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _curves(data: dict[str, ArmRuns]) -> list[dict[str, Any]]:
+    """Per arm and round (first seed): weighted-mean validation metrics and mean training loss."""
+    out = []
+    for arm, runs in data.items():
+        folder = Path(runs.first["run_dir"])
+        metrics, train = _read_csv(folder / "metrics.csv"), _read_csv(folder / "train.csv")
+        for rnd in sorted({int(r["round"]) for r in metrics if r["split"] == "val"}):
+            val = [r for r in metrics if r["split"] == "val" and int(r["round"]) == rnd]
+            w = sum(int(r["subjects"]) for r in val)
+            row = {"arm": arm, "round": rnd, **{f"val_{k}": sum(float(r[k]) * int(r["subjects"]) for r in val) / w
+                                                for k in ("psnr", "ssim")}}
+            losses = [float(r["train_loss"]) for r in train if int(r["round"]) == rnd and r["train_loss"]]
+            row["train_loss"] = sum(losses) / len(losses) if losses else None
+            out.append(row)
+    return out
+
+
+def _payload(cfg: DictConfig) -> dict[str, Any]:
+    """Upload per round ÷ backbone, from the real record builder, tiny and paper size."""
+    from petite_fl.config import compose
+
+    strategies = {n: compose("config", [f"strategy={n}"]).strategy
+                  for n in ("fedavg", "shared-encoder", "split-lora", "personalized", "local")}
+    out = {}
+    for preset in dict.fromkeys([str(cfg.model.preset), "paper"]):
+        out[f"{cfg.model.name}-{preset}"] = upload_share(str(cfg.model.name), preset, cfg.peft, strategies)
+    return out
