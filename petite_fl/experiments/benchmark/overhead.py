@@ -13,11 +13,12 @@ from petite_fl.experiments.benchmark.workers import run_child
 
 
 def overhead(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
-    """`flwr run` vs the same sites, steps, data and averaging in one plain process, back to back.
+    """`flwr run` vs the same coordinator and sites over the in-process transport, back to back.
 
-    Both are timed from the command to its end, the plain loop as a fresh `python` process
-    (imports included) as a user would run it. Two workloads separate Flower's fixed cost
-    (starting the simulation engine, the apps' imports) from its cost per round.
+    Both are timed from the command to its end as a user waits for it: Flower from starting
+    its private SuperLink to stopping it, the plain loop as a fresh `python` process (imports
+    included). Two workloads separate Flower's fixed cost (SuperLink, simulation engine, the
+    apps' imports) from its cost per round.
     """
     from petite_fl.experiments.flower_run import LocalSimulation
     from petite_fl.runconfig import submitted
@@ -36,14 +37,18 @@ def overhead(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
             started = time.perf_counter() - begin
             flower = sim.run(submitted(base), num_supernodes=len(sites), cpus_per_client=cores,
                              gpus_per_client=1.0 if device == "cuda" else 0.0)
-        local = run_child("local", {"overrides": base})
+        flower_total = time.perf_counter() - begin  # SuperLink start and stop included
+        # Its own run name and site folders: the plain loop must not resume Flower's run.
+        local = run_child("local", {"overrides": [*base, f"federation.run_name={name}-plain",
+                                                  f"federation.site_root={home}/sites-{name}-plain"]})
         summary = json.loads((home / "runs" / "federated" / name / "summary.json").read_text())
         rows.append({"sites": len(sites), "rounds": rounds, "local_steps": steps, "preset": p["fl_preset"],
-                     "flower_run_seconds": flower.seconds, "superlink_start_seconds": started,
-                     "local_seconds": local["wall_seconds"], "overhead_ratio": flower.seconds / local["wall_seconds"],
+                     "flower_seconds": flower_total, "flwr_run_seconds": flower.seconds,
+                     "superlink_start_seconds": started, "local_seconds": local["wall_seconds"],
+                     "overhead_ratio": flower_total / local["wall_seconds"],
                      "flower_test_psnr": summary["test_mean"].get("psnr"), "local_test_psnr": local["test_psnr"],
                      "flower_phase_seconds": summary["phase_seconds"], "local_phase_seconds": local["phase_seconds"]})
-        print(f"  overhead: {rounds} rounds × {steps} steps: flwr run {flower.seconds:.0f} s, "
+        print(f"  overhead: {rounds} rounds × {steps} steps: Flower {flower_total:.0f} s, "
               f"plain loop {local['wall_seconds']:.0f} s", flush=True)
     return {"rows": rows, "note": f"client-resources-num-cpus={cores}: one simulated site at a time, like the "
-                                  "plain loop; the SuperLink is started before the timed `flwr run`"}
+                                  "plain loop; Flower's time includes starting and stopping its SuperLink"}

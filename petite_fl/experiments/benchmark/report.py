@@ -17,7 +17,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every goal with its measured value and whether it is met."""
     out = []
     for o in results.get("overhead", {}).get("rows", []):
-        out.append(("overhead_ratio", "federated overhead (`flwr run` / plain loop)", o["overhead_ratio"],
+        out.append(("overhead_ratio", "federated overhead (Flower / plain loop)", o["overhead_ratio"],
                     f"{o['sites']} sites × {o['rounds']} rounds × {o['local_steps']} steps, {o['preset']} UNETR"))
     for r in results.get("train", {}).get("ratios", []):
         where = f"{r['model']} {r['preset']}, {r['patch']}³ × {r['batch']}"
@@ -76,10 +76,11 @@ def markdown(report: dict[str, Any]) -> str:
         o = res["overhead"]
         lines += ["## Federated overhead", "", f"Five sites, PETITE, fedavg; {o['note']}. Phases: start = the "
                   "simulation engine, the apps' imports and the hello exchange (Flower) or setup (plain loop).", "",
-                  *_table(["workload", "`flwr run` s", "plain loop s", "ratio", "rounds s (Flower / plain)",
+                  *_table(["workload", "Flower s (SuperLink + `flwr run`)", "plain loop s", "ratio",
+                           "rounds s (Flower / plain)",
                            "final evaluation s (Flower / plain)", "test PSNR (Flower / plain)"], [
                       [f"{r['rounds']} rounds × {r['local_steps']} steps, {r['preset']}",
-                       f"{r['flower_run_seconds']:.1f}", f"{r['local_seconds']:.1f}", f"**{r['overhead_ratio']:.2f}**",
+                       f"{r['flower_seconds']:.1f}", f"{r['local_seconds']:.1f}", f"**{r['overhead_ratio']:.2f}**",
                        f"{r['flower_phase_seconds']['rounds']:.1f} / {r['local_phase_seconds']['rounds']:.1f}",
                        f"{r['flower_phase_seconds']['final_evaluation']:.1f} / "
                        f"{r['local_phase_seconds']['final_evaluation']:.1f}",

@@ -32,9 +32,9 @@ def run_worker(name: str, job: dict[str, Any]) -> int:
 
         result = train_speed(*job["args"])
     elif name == "local":
-        from petite_fl.experiments.benchmark.plain_loop import local_equivalent
+        from petite_fl.experiments.benchmark.plain_loop import plain_loop
 
-        result = local_equivalent(job["overrides"])
+        result = plain_loop(job["overrides"])
     else:
         raise SystemExit(f"unknown worker {name}")
     print(RESULT + json.dumps(result), flush=True)
