@@ -28,7 +28,8 @@ from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.checkpoint import load_checkpoint, save_checkpoint
 from petite_fl.federation.checks import max_update_norm
 from petite_fl.federation.evaluation import read_final_metrics
-from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns, check_transport
+from petite_fl.federation.fields import check_transport
+from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
 from petite_fl.federation.protection import check_combination, protection_from_config
 from petite_fl.federation.rounds import RoundContext
 from petite_fl.federation.runlog import RunLog, print_summary
