@@ -23,7 +23,7 @@ from petite_fl import __version__
 from petite_fl.artifacts import load_backbone, save_adapter
 from petite_fl.atomic import atomic_path
 from petite_fl.config import expand_path
-from petite_fl.console import console
+from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.checkpoint import load_checkpoint, save_checkpoint
 from petite_fl.federation.checks import max_update_norm
@@ -138,7 +138,7 @@ class Coordinator:
         if need:
             exchange = self.transport.exchange({n: offer for n in need}, self.group("backbone"), self.timeout)
             size = max(exchange.bytes_down.values(), default=0)
-            self.say(f"sent backbone {meta['sha256'][:12]}… ({size / 2**20:.1f} MiB) to "
+            self.say(f"sent backbone {meta['sha256'][:12]}… ({human_bytes(size)}) to "
                      + ", ".join(infos[n].site for n in need) + f" in {time.perf_counter() - begin:.1f} s")
             for node, why in exchange.errors.items():
                 self.say(f"site {infos[node].site} did not take the backbone: {why}")

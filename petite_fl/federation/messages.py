@@ -21,16 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from petite_fl.federation.fields import (
-    Unreadable,
-    config_of,
-    finite_metrics,
-    flag,
-    get,
-    json_field,
-    text,
-    whole,
-)
+from petite_fl.federation.fields import Unreadable, config_of, finite_metrics, flag, get, json_field, text, whole
 
 Tensors = dict[str, torch.Tensor]
 _ARRAYS, _CONFIG, _METRICS = "arrays", "config", "metrics"

@@ -4,8 +4,8 @@ A backbone is a 3D image-to-image network (B, 1, D, H, W) → (B, 1, D, H, W) th
 which of its modules form the **encoder** and the **decoder**, and, for each kind of place
 a PEFT method can use (`SiteKind`), where those places are in a part (`peft_sites`). A PEFT
 method declares the kind it needs and is written once against this contract, so a new
-method needs no backbone edit; the placement rules of DESIGN.md §1 live in each backbone's
-file.
+method needs no backbone edit; the placement rules of the PETITE paper (Kim, Choi, Hwang,
+MICCAI 2024) live in each backbone's file.
 """
 
 from __future__ import annotations

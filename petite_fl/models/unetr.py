@@ -3,7 +3,7 @@
 Encoder = the ViT (88.2 M at paper size); decoder = MONAI's CNN blocks that turn ViT
 hidden states 3, 6, 9 and 12 into the output (13.5 M). Two changes to MONAI's forward:
 the position embedding is interpolated to the input's token grid (a backbone pretrained
-on 64³ patches must run on scanner 5's 64×64×32, DESIGN.md §1), and learned VPT prompt
+on 64³ patches must run on scanner 5's 64×64×32 grid), and learned VPT prompt
 tokens are prepended to the ViT sequence when a tuner has set them.
 """
 

@@ -16,7 +16,7 @@ from petite_fl.errors import ConfigError
 from petite_fl.models.base import Backbone
 from petite_fl.peft.registry import additive_methods, available_methods, get_method
 
-#: The paper's best Mix-PEFT per backbone (DESIGN.md §1).
+#: The PETITE paper's best Mix-PEFT per backbone (Kim, Choi, Hwang, MICCAI 2024).
 PETITE_CHOICE = {"unetr": ("lora", "ssf"), "cvtgan": ("vpt", "lora")}
 
 

@@ -2,11 +2,11 @@
 
 In flwr 1.42 SecAgg+ exists only on the legacy path: the server's `SecAggPlusWorkflow`
 runs inside a `LegacyContext` and asks a legacy `Strategy` for `FitIns`, and the site's
-`secaggplus_mod` masks what the train handler returns as a `FitRes`
-(../shared/FLOWER.md). This module is the bridge: the server half runs one round's
-aggregation through the workflow; the site half converts between petite-fl's tensors
-and the FitIns/FitRes records, and applies Flower's mods only to messages that ask for
-them. Flower's `fixedclipping_mod` (client-side DP clipping) reads the same layout.
+`secaggplus_mod` masks what the train handler returns as a `FitRes`. This module is the
+bridge: the server half runs one round's aggregation through the workflow (the
+`SecAggPlus` protection and its round driver); the site half applies Flower's mods only
+to messages that ask for them (the FitIns/FitRes layout itself is `messages.TrainIns` /
+`TrainRes`'s). Flower's `fixedclipping_mod` (client-side DP clipping) reads the same layout.
 """
 
 from __future__ import annotations
