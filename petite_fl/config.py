@@ -51,8 +51,8 @@ def config_dirs() -> list[Path]:
 def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `<config_name>.yaml` of the built-in configs with Hydra overrides, resolved and read-only.
 
-    Memoised per process: a simulated site composes the run's config for every message
-    (0.06–0.18 s of Hydra each time, per README → Performance). The key holds everything the result depends on: the
+    Memoised per process: commands and tests compose the same config many times (0.06–0.18 s
+    of Hydra each time, per README → Performance). The key holds everything the result depends on: the
     overrides, the config folders and the newest modification time of their YAML files,
     and the environment variable the configs read. Callers get their own copy.
     """

@@ -31,8 +31,8 @@ APP_DIR = Path(__file__).resolve().parent / "experiments" / "flower-app"
 
 #: the parts of a run's configuration a site trains and evaluates with
 SITE_SECTIONS = ("seed", "data", "train", "peft", "strategy", "federation")
-#: node-config key → the setting it gives the site (set by `petite-client`, never by the server)
-NODE_SETTINGS = {"site-root": "federation.site_root", "device": "train.device"}
+#: node-config key → the setting it gives the site (set by `petite-client`; over the server's value)
+NODE_SETTINGS = {"site-root": "federation.site_root", "device": "train.device", "data-root": "data.root"}
 
 
 def app_dir() -> Path:
@@ -104,7 +104,10 @@ def site_sections(cfg: DictConfig) -> dict[str, Any]:
 
 
 def site_config(sections: Mapping[str, Any], node_config: Mapping[str, Any]) -> DictConfig:
-    """The sections the server sent, with this site's own settings from its node config on top."""
+    """The sections the server sent, with this site's own settings from its node config on top.
+
+    A deployed site's node config (written by `petite-client`) names its folders and device;
+    a simulated site (a partition of one machine) has none and uses the run's."""
     unknown = sorted(set(sections) - set(SITE_SECTIONS))
     if unknown:
         raise ConfigError(f"the run's site settings hold sections a site does not take: {unknown}")

@@ -30,7 +30,7 @@ from petite_fl.federation.messages import (
     Unreadable,
 )
 from petite_fl.federation.transport import LocalTransport
-from petite_fl.runconfig import compose_run
+from petite_fl.runconfig import compose_run, site_config
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,14 @@ def cache(federation_cache) -> Path:
     return federation_cache
 
 
-def test_the_plain_loop_and_flower_run_the_same_algorithm(cache):
+@pytest.mark.parametrize("transport", ["float32", "bfloat16"])
+def test_the_plain_loop_and_flower_run_the_same_algorithm(cache, transport):
     extra = {"strategy": "fedavg", "federation.rounds": 1}
-    flower, _ = federate(run_config(cache, **extra, **{"federation.run_name": "core-flower"}))
-    rc = run_config(cache, **extra, **{"federation.run_name": "core-plain",
-                                       "overrides": f"federation.val.patches=4 federation.site_root={cache}/plain"})
+    wire = f"federation.val.patches=4 federation.transport={transport}"
+    flower, _ = federate(run_config(cache, **extra, **{"federation.run_name": f"core-flower-{transport}",
+                                                       "overrides": wire}))
+    rc = run_config(cache, **extra, **{"federation.run_name": f"core-plain-{transport}",
+                                       "overrides": f"{wire} federation.site_root={cache}/plain-{transport}"})
     plain = Coordinator(compose_run(rc), LocalTransport(NODES), quiet=True).run()
     a = load_file(Path(flower["run_dir"]) / "global-adapter.safetensors")
     b = load_file(Path(plain["run_dir"]) / "global-adapter.safetensors")
@@ -112,7 +115,7 @@ def test_a_malformed_hello_reply_is_one_line_naming_the_field(config, why):
         HelloRes.from_record(RecordDict({"config": ConfigRecord(config)}))
 
 
-def test_a_train_reply_without_a_weight_or_with_a_text_metric_is_unreadable():
+def test_a_train_reply_without_a_weight_a_hash_or_with_a_list_metric_is_unreadable():
     ins = _train_ins()
     good = TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64).to_record(ins)
     missing = RecordDict({"arrays": good.array_records["arrays"], "config": good.config_records["config"],
@@ -123,3 +126,24 @@ def test_a_train_reply_without_a_weight_or_with_a_text_metric_is_unreadable():
                       "config": ConfigRecord({"backbone_sha256": 5})})
     with pytest.raises(Unreadable, match="backbone_sha256"):
         TrainRes.from_record(bad, ins)
+    listed = RecordDict({"arrays": good.array_records["arrays"], "config": good.config_records["config"],
+                         "metrics": MetricRecord({"num-examples": 4, "val_psnr": [1.0, 2.0]})})
+    with pytest.raises(Unreadable, match="'val_psnr' is not a number"):
+        TrainRes.from_record(listed, ins)
+    counted = RecordDict({"arrays": good.array_records["arrays"], "config": good.config_records["config"],
+                          "metrics": MetricRecord({"num-examples": 4, "val_subjects": 0})})
+    with pytest.raises(Unreadable, match="'val_subjects' must be a whole number"):
+        TrainRes.from_record(counted, ins)
+
+
+def test_a_site_keeps_its_own_node_settings_over_the_runs():
+    sections = {"seed": 0, "data": {"root": "/server/data"}, "train": {"device": "cuda"}, "peft": {},
+                "strategy": {}, "federation": {"site_root": "/server/sites"}}
+    simulated = site_config(sections, {"partition-id": 0})
+    assert (simulated.data.root, simulated.federation.site_root) == ("/server/data", "/server/sites")
+    deployed = site_config(sections, {"site": "scanner4", "site-root": "/site/state", "data-root": "/site/data",
+                                      "device": "cpu"})
+    assert (deployed.data.root, deployed.federation.site_root, deployed.train.device) == (
+        "/site/data", "/site/state", "cpu")
+    with pytest.raises(ConfigError, match="sections a site does not take"):
+        site_config({**sections, "paths": {"cache": "/x"}}, {})

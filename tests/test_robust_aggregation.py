@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from flower_grid import InProcessGrid
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from safetensors.torch import load_file
 from test_federation_run import NODES, federate, run_config
 
@@ -25,6 +25,10 @@ def poisoning(kind: str, victim: int = 1001):
             return reply
         tensors = from_record(reply.content.array_records[ARRAYS])
         name = sorted(tensors)[0]
+        if kind == "garbage":  # bytes that are no array at all (numpy's loader raises its own errors)
+            reply.content[ARRAYS] = ArrayRecord({name: Array(dtype="float32", shape=(2,), stype="numpy.ndarray",
+                                                             data=b"PK\x03\x04 not an array")})
+            return reply
         if kind == "nan":
             tensors[name] = tensors[name].clone().fill_(float("nan"))
         elif kind == "shape":
@@ -49,7 +53,7 @@ def cache(federation_cache) -> Path:
     return federation_cache
 
 
-@pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "dtype", "backbone"])
+@pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "dtype", "backbone", "garbage"])
 def test_a_poisoned_update_is_rejected_and_the_global_is_the_honest_average(cache, kind):
     from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.transport import FlowerTransport

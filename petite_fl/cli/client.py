@@ -99,7 +99,12 @@ def cmd_join(args) -> int:
     if args.check:
         console.print(f"site {escape(site.name)}: ready to join {escape(site.server)}")
         return 0
-    node_config = write_toml(site.cache / site.name / "node-config.toml", site.node_config())
+    from petite_fl.config import compose, expand_path
+
+    # The site's own data folder (its synthetic scanner, when it has no manifest): never the coordinator's.
+    data_root = expand_path(compose(overrides=args.overrides).data.root)
+    node_config = write_toml(site.cache / site.name / "node-config.toml",
+                             {**site.node_config(), "data-root": str(data_root)})
     cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
                             node_config=node_config, port=site.port)
     # A marker for "joined and not left cleanly": after a crash, Flower's SuperLink still counts the

@@ -20,7 +20,7 @@ from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.console import console
 from petite_fl.experiments.compare_markdown import markdown, print_tables
 from petite_fl.experiments.compare_results import ArmRuns, all_differences, load_arms
-from petite_fl.federation.payload import upload_share
+from petite_fl.federation.flower.payload import upload_share
 from petite_fl.federation.site import site_list
 from petite_fl.training.inference import METRICS
 

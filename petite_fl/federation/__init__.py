@@ -1,1 +1,1 @@
-"""Federated PEFT: what is shared, how it is aggregated (Flower wiring lives in server/ and client/)."""
+"""Federated PEFT: a core without Flower (messages, coordinator, site, strategies) and its Flower adapter."""

@@ -81,6 +81,9 @@ class Coordinator:
             raise ConfigError(f"strategy {self.base.name} ends with local rounds that send nothing; SecAgg+ and "
                               "DP protect FedAvg rounds: use strategy=fedavg with them")
         self.timeout = float(cfg.federation.timeout)
+        # The protections around the strategy and their round driver (a carrier that has none refuses now).
+        self.strategy, self.driver = (transport.protect(self.base, p, int(cfg.seed), len(self.sites))
+                                      if transport is not None else (self.base, None))
         self.log = RunLog()
         self.round_rows: list[dict[str, Any]] = []
         self.phases: dict[str, float] = {}  # seconds of this start of the run, per phase
@@ -156,19 +159,21 @@ class Coordinator:
     # -- the run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        model, meta = load_backbone(backbone_for(cfg, quiet=self.quiet))  # loaded (and hash-checked) once
+        path = backbone_for(cfg, quiet=self.quiet)
+        clock = time.perf_counter()
+        model, meta = load_backbone(path)  # loaded (and hash-checked) once
+        loading = time.perf_counter() - clock
         sha = meta["sha256"]
         run_name = run_name_for(cfg, sha)
         run_dir = default_run_dir(cfg, run_name)
         run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg))
-        self.strategy, driver = self.transport.protect(self.base, self.protection, int(cfg.seed), len(self.sites))
         clock = time.perf_counter()
         infos = self.hello(run_name)
         self.phases["hello"] = time.perf_counter() - clock
         self.backbone_payload = self.distribute(infos, run_name, model, meta)
-        self.phases["backbone"] = time.perf_counter() - clock - self.phases["hello"]
+        self.phases["backbone"] = time.perf_counter() - clock - self.phases["hello"] + loading
 
         torch.manual_seed(int(cfg.seed))  # the sites initialise the same way
         state = apply_peft(model, spec_from_config(cfg.peft, model))
@@ -198,7 +203,7 @@ class Coordinator:
             sum(t.numel() for t in global_tensors.values())), self.timeout, self.label)
         every = max(1, int(cfg.federation.eval_every))
         for rnd in range(start + 1, self.rounds + 1):
-            global_tensors = self._round(ctx, driver, rnd, run_name, sha, global_tensors, (rnd - 1) % every == 0)
+            global_tensors = self._round(ctx, rnd, run_name, sha, global_tensors, (rnd - 1) % every == 0)
             save_checkpoint(checkpoint, rnd, global_tensors, sha, OmegaConf.to_container(cfg.strategy, resolve=True),
                             self.log, self.strategy.privacy_events())
             self.log.write(run_dir)
@@ -219,7 +224,7 @@ class Coordinator:
             print_summary(summary)
         return summary
 
-    def _round(self, ctx: RoundContext, driver: Any, rnd: int, run_name: str, sha: str,
+    def _round(self, ctx: RoundContext, rnd: int, run_name: str, sha: str,
                global_tensors: dict[str, torch.Tensor], validate: bool) -> dict[str, torch.Tensor]:
         begin = time.perf_counter()
         # After the federated rounds: the first local round still receives the last global.
@@ -228,7 +233,7 @@ class Coordinator:
         fields = {"uniform_weight": False, **self.strategy.ins_fields()}
         ins = TrainIns(run=run_name, round=rnd, rounds=self.rounds, steps=self.steps, sha256=sha, validate=validate,
                        tensors=sent, transport=self.precision, **fields)
-        result = driver(ctx, rnd, ins, global_tensors if collects else {})
+        result = self.driver(ctx, rnd, ins, global_tensors if collects else {})
         self.log.rejected += result.rejected
         self.log.transfer_rows += result.transfer
         for note in result.notes:

@@ -79,7 +79,8 @@ class SiteEndpoint:
             kept = str(site_dir(expand_path(str(self.node["site-root"])), str(self.node["site"]))
                        / "runs" / SiteWorker.run_folder_name(run) / "config.yaml")
         if kept is None or not Path(str(kept)).is_file():
-            raise PetiteError(f"no settings of run '{run}' at this site: it missed the run's hello")
-        cfg = OmegaConf.load(str(kept))
-        OmegaConf.set_readonly(cfg, True)
-        return cfg
+            raise PetiteError(f"no settings of run '{run}' at this site: it missed the run's hello"
+                              + ("" if self.node.get("site-root") else " (and its node config names no site-root "
+                                 "to find them in)"))
+        # The node's own settings as they are now (a site restarted with another device keeps it).
+        return site_config(OmegaConf.to_container(OmegaConf.load(str(kept))), self.node)

@@ -53,15 +53,21 @@ def flag(values: Mapping[str, Any], key: str, what: str) -> bool:
     return value
 
 
-def finite_metrics(values: Mapping[str, Any], what: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Numbers (or lists of numbers) only; a NaN travels as a value the server refuses later."""
+def number_metrics(values: Mapping[str, Any], what: str, skip: tuple[str, ...] = (),
+                   lists: bool = False) -> dict[str, Any]:
+    """Numbers only (and lists of numbers where `lists`); a count of subjects is a whole number ≥ 1.
+
+    A NaN mean is kept: the coordinator judges values (`evaluation.read_final_metrics`).
+    """
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key in skip:
             continue
-        items = value if isinstance(value, list) else [value]
+        items = value if isinstance(value, list) and lists else [value]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
             raise Unreadable(f"{what}: metric '{key}' is not a number")
+        if key.endswith("_subjects") and (not isinstance(value, int) or value < 1):
+            raise Unreadable(f"{what}: metric '{key}' must be a whole number ≥ 1, got {value!r}")
         out[key] = value
     return out
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from petite_fl.federation.fields import Unreadable, config_of, finite_metrics, flag, get, json_field, text, whole
+from petite_fl.federation.fields import Unreadable, config_of, flag, get, json_field, number_metrics, text, whole
 
 Tensors = dict[str, torch.Tensor]
 _ARRAYS, _CONFIG, _METRICS = "arrays", "config", "metrics"
@@ -242,12 +242,12 @@ class TrainRes:
             res = compat.recorddict_to_fitres(content, keep_input=True)
             m = dict(res.metrics)
             return cls(from_parameters(res.parameters, asked.names), whole({"n": res.num_examples}, "n", what, 1),
-                       text(m, "backbone_sha256", what), finite_metrics(m, what, ("backbone_sha256",)))
+                       text(m, "backbone_sha256", what), number_metrics(m, what, ("backbone_sha256",)))
         m = dict(content.metric_records[_METRICS]) if _METRICS in content.metric_records else {}
         c = config_of(content, what)
         return cls(from_record(content.array_records.get(_ARRAYS), asked.transport),
                    whole(m, _NUM_EXAMPLES, what, 1), text(c, "backbone_sha256", what),
-                   finite_metrics(m, what, (_NUM_EXAMPLES,)))
+                   number_metrics(m, what, (_NUM_EXAMPLES,)))
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ class EvaluateRes:
         m = dict(content.metric_records[_METRICS]) if _METRICS in content.metric_records else {}
         c = content.config_records.get(_CONFIG)
         adapter = c.get("adapter") if c is not None else None
-        return cls(finite_metrics(m, what), str(adapter) if isinstance(adapter, str) else None)
+        return cls(number_metrics(m, what, lists=True), str(adapter) if isinstance(adapter, str) else None)
 
 
 #: what each instruction is answered with

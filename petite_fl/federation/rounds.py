@@ -52,9 +52,8 @@ def plain_round(ctx: RoundContext, rnd: int, ins: TrainIns, expected: Tensors) -
     (the global shared tensors, or nothing in a local round)."""
     exchange = ctx.transport.exchange({n: ins for n in ctx.infos}, ctx.group(f"round-{rnd}"), ctx.timeout)
     result = RoundResult(errors=dict(exchange.errors))
-    for node, why in exchange.errors.items():
-        if why.startswith("unreadable reply"):
-            result.rejected.append({"round": rnd, "site": ctx.infos[node].site, "reason": why})
+    for node in exchange.unreadable:
+        result.rejected.append({"round": rnd, "site": ctx.infos[node].site, "reason": exchange.errors[node]})
     for node, reply in exchange.replies.items():
         site = ctx.infos[node].site
         verdict = check_update(reply.tensors, reply.num_examples, reply.backbone_sha256, expected, ctx.sha,

@@ -36,7 +36,7 @@ class RunLog:
 
     def eval_row(self, rnd: int, site: str, split: str, m: Mapping[str, Any]) -> None:
         """A per-round validation row from a train reply's metrics (when the site validated)."""
-        if f"{split}_psnr" not in m:
+        if f"{split}_psnr" not in m or not isinstance(m.get(f"{split}_subjects", 1), int):
             return
         self.eval_rows.append({"round": rnd, "site": site, "split": split,
                                "subjects": int(m.get(f"{split}_subjects", 1)),

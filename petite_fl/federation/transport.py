@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.strategies import Strategy
@@ -26,6 +28,7 @@ class Exchange:
     errors: dict[int, str] = field(default_factory=dict)
     bytes_down: dict[int, int] = field(default_factory=dict)
     bytes_up: dict[int, int] = field(default_factory=dict)
+    unreadable: set[int] = field(default_factory=set)  # replies refused as malformed (logged as rejected)
 
 
 class Transport(Protocol):
@@ -33,7 +36,8 @@ class Transport(Protocol):
         """The nodes connected now."""
 
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
-        """Deliver one instruction per node; every reply is validated before it is returned."""
+        """Deliver one instruction per node; replies come back typed (a carrier that reads them
+        off a wire validates them first)."""
 
     def protect(self, strategy: Strategy, protection: Protection, seed: int, n_sites: int) -> tuple[Strategy, Any]:
         """(the strategy wrapped with the run's protections, the round driver they need)."""
@@ -43,18 +47,26 @@ class Transport(Protocol):
 
 
 def payload_bytes(message: Any) -> int:
+    """Tensor bytes of a message in memory (the in-process carrier has no wire format to count)."""
     tensors = getattr(message, "tensors", None) or {}
     return int(sum(t.numel() * t.element_size() for t in tensors.values()))
 
 
-def _copy(message: Any) -> Any:
-    """A message as if it had crossed the wire: the receiver shares no tensor with the sender."""
+_WIRE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _copy(message: Any, transport: str) -> Any:
+    """A message as if it had crossed the wire: its own tensors, floating ones rounded to the
+    transport precision and received as float32, as Flower's records do."""
     tensors = getattr(message, "tensors", None)
     if not tensors:
         return message
     import dataclasses
 
-    return dataclasses.replace(message, tensors={k: v.detach().clone() for k, v in tensors.items()})
+    wire = _WIRE[transport]
+    return dataclasses.replace(message, tensors={
+        k: v.detach().to(wire).to(torch.float32) if v.is_floating_point() and transport != "float32"
+        else v.detach().clone() for k, v in tensors.items()})
 
 
 class LocalTransport:
@@ -72,10 +84,14 @@ class LocalTransport:
         out = Exchange()
         for node, message in messages.items():
             out.bytes_down[node] = payload_bytes(message)
+            wire = getattr(message, "transport", "float32")
             try:
-                reply = _copy(self.sites[node].answer(_copy(message)))
+                reply = _copy(self.sites[node].answer(_copy(message, wire)), wire)
             except PetiteError as exc:
                 out.errors[node] = f"site {self.sites[node].name()}: {exc}"
+                continue
+            except Exception as exc:
+                out.errors[node] = f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}"
                 continue
             out.replies[node] = reply
             out.bytes_up[node] = payload_bytes(reply)

@@ -10,7 +10,7 @@ def comm_bytes() -> dict[str, Any]:
     """Bytes per site per round of every spec at paper size (no training: exact on any machine)."""
     from petite_fl.config import compose
     from petite_fl.errors import ConfigError
-    from petite_fl.federation.payload import round_payload
+    from petite_fl.federation.flower.payload import round_payload
     from petite_fl.models.registry import available_backbones, build_backbone
     from petite_fl.peft.registry import available_methods
     from petite_fl.peft.spec import PETITE_CHOICE, feasible_mixes

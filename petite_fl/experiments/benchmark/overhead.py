@@ -1,4 +1,4 @@
-"""Benchmark section `overhead`: `flwr run` vs the same training without Flower, back to back."""
+"""Benchmark section `overhead`: Flower (SuperLink + `flwr run`) vs the same coordinator without Flower."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def private_mean(p: Protection, current: Mapping[str, torch.Tensor], uploads: Se
     inner = FedAvg(weighted_by_key=_WEIGHT, arrayrecord_key=ARRAYS)
     if p.dp == "server":
         dp: Any = DifferentialPrivacyServerSideFixedClipping(inner, p.noise_multiplier, p.clipping_norm, n_sites)
-        # What configure_train would store; petite-fl sends its own messages (see server.py).
+        # What configure_train would store; petite-fl sends its own messages (see coordinator.py).
         dp.current_arrays = to_record(current)
     else:
         dp = DifferentialPrivacyClientSideFixedClipping(inner, p.noise_multiplier, p.clipping_norm, n_sites)

@@ -34,6 +34,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from petite_fl.errors import PetiteError
 from petite_fl.federation.checks import check_update
+from petite_fl.federation.fields import Unreadable, number_metrics
 from petite_fl.federation.flower.records import content_bytes, from_parameters
 from petite_fl.federation.messages import TrainIns
 from petite_fl.federation.protected import Protected
@@ -219,6 +220,10 @@ class SecAggPlus(Protected):
                 continue
             _, m = sec.sites[node]
             made_on = str(m.pop("backbone_sha256", None))
+            try:
+                m = number_metrics(m, f"site {info.site}'s SecAgg+ reply")
+            except Unreadable as exc:
+                result.errors[node] = str(exc)
             if made_on != ctx.sha:
                 result.errors[node] = f"update made on backbone {made_on[:12]}…, not on {ctx.sha[:12]}…"
             result.accepted[node] = m

@@ -13,7 +13,6 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from petite_fl.errors import PetiteError
 from petite_fl.federation.flower.records import record_bytes
 from petite_fl.federation.messages import REPLIES
 from petite_fl.federation.protected import Protected
@@ -56,8 +55,9 @@ class FlowerTransport:
             ins = messages[node]
             try:
                 out.replies[node] = REPLIES[type(ins)].from_record(reply.content, ins)
-            except (PetiteError, KeyError, ValueError, TypeError) as exc:
-                out.errors[node] = f"unreadable reply ({exc})"
+            except Exception as exc:
+                out.errors[node] = f"unreadable reply ({type(exc).__name__}: {exc})"[:500]
+                out.unreadable.add(node)
                 continue
             out.bytes_up[node] = record_bytes(reply.content)
         for node in messages:
