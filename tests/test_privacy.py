@@ -183,10 +183,36 @@ def test_server_side_dp_clips_each_update_and_adds_noise_of_z_c_over_n():
     noise = out - mean
     assert abs(float(noise.mean())) < 1e-3
     assert float(noise.std()) == pytest.approx(1.0 * 0.1 / 3, rel=0.03)
-    assert torch.equal(out, private_mean(_protection("server"), current, uploads, seed=7)["w"])  # seeded
+    assert torch.equal(out, private_mean(_protection("server"), current, uploads, seed=7)["w"])  # seeded (tests)
     # client mode: the server does not clip (the sites' fixedclipping_mod did)
     tiny = private_mean(_protection("client", z=1e-9), current, uploads, seed=7)["w"]
     torch.testing.assert_close(tiny, sum(u["w"] for u in uploads) / 3, atol=1e-6, rtol=0)
+
+
+def test_the_dp_noise_cannot_be_replayed_from_the_run_config():
+    """The attack: every site knows the run's seed; if the noise came from it, regenerating it and
+    subtracting it from the release would give back the true mean (to 4e-9 before this fix)."""
+    from petite_fl.federation.flower.privacy import CentralDP
+    from petite_fl.federation.protected import Protected
+    from petite_fl.federation.site import round_seed
+    from petite_fl.federation.strategies import build_strategy
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    p = _protection("server")
+    current = {"w": torch.zeros(5_000)}
+    g = torch.Generator().manual_seed(1)
+    uploads = [({"w": torch.randn(5_000, generator=g) * 1e-4}, 1) for _ in range(3)]
+    mean = sum(u["w"] for u, _ in uploads) / 3  # all within the clipping norm: the release is mean + noise
+    strategy = CentralDP(Protected(build_strategy({"name": "fedavg", "sharing": {"share": ["*"]}})), p, 3)
+    before = np.random.get_state()[1].copy()
+    first = strategy.aggregate(current, uploads)["w"]
+    second = strategy.aggregate(current, uploads)["w"]
+    assert np.array_equal(np.random.get_state()[1], before)  # determinism elsewhere is kept
+    assert not torch.equal(first, second)  # same run, same seed, same inputs: fresh noise per release
+    assert float((first - mean).std()) == pytest.approx(p.noise_multiplier * p.clipping_norm / 3, rel=0.05)
+    for seed in (0, round_seed(0, "(server)", 1, "dp-noise")):  # the run seed, and the old per-round seed
+        replayed = first - (private_mean(p, current, [u for u, _ in uploads], seed=seed)["w"] - mean)
+        assert float((replayed - mean).abs().max()) > 1e-3  # subtracting a regenerated noise recovers nothing
 
 
 def _update_norms(grid) -> list[float]:

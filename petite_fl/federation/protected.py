@@ -38,11 +38,6 @@ class Protected:
         """Why an update that passed `check_update` is still refused under this protection."""
         return self.inner.refuse(norm) if isinstance(self.inner, Protected) else None
 
-    def begin_round(self, rnd: int) -> None:
-        """The round whose updates `aggregate` receives next (a noise seed per round)."""
-        if isinstance(self.inner, Protected):
-            self.inner.begin_round(rnd)
-
     def privacy_events(self) -> list[Any]:
         return self.inner.privacy_events() if isinstance(self.inner, Protected) else []
 

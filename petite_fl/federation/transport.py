@@ -39,7 +39,7 @@ class Transport(Protocol):
         """Deliver one instruction per node; replies come back typed (a carrier that reads them
         off a wire validates them first)."""
 
-    def protect(self, strategy: Strategy, protection: Protection, seed: int, n_sites: int) -> tuple[Strategy, Any]:
+    def protect(self, strategy: Strategy, protection: Protection, n_sites: int) -> tuple[Strategy, Any]:
         """(the strategy wrapped with the run's protections, the round driver they need)."""
 
     def record_bytes(self, message: Any) -> int:
@@ -97,7 +97,7 @@ class LocalTransport:
             out.bytes_up[node] = payload_bytes(reply)
         return out
 
-    def protect(self, strategy: Strategy, protection: Protection, seed: int, n_sites: int) -> tuple[Strategy, Any]:
+    def protect(self, strategy: Strategy, protection: Protection, n_sites: int) -> tuple[Strategy, Any]:
         if protection.secagg or protection.dp != "off":
             raise ConfigError("SecAgg+ and DP are Flower's protocols: run them through Flower (petite simulate)")
         from petite_fl.federation.protected import Protected

@@ -10,6 +10,7 @@ rounds into (ε, δ); with five sites and no sampling, expect a large ε (see th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,6 @@ from flwr.serverapp.strategy import (
 from petite_fl.federation.flower.records import ARRAYS, from_record, to_record
 from petite_fl.federation.protected import Protected
 from petite_fl.federation.protection import Protection
-from petite_fl.federation.site import round_seed
 
 _WEIGHT = "dp-weight"  # every site weighs 1: the noise is calibrated for a plain mean
 
@@ -43,8 +43,14 @@ def _message(tensors: Mapping[str, torch.Tensor]) -> Message:
 
 
 def private_mean(p: Protection, current: Mapping[str, torch.Tensor], uploads: Sequence[Mapping[str, torch.Tensor]],
-                 seed: int) -> dict[str, torch.Tensor]:
-    """Clip (server mode), take the plain mean and add noise, all by Flower's wrapper."""
+                 seed: int | None = None) -> dict[str, torch.Tensor]:
+    """Clip (server mode), take the plain mean and add noise, all by Flower's wrapper.
+
+    The noise generator is seeded with 128 bits from the operating system's CSPRNG for every
+    release, never from the run's configuration: a seed anyone can read (the run's `seed` is
+    in every site's config) would let them regenerate the noise and subtract it. `seed` is
+    for tests of the noise's distribution only.
+    """
     n_sites = len(uploads)
     inner = FedAvg(weighted_by_key=_WEIGHT, arrayrecord_key=ARRAYS)
     if p.dp == "server":
@@ -53,10 +59,10 @@ def private_mean(p: Protection, current: Mapping[str, torch.Tensor], uploads: Se
         dp.current_arrays = to_record(current)
     else:
         dp = DifferentialPrivacyClientSideFixedClipping(inner, p.noise_multiplier, p.clipping_norm, n_sites)
-    # Flower draws the noise from numpy's global generator: seed it per round (a resumed run
-    # adds the same noise), and give the caller's generator back untouched.
+    # Flower draws the noise from numpy's global generator: seed it for this release alone, and
+    # give the caller's generator back untouched (the rest of the run stays deterministic).
     saved = np.random.get_state()
-    np.random.seed(seed % 2**32)
+    np.random.seed(np.frombuffer(os.urandom(16), dtype=np.uint32) if seed is None else seed % 2**32)
     try:
         arrays, _ = dp.aggregate_train(0, [_message(u) for u in uploads])
     finally:
@@ -96,9 +102,9 @@ class PrivacyLedger:
 class CentralDP(Protected):
     """Central DP around a strategy: uniform weights, clipping (client mode: checked), noise, ledger."""
 
-    def __init__(self, inner: Any, p: Protection, seed: int, population: int) -> None:
+    def __init__(self, inner: Any, p: Protection, population: int) -> None:
         super().__init__(inner)
-        self.p, self.seed, self.population, self.round = p, seed, population, 0
+        self.p, self.population = p, population
         self.ledger = PrivacyLedger(p, population)
 
     def ins_fields(self) -> dict[str, Any]:
@@ -113,17 +119,12 @@ class CentralDP(Protected):
             return f"update norm {norm:.4g} is not clipped to federation.dp.clipping_norm={self.p.clipping_norm:g}"
         return super().refuse(norm)
 
-    def begin_round(self, rnd: int) -> None:
-        self.round = rnd
-        super().begin_round(rnd)
-
     def aggregate(self, current, updates):
         if not current:
             return {}
         # Under SecAgg+ the updates are n copies of the unmasked average: a plain mean of them is
         # itself, so Flower's wrapper calibrates the noise for the n sites in the sum.
-        out = private_mean(self.p, current, [u for u, _ in updates],
-                           round_seed(self.seed, "(server)", self.round, "dp-noise"))
+        out = private_mean(self.p, current, [u for u, _ in updates])  # noise from the OS, never the config
         self.ledger.add(len(updates))
         return out
 

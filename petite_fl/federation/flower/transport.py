@@ -65,7 +65,7 @@ class FlowerTransport:
                 out.errors[node] = f"no reply within federation.timeout={timeout:g} s"
         return out
 
-    def protect(self, strategy: Any, protection: Protection, seed: int, n_sites: int) -> tuple[Protected, Any]:
+    def protect(self, strategy: Any, protection: Protection, n_sites: int) -> tuple[Protected, Any]:
         """The strategy inside Flower's protections (SecAgg+ innermost, DP outside), and the round driver."""
         wrapped, driver = Protected(strategy), plain_round
         if protection.secagg:
@@ -76,5 +76,5 @@ class FlowerTransport:
         if protection.dp != "off":
             from petite_fl.federation.flower.privacy import CentralDP
 
-            wrapped = CentralDP(wrapped, protection, seed, n_sites)
+            wrapped = CentralDP(wrapped, protection, n_sites)
         return wrapped, driver
