@@ -108,7 +108,8 @@ def test_replies_read_back_in_both_layouts():
     ({"held": "", "num_examples": 3, "device": "cpu"}, "missing 'site'"),
     ({"site": "scanner4", "held": "", "num_examples": "3", "device": "cpu"}, "'num_examples' must be a whole"),
     ({"site": "scanner4", "held": "", "num_examples": 0, "device": "cpu"}, "'num_examples' must be a whole"),
-    ({"site": "", "held": "", "num_examples": 3, "device": "cpu"}, "'site' must be a non-empty string"),
+    ({"site": "", "held": "", "num_examples": 3, "device": "cpu"}, "'site' '' is not a name"),
+    ({"site": "../x", "held": "", "num_examples": 3, "device": "cpu"}, "'site' '../x' is not a name"),
 ])
 def test_a_malformed_hello_reply_is_one_line_naming_the_field(config, why):
     with pytest.raises(Unreadable, match=why):
@@ -147,3 +148,18 @@ def test_a_site_keeps_its_own_node_settings_over_the_runs():
         "/site/data", "/site/state", "cpu")
     with pytest.raises(ConfigError, match="sections a site does not take"):
         site_config({**sections, "paths": {"cache": "/x"}}, {})
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("federation.run_name='../../x'", "federation.run_name"), ("federation.run_name=a/b", "federation.run_name"),
+    ("federation.sites=[scanner4,'..']", "federation.sites"), ("federation.sites=['x/../y']", "federation.sites"),
+])
+def test_names_that_would_leave_their_folder_are_refused_before_any_work(override, field):
+    with pytest.raises(ConfigError, match=rf"{field}: .* is not a name"):
+        Coordinator(compose_run({"overrides": override}), LocalTransport([]))
+
+
+@pytest.mark.parametrize("run", ["../x", "..", "a/b", "run\n"])
+def test_a_site_refuses_a_run_name_that_is_not_a_name(run):
+    with pytest.raises(Unreadable, match=r"'run' .* is not a name"):
+        Hello.from_record(Hello(run, {}).to_record())

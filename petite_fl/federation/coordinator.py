@@ -28,7 +28,7 @@ from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.checkpoint import load_checkpoint, save_checkpoint
 from petite_fl.federation.checks import max_update_norm
 from petite_fl.federation.evaluation import read_final_metrics
-from petite_fl.federation.fields import check_transport
+from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
 from petite_fl.federation.protection import check_combination, protection_from_config
 from petite_fl.federation.rounds import RoundContext
@@ -47,6 +47,9 @@ _RUN_NEUTRAL = ("resume", "timeout", "wait_for_sites", "run_name", "site_root", 
 
 def run_name_for(cfg: DictConfig, backbone_sha: str) -> str:
     if cfg.federation.run_name:
+        why = bad_name(str(cfg.federation.run_name))
+        if why:
+            raise ConfigError(f"federation.run_name: {why}")
         return str(cfg.federation.run_name)
     fed = {k: v for k, v in OmegaConf.to_container(cfg.federation, resolve=True).items() if k not in _RUN_NEUTRAL}
     key = config_hash(__version__, cfg.strategy, cfg.peft, cfg.train, cfg.data, fed, cfg.seed, backbone_sha)
@@ -63,7 +66,9 @@ class Coordinator:
     def __init__(self, cfg: DictConfig, transport: Any, quiet: bool = False, label: str | None = None) -> None:
         self.cfg, self.transport, self.quiet, self.label = cfg, transport, quiet, label
         self.base = build_strategy(cfg.strategy)
-        self.sites = site_list(cfg)
+        self.sites = site_list(cfg)  # names checked: each becomes a folder
+        if cfg.federation.run_name:
+            run_name_for(cfg, "")  # a bad run name is refused before any work
         self.rounds, self.steps = int(cfg.federation.rounds), int(cfg.federation.local_steps)
         if self.rounds < 0 or self.steps < 1:
             raise PetiteError(f"federation.rounds must be ≥ 0 and federation.local_steps ≥ 1, "
@@ -82,7 +87,7 @@ class Coordinator:
                               "DP protect FedAvg rounds: use strategy=fedavg with them")
         self.timeout = float(cfg.federation.timeout)
         # The protections around the strategy and their round driver (a carrier that has none refuses now).
-        self.strategy, self.driver = (transport.protect(self.base, p, int(cfg.seed), len(self.sites))
+        self.strategy, self.driver = (transport.protect(self.base, p, len(self.sites))
                                       if transport is not None else (self.base, None))
         self.log = RunLog()
         self.round_rows: list[dict[str, Any]] = []
@@ -251,7 +256,6 @@ class Coordinator:
                               f"(federation.min_sites); the last completed round ({rnd - 1}) is checkpointed")
         aggregate_begin = time.perf_counter()
         if collects:
-            self.strategy.begin_round(rnd)
             global_tensors = self.strategy.aggregate(global_tensors, result.updates)
         # Timing per round for the overhead benchmark (under SecAgg+ the sum is inside the round)
         self.round_rows.append({"round": rnd, "sites": len(result.accepted), "seconds": time.perf_counter() - begin,

@@ -7,6 +7,7 @@ field by field, with the field's name, before any of it is used.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,25 @@ def check_transport(name: str) -> str:
 
 class Unreadable(PetiteError):
     """A record that is not the message it claims to be."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def bad_name(value: Any) -> str | None:
+    """Why `value` cannot name a run or a site (it becomes a folder at the server and the sites)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        return (f"{value!r} is not a name: use letters, digits, '_', '-' and '.' (not '..'), starting with a "
+                "letter or digit, at most 128 characters")
+    return None
+
+
+def name(values: Mapping[str, Any], key: str, what: str) -> str:
+    value = get(values, key, what)
+    why = bad_name(value)
+    if why:
+        raise Unreadable(f"{what}: '{key}' {why}")
+    return value
 
 
 def get(values: Mapping[str, Any], key: str, what: str) -> Any:

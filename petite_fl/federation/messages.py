@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from petite_fl.federation.fields import Unreadable, config_of, flag, get, json_field, number_metrics, text, whole
+from petite_fl.federation.fields import Unreadable, config_of, flag, get, json_field, name, number_metrics, text, whole
 
 Tensors = dict[str, torch.Tensor]
 _ARRAYS, _CONFIG, _METRICS = "arrays", "config", "metrics"
@@ -52,7 +52,7 @@ class Hello:
         config = json_field(c, "config", "hello")
         if not isinstance(config, dict):
             raise Unreadable("hello: 'config' is not a mapping")
-        return cls(text(c, "run", "hello"), config)
+        return cls(name(c, "run", "hello"), config)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class HelloRes:
         held = get(c, "held", "hello reply")
         if not isinstance(held, str):
             raise Unreadable(f"hello reply: 'held' must be a comma-separated string, got {held!r}")
-        return cls(text(c, "site", "hello reply"), tuple(h for h in held.split(",") if h),
+        return cls(name(c, "site", "hello reply"), tuple(h for h in held.split(",") if h),
                    whole(c, "num_examples", "hello reply", 1), text(c, "device", "hello reply"))
 
 
@@ -103,7 +103,7 @@ class BackboneOffer:
             raise Unreadable("backbone offer: 'meta' lacks model, config or sha256")
         if _ARRAYS not in content.array_records:
             raise Unreadable("backbone offer: no tensors")
-        return cls(text(c, "run", "backbone offer"), content.array_records[_ARRAYS].to_torch_state_dict(), meta)
+        return cls(name(c, "run", "backbone offer"), content.array_records[_ARRAYS].to_torch_state_dict(), meta)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class TrainIns:
         else:
             c = config_of(content, what)
             tensors = from_record(content.array_records.get(_ARRAYS), text(c, "transport", what))
-        return cls(text(c, "run", what), whole(c, "round", what, 1), whole(c, "rounds", what, 1),
+        return cls(name(c, "run", what), whole(c, "round", what, 1), whole(c, "rounds", what, 1),
                    whole(c, "steps", what, 1), text(c, "sha256", what), flag(c, "validate", what),
                    text(c, "weight", what) == "uniform", tensors, str(c.get("transport", "float32")),
                    float(c[_CLIP_KEY]) if _CLIP_KEY in c else None,
@@ -278,7 +278,7 @@ class EvaluateIns:
         what = "evaluate message"
         c = config_of(content, what)
         transport = text(c, "transport", what)
-        return cls(text(c, "run", what), whole(c, "round", what, 0), text(c, "sha256", what),
+        return cls(name(c, "run", what), whole(c, "round", what, 0), text(c, "sha256", what),
                    tuple(text(c, "splits", what).split(",")),
                    from_record(content.array_records.get(_ARRAYS), transport), transport)
 

@@ -30,6 +30,7 @@ from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.site import load_site
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.backbone_cache import BackboneCache
+from petite_fl.federation.fields import bad_name
 from petite_fl.federation.messages import HelloRes
 from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
@@ -53,6 +54,10 @@ def site_list(cfg: DictConfig) -> list[str]:
         raise ConfigError("federation.sites is empty")
     if len(set(items)) != len(items):
         raise ConfigError(f"federation.sites lists a site twice: {items}")
+    for item in items:
+        why = bad_name(item)
+        if why:
+            raise ConfigError(f"federation.sites: {why}")
     return items
 
 
@@ -180,7 +185,7 @@ class SiteWorker:
             extra = json.loads((fh.metadata() or {}).get("petite_fl", "{}"))
         objective = self.run_dir(run_name) / f"objective-r{rnd:04d}.pt"
         if objective.is_file():
-            extra["objective"] = torch.load(objective, map_location="cpu", weights_only=False)
+            extra["objective"] = torch.load(objective, map_location="cpu", weights_only=True)
         return load_file(str(path)), extra
 
     def _trained_before(self, run_name: str) -> bool:

@@ -185,7 +185,7 @@ def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]
     objective = make_objective(cfg.train, model.name, preset, device)
     disc = backbone_path.with_suffix(".disc.pt")
     if isinstance(objective, Adversarial) and disc.is_file():
-        objective.d.load_state_dict(torch.load(disc, map_location=device))
+        objective.d.load_state_dict(torch.load(disc, map_location=device, weights_only=True))
     steps = int(cfg.train.finetune.steps) if spec.kind != "none" else 0
     dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed) + 1)
     result = train(model, dataset, objective, steps=steps,

@@ -127,7 +127,7 @@ def _save(path, step, model, names, optimizer, scheduler, scaler, objective, his
 
 
 def _restore(path, model, optimizer, scheduler, scaler, objective) -> tuple[int, list]:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in payload["trainable"].items():
