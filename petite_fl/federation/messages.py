@@ -76,7 +76,7 @@ class HelloRes:
         held = get(c, "held", "hello reply")
         if not isinstance(held, str):
             raise Unreadable(f"hello reply: 'held' must be a comma-separated string, got {held!r}")
-        return cls(name(c, "site", "hello reply"), tuple(h for h in held.split(",") if h),
+        return cls(text(c, "site", "hello reply"), tuple(h for h in held.split(",") if h),
                    whole(c, "num_examples", "hello reply", 1), text(c, "device", "hello reply"))
 
 

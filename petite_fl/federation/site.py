@@ -30,7 +30,6 @@ from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.site import load_site
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.backbone_cache import BackboneCache
-from petite_fl.federation.fields import bad_name
 from petite_fl.federation.messages import HelloRes
 from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
@@ -54,10 +53,6 @@ def site_list(cfg: DictConfig) -> list[str]:
         raise ConfigError("federation.sites is empty")
     if len(set(items)) != len(items):
         raise ConfigError(f"federation.sites lists a site twice: {items}")
-    for item in items:
-        why = bad_name(item)
-        if why:
-            raise ConfigError(f"federation.sites: {why}")
     return items
 
 
@@ -74,9 +69,15 @@ def site_for_node(cfg: DictConfig, node_config: Mapping[str, Any]) -> str:
     return sites[pid]
 
 
+def _folder(name: str) -> str:
+    """A name as one folder name: never a separator, never '.' or '..' (a site may be a manifest path)."""
+    safe = _SAFE.sub("_", name)
+    return safe.replace(".", "_") if set(safe) <= {"."} else safe
+
+
 def site_dir(site_root: Path, site: str) -> Path:
     """A site's own folder under its root (backbone cache, per-run state)."""
-    return site_root / _SAFE.sub("_", site)
+    return site_root / _folder(site)
 
 
 def round_seed(seed: int, site: str, rnd: int, salt: str = "") -> int:
@@ -147,7 +148,7 @@ class SiteWorker:
     # -- rounds ----------------------------------------------------------------------
     @staticmethod
     def run_folder_name(run_name: str) -> str:
-        return _SAFE.sub("_", run_name)
+        return _folder(run_name)
 
     def run_dir(self, run_name: str) -> Path:
         return self.dir / "runs" / self.run_folder_name(run_name)
