@@ -39,3 +39,20 @@ def test_bad_hashes_and_missing_backbones_are_clear_errors(tmp_path):
         cache.path("../../etc/passwd")
     with pytest.raises(PetiteError, match="not in the cache"):
         cache.load("a" * 64)
+
+
+def test_a_cached_file_under_another_backbones_name_is_refused(tmp_path):
+    """A file that is a valid backbone, but not the one its name promises, is not used."""
+    import shutil
+
+    torch.manual_seed(0)
+    a = build_backbone("unetr", "tiny")
+    torch.manual_seed(1)
+    b = build_backbone("unetr", "tiny")
+    cache = BackboneCache(tmp_path)
+    path_a = cache.store(a, save_backbone(a, tmp_path / "a.safetensors")["sha256"])
+    sha_b = save_backbone(b, tmp_path / "b.safetensors")["sha256"]
+    shutil.copy(path_a, cache.path(sha_b))
+    with pytest.raises(PetiteError, match="holds backbone"):
+        cache.load(sha_b)
+    assert not list(tmp_path.glob(".incoming-*"))

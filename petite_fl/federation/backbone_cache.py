@@ -7,7 +7,9 @@ to what the server announced (`store`). Files are written atomically.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -41,8 +43,15 @@ class BackboneCache:
     def store(self, model: Backbone, expected_sha256: str, provenance: dict | None = None) -> Path:
         """Keep a received backbone, refusing it if its content does not hash as announced."""
         target = self.path(expected_sha256)
-        tmp = self.folder / f".incoming-{expected_sha256}.safetensors"
-        meta = save_backbone(model, tmp, provenance)
+        # A name of its own: two deliveries of the same backbone (a resumed run, two processes) never share one.
+        fd, name = tempfile.mkstemp(prefix=f".incoming-{expected_sha256[:12]}-", suffix=".safetensors", dir=self.folder)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            meta = save_backbone(model, tmp, provenance)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         if meta["sha256"] != expected_sha256:
             tmp.unlink(missing_ok=True)
             raise PetiteError(f"received backbone hashes to {meta['sha256'][:12]}…, "
@@ -54,4 +63,8 @@ class BackboneCache:
         path = self.path(sha256)
         if not path.is_file():
             raise PetiteError(f"backbone {sha256[:12]}… is not in the cache at {self.folder}")
-        return load_backbone(path, device)
+        model, meta = load_backbone(path, device)  # its content checked against the hash it records
+        if meta["sha256"] != sha256:  # … and that hash against the one asked for (a file put under another name)
+            raise PetiteError(f"the cached file for backbone {sha256[:12]}… holds backbone {meta['sha256'][:12]}…: "
+                              "refused; delete it and let the server send the backbone again")
+        return model, meta
