@@ -79,3 +79,24 @@ def test_the_norm_bound_lets_honest_updates_through_and_is_configurable(cache):
         federate(run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.run_name": "strict",
                                                          "overrides": "federation.val.patches=4 "
                                                                       "federation.robust.max_update_norm=1e-9"}))
+
+
+def test_a_site_claiming_a_huge_weight_weighs_what_it_declared_at_the_hello(cache):
+    """The attack: num-examples is the averaging weight; claim 10⁹ and your update replaces the global."""
+    from petite_fl.federation.coordinator import Coordinator
+    from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.runconfig import compose_run
+
+    def inflate(message, context):
+        reply = client_app(message, context)
+        if message.metadata.message_type == "train" and context.node_id == 1001 and not reply.has_error():
+            reply.content["metrics"]["num-examples"] = 10**9
+        return reply
+
+    runs = {}
+    for name, app in (("weight-honest", client_app), ("weight-inflated", inflate)):
+        rc = run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.run_name": name})
+        runs[name] = Coordinator(compose_run(rc), FlowerTransport(InProcessGrid(app, rc, NODES)), quiet=True).run()
+    honest, inflated = (load_file(Path(runs[n]["run_dir"]) / "global-adapter.safetensors")
+                        for n in ("weight-honest", "weight-inflated"))
+    assert all(torch.equal(honest[k], inflated[k]) for k in honest)

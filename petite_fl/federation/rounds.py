@@ -64,7 +64,8 @@ def plain_round(ctx: RoundContext, rnd: int, ins: TrainIns, expected: Tensors) -
             result.rejected.append({"round": rnd, "site": site, "reason": reason})
             continue
         result.accepted[node] = {**reply.metrics, "update_norm": verdict.norm}
-        result.updates.append((reply.tensors, reply.num_examples))
+        # A site weighs at most the training scans it declared at the hello: claiming 10⁹ buys nothing.
+        result.updates.append((reply.tensors, min(reply.num_examples, ctx.infos[node].num_examples)))
         result.transfer.append({"round": rnd, "site": site, "what": "peft",
                                 "bytes_down": exchange.bytes_down.get(node, 0),
                                 "bytes_up": exchange.bytes_up.get(node, 0)})
