@@ -157,11 +157,12 @@ def test_a_run_name_that_would_leave_its_folder_is_refused_before_any_work(run_n
 
 @pytest.mark.parametrize("site", ["..", ".", "../../etc", "/tmp/site/manifest.json"])
 def test_a_sites_folder_stays_under_its_root_whatever_it_is_called(tmp_path, site):
-    from petite_fl.federation.site import SiteWorker, site_dir
+    from petite_fl.federation.site import run_folder, site_dir
 
     folder = site_dir(tmp_path, site)
     assert folder.parent == tmp_path and folder.name not in (".", "..")
-    assert "/" not in SiteWorker.run_folder_name(site) and SiteWorker.run_folder_name("..") != ".."
+    run = run_folder(tmp_path, "scanner4", site)
+    assert run.parent == tmp_path / "scanner4" / "runs" and run.name not in (".", "..")
 
 
 @pytest.mark.parametrize("run", ["../x", "..", "a/b", "run\n"])

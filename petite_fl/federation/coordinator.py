@@ -31,7 +31,7 @@ from petite_fl.federation.evaluation import read_final_metrics
 from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
 from petite_fl.federation.protection import check_combination, protection_from_config
-from petite_fl.federation.rounds import RoundContext
+from petite_fl.federation.rounds import RoundContext, group_id
 from petite_fl.federation.runlog import RunLog, print_summary
 from petite_fl.federation.site import site_list
 from petite_fl.federation.strategies import build_strategy
@@ -99,7 +99,7 @@ class Coordinator:
             console.print(prefix + text, markup=False, highlight=False)
 
     def group(self, name: str) -> str:
-        return f"{self.label}/{name}" if self.label else name
+        return group_id(self.label, name)
 
     # -- handshake and backbone --------------------------------------------------------
     def _wait_for_nodes(self) -> list[int]:

@@ -27,7 +27,7 @@ from petite_fl.federation.messages import (
     TrainIns,
     TrainRes,
 )
-from petite_fl.federation.site import SiteWorker, site_dir, site_for_node
+from petite_fl.federation.site import SiteWorker, run_folder, site_for_node
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import site_config
 
@@ -76,8 +76,8 @@ class SiteEndpoint:
         """The run's settings as this site kept them at the hello."""
         kept = self.state.get(_STATE_PREFIX + run)
         if kept is None and self.node.get("site-root") and self.node.get("site"):  # a restarted site process
-            kept = str(site_dir(expand_path(str(self.node["site-root"])), str(self.node["site"]))
-                       / "runs" / SiteWorker.run_folder_name(run) / "config.yaml")
+            root = expand_path(str(self.node["site-root"]))
+            kept = str(run_folder(root, str(self.node["site"]), run) / "config.yaml")
         if kept is None or not Path(str(kept)).is_file():
             raise PetiteError(f"no settings of run '{run}' at this site: it missed the run's hello"
                               + ("" if self.node.get("site-root") else " (and its node config names no site-root "

@@ -36,11 +36,6 @@ class Protection:
         """Train messages in Flower's FitIns/FitRes layout, which its SecAgg+ and clipping mods read."""
         return self.secagg or self.dp == "client"
 
-    @property
-    def uniform_weights(self) -> bool:
-        """DP's noise is calibrated for a plain mean: each site counts once, whatever its size."""
-        return self.dp != "off"
-
     def describe(self) -> str:
         parts = []
         if self.secagg:

@@ -20,6 +20,11 @@ from petite_fl.federation.messages import HelloRes, TrainIns
 Tensors = dict[str, torch.Tensor]
 
 
+def group_id(label: str | None, name: str) -> str:
+    """Flower's message group of one exchange: prefixed by a compare arm's label."""
+    return f"{label}/{name}" if label else name
+
+
 @dataclass
 class RoundContext:
     """What a round driver needs of the run."""
@@ -33,7 +38,7 @@ class RoundContext:
     label: str | None = None         # group prefix of a compare arm
 
     def group(self, name: str) -> str:
-        return f"{self.label}/{name}" if self.label else name
+        return group_id(self.label, name)
 
 
 @dataclass

@@ -80,6 +80,11 @@ def site_dir(site_root: Path, site: str) -> Path:
     return site_root / _folder(site)
 
 
+def run_folder(site_root: Path, site: str, run_name: str) -> Path:
+    """Where a site keeps one run's settings and personal state."""
+    return site_dir(site_root, site) / "runs" / _folder(run_name)
+
+
 def round_seed(seed: int, site: str, rnd: int, salt: str = "") -> int:
     """A seed per (run seed, site, round): a resumed round draws the same patches."""
     return int(hashlib.sha256(f"{seed}/{site}/{rnd}/{salt}".encode()).hexdigest()[:8], 16)
@@ -146,12 +151,8 @@ class SiteWorker:
         return self.cache.store(model, str(meta["sha256"]), dict(meta.get("provenance") or {}))
 
     # -- rounds ----------------------------------------------------------------------
-    @staticmethod
-    def run_folder_name(run_name: str) -> str:
-        return _folder(run_name)
-
     def run_dir(self, run_name: str) -> Path:
-        return self.dir / "runs" / self.run_folder_name(run_name)
+        return run_folder(expand_path(self.cfg.federation.site_root), self.site, run_name)
 
     def _prepare(self, sha256: str):
         model, meta = self.cache.load(sha256, self.device)  # verified against its content hash

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.federation.aggregate import payload_bytes
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.strategies import Strategy
 
@@ -46,10 +47,9 @@ class Transport(Protocol):
         """Bytes `message` takes on this carrier (its tensor payload)."""
 
 
-def payload_bytes(message: Any) -> int:
+def message_bytes(message: Any) -> int:
     """Tensor bytes of a message in memory (the in-process carrier has no wire format to count)."""
-    tensors = getattr(message, "tensors", None) or {}
-    return int(sum(t.numel() * t.element_size() for t in tensors.values()))
+    return payload_bytes(getattr(message, "tensors", None) or {})
 
 
 _WIRE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -83,7 +83,7 @@ class LocalTransport:
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
         out = Exchange()
         for node, message in messages.items():
-            out.bytes_down[node] = payload_bytes(message)
+            out.bytes_down[node] = message_bytes(message)
             wire = getattr(message, "transport", "float32")
             try:
                 reply = _copy(self.sites[node].answer(_copy(message, wire)), wire)
@@ -94,7 +94,7 @@ class LocalTransport:
                 out.errors[node] = f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}"
                 continue
             out.replies[node] = reply
-            out.bytes_up[node] = payload_bytes(reply)
+            out.bytes_up[node] = message_bytes(reply)
         return out
 
     def protect(self, strategy: Strategy, protection: Protection, n_sites: int) -> tuple[Strategy, Any]:
@@ -106,4 +106,4 @@ class LocalTransport:
         return Protected(strategy), plain_round
 
     def record_bytes(self, message: Any) -> int:
-        return payload_bytes(message)
+        return message_bytes(message)

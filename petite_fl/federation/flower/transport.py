@@ -34,10 +34,10 @@ class FlowerTransport:
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
         out, encoded, sent = Exchange(), {}, []
         for node, ins in messages.items():
-            if id(ins) not in encoded:  # one record per distinct instruction (the backbone is large)
-                encoded[id(ins)] = ins.to_record()
-            content = encoded[id(ins)]
-            out.bytes_down[node] = record_bytes(content)
+            if id(ins) not in encoded:  # one record (and one count) per distinct instruction: the backbone is large
+                record = ins.to_record()
+                encoded[id(ins)] = (record, record_bytes(record))
+            content, out.bytes_down[node] = encoded[id(ins)]
             sent.append(Message(content=content, dst_node_id=node, message_type=ins.KIND, group_id=group))
         received = list(self.grid.send_and_receive(sent, timeout=timeout))
         # The SuperLink answers for a node it has lost (Flower's NODE_UNAVAILABLE) in its own
