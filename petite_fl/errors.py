@@ -13,3 +13,7 @@ class ConfigError(PetiteError):
 
 class DataError(PetiteError):
     """A data set, manifest or image file is wrong."""
+
+
+class PolicyError(PetiteError):
+    """A site's own policy refuses what the coordinator asks (the message names the policy line)."""

@@ -20,6 +20,8 @@ TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.work
         "data.loader.patches_per_volume=2", "train.eval.overlap=0",
         "federation.val.patches=2", "federation.sites=[scanner4,scanner5]", "federation.rounds=2",
         "federation.local_steps=2", "federation.wait_for_sites=60", "federation.timeout=300"]
+#: the test sites' policy: the defaults, but TINY's updates come from 2 local steps × batch 1
+TEST_POLICY = {"min_samples_per_update": 2}
 
 
 class Processes:
@@ -70,6 +72,7 @@ server: 127.0.0.1:{port}
 ca_cert: {ca}
 private_key: {key}
 port: {node_port}
+policy: {json.dumps(TEST_POLICY)}
 """)
     return path
 
@@ -159,11 +162,13 @@ def _reference(link: Link, run_config: dict, name: str, fail=None):
     from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.app import client_app
     from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.federation.policy import SitePolicy
     from petite_fl.runconfig import compose_run
 
     rc = {**run_config, "overrides": run_config["overrides"] + f" federation.run_name={name} "
                                                              "federation.wait_for_sites=1"}
-    nodes = [{"site": s, "site-root": str(link.folder / name)} for s in ("scanner4", "scanner5")]
+    policy = SitePolicy.from_mapping(TEST_POLICY).to_json()  # as the deployed sites' node config has it
+    nodes = [{"site": s, "site-root": str(link.folder / name), "policy": policy} for s in ("scanner4", "scanner5")]
     grid = InProcessGrid(client_app, rc, nodes, fail=fail)
     return Coordinator(compose_run(rc), FlowerTransport(grid), quiet=True).run()
 

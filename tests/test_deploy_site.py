@@ -90,6 +90,8 @@ def test_a_valid_site_passes_its_checks(tmp_path, listening, small_site, capsys)
     ({"device": "cuda"}, "CUDA"),
     ({"server": "127.0.0.1:1"}, "cannot reach the server at 127.0.0.1:1"),
     ({"server": "nohostport"}, "must be host:port"),
+    ({"policy": {"min_samples_per_update": 0}}, "site hospital: policy.min_samples_per_update must be a whole number"),
+    ({"policy": {"eval_splits": ["train"]}}, "site hospital: policy.eval_splits: 'train' is never allowed"),
 ])
 def test_each_bad_setting_is_refused_in_one_line(tmp_path, listening, small_site, capsys, change, message):
     if change.get("device") == "cuda":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,11 @@ from omegaconf import OmegaConf
 
 from petite_fl.config import compose, config_dirs, expand_path
 from petite_fl.errors import ConfigError, DataError
+from petite_fl.federation.policy import NODE_KEY, SitePolicy
 
 FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_key", "port")
+#: optional fields (their defaults are safe): the site's own policy (petite_fl.federation.policy)
+OPTIONAL = ("policy",)
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,12 @@ class SiteDeployment:
     ca_cert: Path | None       # None: --insecure
     private_key: Path | None   # None: no SuperNode authentication
     port: int
+    policy: SitePolicy = field(default_factory=SitePolicy)
 
     def node_config(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"site": self.name, "site-root": str(self.cache), "device": self.device}
+        # The policy travels in the node config: set by the site, out of the coordinator's reach.
+        out: dict[str, Any] = {"site": self.name, "site-root": str(self.cache), "device": self.device,
+                               NODE_KEY: self.policy.to_json()}
         if self.manifest is not None:
             out["manifest"] = str(self.manifest)
         return out
@@ -56,9 +62,10 @@ def load_site_config(ref: str, overrides: list[str] = ()) -> dict[str, Any]:
     missing = [f for f in FIELDS if f not in data]
     if missing:
         raise ConfigError(f"site config '{ref}' lacks {', '.join(missing)}")
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(data) - set(FIELDS) - set(OPTIONAL))
     if unknown:
-        raise ConfigError(f"site config '{ref}': unknown field(s) {', '.join(unknown)} (allowed: {', '.join(FIELDS)})")
+        raise ConfigError(f"site config '{ref}': unknown field(s) {', '.join(unknown)} "
+                          f"(allowed: {', '.join(FIELDS + OPTIONAL)})")
     return data
 
 
@@ -71,7 +78,7 @@ def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ())
         device=str(d["device"]), cache=expand_path(d["cache"]), server=str(d["server"]),
         ca_cert=None if insecure else expand_path(d["ca_cert"]),
         private_key=None if insecure or not d["private_key"] else expand_path(d["private_key"]),
-        port=int(d["port"]))
+        port=int(d["port"]), policy=SitePolicy.from_mapping(d.get("policy"), f"site {d['name']}: policy"))
 
 
 def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeout: float = 5.0) -> list[str]:
@@ -83,7 +90,7 @@ def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeo
     from petite_fl.training.device import resolve_device
     from petite_fl.training.jobs import resolve_site
 
-    notes = []
+    notes = [f"policy: {site.policy.describe()}"]
     resolve_device(site.device)  # "CUDA requested but absent" is a ConfigError here
     if site.manifest is not None:
         report = check_site(site.manifest)

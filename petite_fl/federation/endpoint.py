@@ -4,6 +4,10 @@ The run's settings arrive once, in `Hello`: the site adds its own settings from 
 config, keeps the result in its run folder (`config.yaml`) and remembers where in its
 node state, so later messages carry only the run's name and nothing is composed again.
 A refusal is a `PetiteError`; the carrier turns it into one line for the coordinator.
+
+Every message is checked against the site's own policy (`policy.SitePolicy`, from the node
+config, never from the server) before any work: the hello's settings also against the
+run-config whitelist (`runkeys`), before OmegaConf reads them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from petite_fl.federation.messages import (
     TrainIns,
     TrainRes,
 )
+from petite_fl.federation.policy import SitePolicy, policy_for_node
+from petite_fl.federation.runkeys import check_sections
 from petite_fl.federation.site import SiteWorker, run_folder, site_for_node
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import site_config
@@ -41,30 +47,58 @@ class SiteEndpoint:
         self.node = dict(node_config)
         self.state = state
 
+    @property
+    def policy(self) -> SitePolicy:
+        """This node's own policy (read per message: a bad one is a refusal, not a crash)."""
+        return policy_for_node(self.node)
+
     def name(self) -> str:
         return str(self.node.get("site") or f"partition {self.node.get('partition-id')}")
 
-    def answer(self, ins: Any) -> Any:
+    def answer(self, ins: Any, carried: tuple[bool, bool] | None = None) -> Any:
+        """The reply to one instruction. `carried`: whether Flower ran SecAgg+ and client-side
+        clipping on this train message (None when no Flower protocol carries it)."""
         if isinstance(ins, Hello):
             return self._hello(ins)
-        cfg = self._config(ins.run)
-        worker = SiteWorker(cfg, site_for_node(cfg, self.node), self.node.get("manifest") or None)
+        policy, cfg = self.policy, self._config(ins.run)
+        strategy = self._admit(ins, cfg, policy, carried)  # every check before any work
+        worker = SiteWorker(cfg, site_for_node(cfg, self.node), self.node.get("manifest") or None, policy)
         if isinstance(ins, BackboneOffer):
             worker.receive_backbone(ins.tensors, ins.meta)
             return BackboneRes(str(ins.meta["sha256"]))
-        strategy = build_strategy(cfg.strategy)
         if isinstance(ins, TrainIns):
             upload, n_train, metrics = worker.train_round(strategy, ins.run, ins.round, ins.rounds, ins.steps,
-                                                          ins.sha256, ins.tensors, ins.validate)
+                                                          ins.sha256, ins.tensors, ins.validate,
+                                                          "float32" if ins.legacy else ins.transport)
+            if ins.legacy and upload and set(upload) != set(ins.names):
+                raise PetiteError(f"the round's message lists {len(ins.names)} shared tensors, this site shares "
+                                  f"{len(upload)} of them; Flower's legacy layout (SecAgg+, DP clipping) is "
+                                  "positional, so nothing is sent")
             return TrainRes(upload, 1 if ins.uniform_weight else n_train, worker.backbone_sha256, metrics)
         if isinstance(ins, EvaluateIns):
             metrics, path = worker.finish(strategy, ins.run, ins.round, ins.sha256, ins.tensors, ins.splits)
             return EvaluateRes(metrics, str(path))
         raise PetiteError(f"unknown instruction {type(ins).__name__}")
 
+    @staticmethod
+    def _admit(ins: Any, cfg: DictConfig, policy: SitePolicy, carried: tuple[bool, bool] | None) -> Any:
+        """The site's policy on the run as it is now (a site may tighten it mid-run) and on this
+        message; returns the run's strategy."""
+        policy.check_run(cfg)
+        if isinstance(ins, BackboneOffer):
+            policy.check_backbone(ins.tensors)
+        strategy = build_strategy(cfg.strategy)
+        if isinstance(ins, TrainIns):
+            policy.check_train(ins, cfg, strategy, carried)
+        if isinstance(ins, EvaluateIns):
+            policy.check_splits(ins.splits)
+        return strategy
+
     def _hello(self, ins: Hello) -> HelloRes:
-        cfg = site_config(ins.config, self.node)
-        worker = SiteWorker(cfg, site_for_node(cfg, self.node), self.node.get("manifest") or None)
+        check_sections(ins.config)  # known keys, no `${…}`: before OmegaConf sees any of it
+        policy, cfg = self.policy, site_config(ins.config, self.node)
+        policy.check_run(cfg)
+        worker = SiteWorker(cfg, site_for_node(cfg, self.node), self.node.get("manifest") or None, policy)
         path = worker.run_dir(ins.run) / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

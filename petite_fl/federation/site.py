@@ -31,9 +31,10 @@ from petite_fl.data.site import load_site
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.backbone_cache import BackboneCache
 from petite_fl.federation.messages import HelloRes
+from petite_fl.federation.policy import SIMULATION, SitePolicy, spec_methods
 from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
-from petite_fl.peft.apply import adapter_state_dict, apply_peft, load_adapter_state
+from petite_fl.peft.apply import PeftModelState, adapter_state_dict, apply_peft, load_adapter_state
 from petite_fl.peft.spec import spec_from_config
 from petite_fl.training.inference import METRICS, evaluate_patches, evaluate_site, summarise
 from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
@@ -127,9 +128,11 @@ def evaluate_split(cfg: DictConfig, site_name: str, manifest: Path, model: torch
 class SiteWorker:
     """One site's data, caches and state; methods answer the server's messages."""
 
-    def __init__(self, cfg: DictConfig, site: str, manifest: str | None = None) -> None:
+    def __init__(self, cfg: DictConfig, site: str, manifest: str | None = None,
+                 policy: SitePolicy = SIMULATION) -> None:
         self.cfg = cfg
         self.site = site
+        self.policy = policy
         self.dir = site_dir(expand_path(cfg.federation.site_root), site)
         self.cache = BackboneCache(self.dir / "backbones")
         # A deployed site names its manifest; a simulated one is a synthetic scanner (made on first use).
@@ -158,6 +161,7 @@ class SiteWorker:
         model, meta = self.cache.load(sha256, self.device)  # verified against its content hash
         self.backbone_sha256 = str(meta["sha256"])  # reported with the update: the backbone it was made on
         spec = spec_from_config(self.cfg.peft, model)
+        self.policy.check_methods(spec_methods(spec))  # `peft=petite` is known only with the backbone
         torch.manual_seed(int(self.cfg.seed))  # the server initialises the same way
         state = apply_peft(model, spec)
         model.to(self.device)
@@ -214,13 +218,26 @@ class SiteWorker:
         return evaluate_split(self.cfg, self.site, self.manifest, model, split, self.device, self.amp,
                               per_round=per_round, per_subject=per_subject)
 
+    def own_shared(self, strategy: Strategy, state: PeftModelState,
+                   received: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The received tensors this site shares by its own sharing rule and PEFT spec; any other
+        name the server lists is ignored: it can neither pull a personal tensor nor overwrite one."""
+        shared = set(strategy.split(state.trainable)[0])
+        ignored = sorted(set(received) - shared)
+        if ignored:
+            console.print(f"site {self.site}: ignored {len(ignored)} tensor(s) the server sent that this site "
+                          f"does not share (e.g. {ignored[0]})", markup=False, highlight=False)
+        return {n: t for n, t in received.items() if n in shared}
+
     def train_round(self, strategy: Strategy, run_name: str, rnd: int, total_rounds: int, steps: int,
-                    sha256: str, received: dict[str, torch.Tensor], validate: bool
+                    sha256: str, received: dict[str, torch.Tensor], validate: bool, transport: str = "float32",
                     ) -> tuple[dict[str, torch.Tensor], int, dict[str, float]]:
         """Validate the model the round starts from (optional), train, keep the personal part:
-        (upload, training scans, metrics)."""
+        (upload, training scans, metrics). What leaves is decided by the site's own spec."""
         begin = time.perf_counter()
         model, state, meta, init = self._prepare(sha256)
+        received = self.own_shared(strategy, state, received)
+        self.policy.check_upload({n: init[n] for n in received}, transport)  # before any training
         personal, extra = self._personal(run_name, rnd - 1)
         metrics: dict[str, float] = {}
         if validate:
@@ -268,7 +285,7 @@ class SiteWorker:
         """Metrics of the final model and its adapter file, kept at the site."""
         model, state, meta, init = self._prepare(sha256)
         personal, _ = self._personal(run_name, rnd)
-        adapter = strategy.current_adapter(init, received, personal)
+        adapter = strategy.current_adapter(init, self.own_shared(strategy, state, received), personal)
         load_adapter_state(model, state, adapter)
         metrics: dict[str, Any] = {}
         for split in splits:  # validation as in the rounds (a comparable curve), test whole-volume

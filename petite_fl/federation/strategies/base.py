@@ -80,6 +80,11 @@ class Strategy:
         """Rounds whose uploads the server averages; later rounds train at the sites only."""
         return total_rounds
 
+    def upload_steps(self, rnd: int, steps: int, total_rounds: int) -> int:
+        """Local steps behind a site's upload in round `rnd` (0: nothing leaves the site), so
+        that a site's policy can bound how few samples one update may be computed from."""
+        return steps if self.rule.share and rnd <= self.federated_rounds(total_rounds) else 0
+
     # -- site side -------------------------------------------------------------------
     def current_adapter(self, init: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor],
                         personal: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,6 +31,11 @@ class Personalized(Strategy):
         if not self.rule.share:
             raise ConfigError("strategy 'personalized' needs a shared global adapter: strategy.sharing.share is empty")
 
+    def upload_steps(self, rnd: int, steps: int, total_rounds: int) -> int:
+        # the global adapter w is trained on its share of the round's steps; v never leaves
+        full = super().upload_steps(rnd, steps, total_rounds)
+        return max(1, round(full * self.global_fraction)) if full else 0
+
     def current_adapter(self, init, received, personal):
         # v: the personal adapter; before the first round it starts from the global one.
         return dict(personal) if personal else {**init, **received}
