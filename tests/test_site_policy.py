@@ -115,14 +115,14 @@ def test_a_strategy_the_site_does_not_allow_or_a_sharing_rule_it_does_not_hold_i
 def test_too_few_samples_behind_an_update_are_refused_at_the_hello_and_in_a_round(site, backbone):
     with pytest.raises(PolicyError) as refused:
         site().hello("federation.local_steps=2")
-    assert str(refused.value) == ("refused by policy.min_samples_per_update (16): the run asks 2 steps × batch 1 "
+    assert str(refused.value) == ("refused by policy.min_samples_per_update (8): the run asks 2 steps × batch 1 "
                                   "= 2")
     hospital = site()
     hospital.hello()  # 16 steps × batch 1: accepted; then a round asks one step
     tensors, shared = adapter(backbone)
     with pytest.raises(PolicyError) as refused:
         hospital.endpoint.answer(train_ins(backbone, {n: tensors[n] for n in shared}, steps=1))
-    assert str(refused.value) == ("refused by policy.min_samples_per_update (16): the run asks 1 steps × batch 1 "
+    assert str(refused.value) == ("refused by policy.min_samples_per_update (8): the run asks 1 steps × batch 1 "
                                   "= 1")
 
 

@@ -4,7 +4,7 @@ The coordinator is trusted to orchestrate, not to choose what a site reveals (DE
 trust model). The policy is the `policy:` section of the site's YAML; `petite-client`
 puts it in the SuperNode's node config (key `policy`, JSON), which the coordinator cannot
 change, and `SiteEndpoint` checks it against every message. A refusal is a `PolicyError`
-naming the policy line, e.g. `refused by policy.min_samples_per_update (16): the run asks
+naming the policy line, e.g. `refused by policy.min_samples_per_update (8): the run asks
 2 steps × batch 1 = 2`; the carrier sends it back as the site's error reply.
 
 A node whose config names no `site` is a simulated partition (`petite simulate`, `petite
@@ -47,7 +47,7 @@ class SitePolicy:
     strategies: tuple[str, ...] | None = DEFAULT_STRATEGIES
     peft_methods: tuple[str, ...] | None = DEFAULT_PEFT
     max_upload_bytes: int | None = 16 * 2**20      # 3.5× the largest paper-size PEFT upload (4.6 MiB)
-    min_samples_per_update: int = 16               # local steps × batch behind one upload
+    min_samples_per_update: int = 8                # local steps × batch behind one upload
     require_secagg: bool = False                   # SecAgg+ needs ≥ 3 sites; the two-site walkthrough has 2
     require_dp: str = "none"                       # none | central | client
     eval_splits: tuple[str, ...] = EVAL_SPLITS
