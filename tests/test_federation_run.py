@@ -72,6 +72,7 @@ def arrays(messages, exclude=("query.backbone",)) -> list[set[str]]:
 def test_each_strategy_completes_two_rounds_with_metrics_and_adapters(runs, strategy):
     summary, _ = runs[strategy]
     assert summary["strategy"] == strategy and summary["rounds"] == 2  # the config's label, not its algorithm
+    assert not summary["rejected"]  # every honest update is within the bound of its round
     run_dir = Path(summary["run_dir"])
     for site in SITES:
         test = summary["sites"][site]["test"]

@@ -26,7 +26,7 @@ from petite_fl.config import expand_path
 from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.checkpoint import load_checkpoint, save_checkpoint
-from petite_fl.federation.checks import max_update_norm
+from petite_fl.federation.checks import honest_update_bound, max_update_norm
 from petite_fl.federation.evaluation import read_final_metrics
 from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
@@ -40,8 +40,11 @@ from petite_fl.peft.spec import spec_from_config
 from petite_fl.profiling import peak_rss_bytes
 from petite_fl.runconfig import site_sections
 from petite_fl.training.jobs import backbone_for, config_hash
+from petite_fl.training.trainer import ADAMW_BETAS, cosine_with_warmup
 
 # Settings that do not change what a run computes, so they do not change its name.
+#: relative rounding of a value sent at each transport precision (unit roundoff)
+ROUNDOFF = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 _RUN_NEUTRAL = ("resume", "timeout", "wait_for_sites", "run_name", "site_root", "min_sites")
 
 
@@ -203,9 +206,7 @@ class Coordinator:
         session = 1 + max((int(r.get("session", 1)) for r in self.log.transfer_rows), default=0)
         self.backbone_rows = [{**r, "session": session} for r in self.backbone_rows]
         self.log.transfer_rows.extend(self.backbone_rows)  # what this start of the run received
-        ctx = RoundContext(self.transport, infos, self.strategy, sha, max_update_norm(
-            cfg.federation.robust.max_update_norm, float(cfg.peft.lr), self.steps,
-            sum(t.numel() for t in global_tensors.values())), self.timeout, self.label)
+        ctx = RoundContext(self.transport, infos, self.strategy, sha, 0.0, self.timeout, self.label)
         every = max(1, int(cfg.federation.eval_every))
         for rnd in range(start + 1, self.rounds + 1):
             global_tensors = self._round(ctx, rnd, run_name, sha, global_tensors, (rnd - 1) % every == 0)
@@ -235,6 +236,7 @@ class Coordinator:
         # After the federated rounds: the first local round still receives the last global.
         collects = rnd <= self.federated
         sent = global_tensors if rnd <= self.federated + 1 else {}
+        ctx.bound = self.update_bound(rnd, global_tensors)
         fields = {"uniform_weight": False, **self.strategy.ins_fields()}
         ins = TrainIns(run=run_name, round=rnd, rounds=self.rounds, steps=self.steps, sha256=sha, validate=validate,
                        tensors=sent, transport=self.precision, **fields)
@@ -266,6 +268,22 @@ class Coordinator:
                  + (f"; privacy spent ε={spent['epsilon']:.3g} at δ={spent['delta']:g}" if spent else "")
                  + (self.log.val_line(rnd - 1) if validate else ""))
         return global_tensors
+
+    def update_bound(self, rnd: int, global_tensors: dict[str, torch.Tensor]) -> float:
+        """federation.robust.max_update_norm for round `rnd`: by default, the farthest an honest
+        site's AdamW steps (this round's learning rates) can move the global it was sent."""
+        cfg = self.cfg
+        runs = [[factor(offset + s) for s in range(n)]
+                for offset, n, total in self.strategy.upload_steps(rnd, self.steps, self.rounds)
+                for factor in [cosine_with_warmup(int(cfg.train.warmup_steps), total)]]
+        p = self.protection
+        honest = honest_update_bound(
+            lr=float(cfg.peft.lr), runs=runs, n=sum(t.numel() for t in global_tensors.values()),
+            weight_decay=float(cfg.train.weight_decay),
+            global_norm=float(sum(float((t.double() ** 2).sum()) for t in global_tensors.values()) ** 0.5),
+            roundoff=ROUNDOFF[self.precision], betas=ADAMW_BETAS,
+            quantum=2 * 2 * p.clipping_range / p.quantization_range if p.secagg else 0.0)
+        return max_update_norm(cfg.federation.robust.max_update_norm, honest)
 
     def _final(self, infos: dict[int, HelloRes], run_name: str, sha: str,
                global_tensors: dict[str, torch.Tensor]) -> dict[str, str | None]:
