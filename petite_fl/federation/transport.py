@@ -100,10 +100,10 @@ class LocalTransport:
     def protect(self, strategy: Strategy, protection: Protection, n_sites: int) -> tuple[Strategy, Any]:
         if protection.secagg or protection.dp != "off":
             raise ConfigError("SecAgg+ and DP are Flower's protocols: run them through Flower (petite simulate)")
-        from petite_fl.federation.protected import Protected
+        from petite_fl.federation.protected import protect_plain
         from petite_fl.federation.rounds import plain_round
 
-        return Protected(strategy), plain_round
+        return protect_plain(strategy, protection), plain_round
 
     def record_bytes(self, message: Any) -> int:
         return message_bytes(message)

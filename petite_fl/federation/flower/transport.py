@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 
 from petite_fl.federation.flower.records import record_bytes
 from petite_fl.federation.messages import REPLIES
-from petite_fl.federation.protected import Protected
+from petite_fl.federation.protected import Protected, protect_plain
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.rounds import plain_round
 from petite_fl.federation.transport import Exchange
@@ -67,7 +67,7 @@ class FlowerTransport:
 
     def protect(self, strategy: Any, protection: Protection, n_sites: int) -> tuple[Protected, Any]:
         """The strategy inside Flower's protections (SecAgg+ innermost, DP outside), and the round driver."""
-        wrapped, driver = Protected(strategy), plain_round
+        wrapped, driver = protect_plain(strategy, protection), plain_round
         if protection.secagg:
             from petite_fl.federation.flower.secagg import SecAggPlus
 
