@@ -83,14 +83,16 @@ class Link:
     def __init__(self, folder: Path, procs: Processes) -> None:
         self.folder, self.procs = folder, procs
         self.cache = folder / "cache"
-        self.port = free_port()
+        self.port = free_port()          # the public port: nginx, the Fleet API only
+        self.control_port = free_port()  # the SuperLink on 127.0.0.1, for `flwr` (connection `petite`)
         self.server: subprocess.Popen | None = None
         self.clients: dict[str, subprocess.Popen] = {}
 
     def start_server(self, *extra: str) -> subprocess.Popen:
         self.server = self.procs.start(f"server{len(self.procs.procs)}", [
             str(BIN / "petite-server"), "--tls", str(self.folder / "tls"), "--host", "127.0.0.1",
-            "--port", str(self.port), "--database", str(self.folder / "state.db"), *extra])
+            "--port", str(self.port), "--control-port", str(self.control_port),
+            "--database", str(self.folder / "state.db"), *extra])
         return self.server
 
     def yaml(self, site: str, ca: str = "tls", key: str | None = None, port: int | None = None,

@@ -122,3 +122,16 @@ def make_site_keys(folder: str | Path, site: str, overwrite: bool = False) -> tu
                                                  serialization.PublicFormat.OpenSSH) + f" {site}\n".encode(),
            private=False)
     return private, public
+
+
+def make_loopback_credentials(folder: str | Path) -> ServerCredentials:
+    """The SuperLink's own certificate for 127.0.0.1, behind the coordinator's public proxy.
+
+    Flower refuses SuperNode authentication without TLS, and the coordinator's certificate
+    names the public address, not necessarily 127.0.0.1; so the loopback SuperLink gets a CA
+    and certificate of its own, made afresh at every start. Its CA key is deleted at once:
+    nothing is ever signed with it again.
+    """
+    creds = make_server_credentials(folder, ("IP:127.0.0.1", "DNS:localhost"), days=3650, overwrite=True)
+    creds.ca_key.unlink()
+    return creds
