@@ -14,9 +14,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from petite_fl.config import compose, config_dirs, expand_path
+from petite_fl.deploy.approval import approved_apps
 from petite_fl.errors import ConfigError, DataError
 
 FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_key", "port")
+#: fields a site config may leave out, with their default
+OPTIONAL_FIELDS = {"approved_apps": None}   # app hashes this site runs besides petite-fl's own (deploy.approval)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class SiteDeployment:
     ca_cert: Path | None       # None: --insecure
     private_key: Path | None   # None: no SuperNode authentication
     port: int
+    approved_apps: tuple[str, ...] = ()  # besides petite-fl's own app as installed here
 
     def node_config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"site": self.name, "site-root": str(self.cache), "device": self.device}
@@ -56,10 +60,11 @@ def load_site_config(ref: str, overrides: list[str] = ()) -> dict[str, Any]:
     missing = [f for f in FIELDS if f not in data]
     if missing:
         raise ConfigError(f"site config '{ref}' lacks {', '.join(missing)}")
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(data) - set(FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
-        raise ConfigError(f"site config '{ref}': unknown field(s) {', '.join(unknown)} (allowed: {', '.join(FIELDS)})")
-    return data
+        raise ConfigError(f"site config '{ref}': unknown field(s) {', '.join(unknown)} "
+                          f"(allowed: {', '.join([*FIELDS, *OPTIONAL_FIELDS])})")
+    return {**OPTIONAL_FIELDS, **data}
 
 
 def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ()) -> SiteDeployment:
@@ -71,7 +76,7 @@ def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ())
         device=str(d["device"]), cache=expand_path(d["cache"]), server=str(d["server"]),
         ca_cert=None if insecure else expand_path(d["ca_cert"]),
         private_key=None if insecure or not d["private_key"] else expand_path(d["private_key"]),
-        port=int(d["port"]))
+        port=int(d["port"]), approved_apps=approved_apps(d["approved_apps"], f"site config '{ref}'"))
 
 
 def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeout: float = 5.0) -> list[str]:
