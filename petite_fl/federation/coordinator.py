@@ -12,6 +12,7 @@ and test). After every round the server checkpoints atomically and rewrites its 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from petite_fl.federation.checks import honest_update_bound, max_update_norm
 from petite_fl.federation.evaluation import read_final_metrics
 from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
-from petite_fl.federation.protection import check_combination, protection_from_config
+from petite_fl.federation.protection import MIN_SECAGG_SITES, check_combination, protection_from_config
 from petite_fl.federation.rounds import RoundContext, group_id
 from petite_fl.federation.runlog import RunLog, print_summary
 from petite_fl.federation.site import site_list
@@ -63,6 +64,18 @@ def default_run_dir(cfg: DictConfig, run_name: str) -> Path:
     return expand_path(cfg.out) if cfg.out else expand_path(cfg.paths.cache) / "runs" / "federated" / run_name
 
 
+def min_sites(setting: Any, n_sites: int, secagg: bool) -> int:
+    """federation.min_sites: by default a majority of the sites (one site down does not stop a run),
+    and never fewer than SecAgg+ needs to hide each upload in the sum."""
+    floor = MIN_SECAGG_SITES if secagg else 1
+    if setting is None:
+        return min(n_sites, max(floor, math.ceil(n_sites / 2)))
+    if isinstance(setting, bool) or not isinstance(setting, int) or not floor <= setting <= n_sites:
+        raise ConfigError(f"federation.min_sites must be a whole number from {floor} to the {n_sites} sites"
+                          + (" (SecAgg+ needs 3)" if secagg else "") + f", got {setting!r}")
+    return setting
+
+
 class Coordinator:
     """Runs one federated job of `cfg.strategy` over the sites `transport` reaches."""
 
@@ -76,9 +89,9 @@ class Coordinator:
         if self.rounds < 0 or self.steps < 1:
             raise PetiteError(f"federation.rounds must be ≥ 0 and federation.local_steps ≥ 1, "
                               f"got {self.rounds} and {self.steps}")
-        self.min_sites = int(cfg.federation.min_sites or len(self.sites))
         self.protection = p = protection_from_config(cfg)
         check_combination(p, self.base.name, bool(self.base.rule.share), len(self.sites))
+        self.min_sites = min_sites(cfg.federation.min_sites, len(self.sites), p.secagg)
         self.precision = check_transport(cfg.federation.transport)
         if self.precision != "float32" and p.legacy_messages:
             raise ConfigError(f"federation.transport={self.precision} applies to plain rounds; SecAgg+ and "
