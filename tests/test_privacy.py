@@ -164,7 +164,7 @@ def test_secagg_refuses_fewer_than_three_sites_as_min_sites():
 
     assert min_sites(None, 5, secagg=False) == 3 and min_sites(None, 2, secagg=False) == 1
     assert min_sites(None, 3, secagg=True) == 3 and min_sites(None, 5, secagg=True) == 3
-    with pytest.raises(ConfigError, match="federation.min_sites must be a whole number from 3 to the 5 sites"):
+    with pytest.raises(ConfigError, match=r"federation\.min_sites must be a whole number from 3 to the 5 sites"):
         min_sites(2, 5, secagg=True)
 
 
