@@ -17,6 +17,7 @@ import torch
 
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.aggregate import payload_bytes
+from petite_fl.federation.fields import one_line
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.strategies import Strategy
 
@@ -88,10 +89,10 @@ class LocalTransport:
             try:
                 reply = _copy(self.sites[node].answer(_copy(message, wire)), wire)
             except PetiteError as exc:
-                out.errors[node] = f"site {self.sites[node].name()}: {exc}"
+                out.errors[node] = one_line(f"site {self.sites[node].name()}: {exc}")
                 continue
             except Exception as exc:
-                out.errors[node] = f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}"
+                out.errors[node] = one_line(f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}")
                 continue
             out.replies[node] = reply
             out.bytes_up[node] = message_bytes(reply)
