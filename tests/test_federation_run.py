@@ -249,3 +249,17 @@ def test_split_lora_sends_only_lora_a(runs):
     names = set().union(*arrays(grid.replies))
     assert names and all("lora_A" in n for n in names)
     assert summary["shared_tensors"] < summary["trainable_tensors"]
+
+
+def test_the_sites_and_the_servers_state_is_private(cache, runs):
+    """Another local user can read neither a site's state (backbone, personal adapters, run settings)
+    nor the server's (checkpoint, global adapter): folders 0700, files 0600."""
+    import stat
+
+    summary, _ = runs["personalized"]
+    folders = [Path(summary["run_dir"]), *(cache / "sites" / s for s in SITES)]
+    for folder in folders:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), [
+            (str(p), oct(stat.S_IMODE(p.stat().st_mode))) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o600]

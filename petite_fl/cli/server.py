@@ -101,12 +101,13 @@ def cmd_serve(args) -> int:
     from petite_fl.deploy import journal
     from petite_fl.deploy.connection import write_connection
     from petite_fl.deploy.processes import ServerTLS, superlink_command
+    from petite_fl.atomic import private_dir
     from petite_fl.deploy.run import run_foreground
     from petite_fl.runconfig import app_dir
 
     cache = _cache()
     state = cache / "server"
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(state)  # the SuperLink's database, the run journal, the site table: 0700, files 0600
     tls = None if args.insecure else ServerTLS.from_folder(args.tls or cache / "tls")
     if args.insecure:
         err_console.print("[bold yellow]warning:[/] --insecure: updates travel in plain text and any node may join")

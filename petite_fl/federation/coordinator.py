@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
 from petite_fl.artifacts import load_backbone, save_adapter
-from petite_fl.atomic import atomic_path
+from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import expand_path
 from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
@@ -187,7 +187,7 @@ class Coordinator:
         sha = meta["sha256"]
         run_name = run_name_for(cfg, sha)
         run_dir = default_run_dir(cfg, run_name)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)  # the server's state of the run (checkpoint, adapters): 0700, files 0600
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg))
         clock = time.perf_counter()
