@@ -82,6 +82,8 @@ class LocalTransport:
         return list(self.sites)
 
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
+        from petite_fl.federation.endpoint import for_coordinator
+
         out = Exchange()
         for node, message in messages.items():
             out.bytes_down[node] = message_bytes(message)
@@ -89,7 +91,7 @@ class LocalTransport:
             try:
                 reply = _copy(self.sites[node].answer(_copy(message, wire)), wire)
             except PetiteError as exc:
-                out.errors[node] = one_line(f"site {self.sites[node].name()}: {exc}")
+                out.errors[node] = one_line(for_coordinator(f"site {self.sites[node].name()}: {exc}"))
                 continue
             except Exception as exc:
                 out.errors[node] = one_line(f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}")

@@ -6,10 +6,12 @@ kept by the SuperNode across the messages of a run) by `endpoint.SiteEndpoint`.
 
 from __future__ import annotations
 
+import sys
+
 from flwr.app import ConfigRecord, Context, Error, Message
 
 from petite_fl.errors import PetiteError
-from petite_fl.federation.endpoint import SiteEndpoint
+from petite_fl.federation.endpoint import SiteEndpoint, for_coordinator
 from petite_fl.federation.messages import BY_KIND
 
 #: Error code of a site that refused a message for a reason it states (bad data, config).
@@ -31,4 +33,6 @@ def handle(message: Message, context: Context) -> Message:
         reply = endpoint.answer(ins)
         return Message(reply.to_record(ins), reply_to=message)
     except PetiteError as exc:
-        return message.create_error_reply(Error(SITE_REFUSED, f"site {endpoint.name()}: {exc}"))
+        line = f"site {endpoint.name()}: {exc}"
+        print(line, file=sys.stderr, flush=True)  # the site's log: the whole line, paths included
+        return message.create_error_reply(Error(SITE_REFUSED, for_coordinator(line)))
