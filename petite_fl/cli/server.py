@@ -98,10 +98,10 @@ def cmd_register(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from petite_fl.atomic import private_dir
     from petite_fl.deploy import journal
     from petite_fl.deploy.connection import write_connection
     from petite_fl.deploy.processes import ServerTLS, superlink_command
-    from petite_fl.atomic import private_dir
     from petite_fl.deploy.run import run_foreground
     from petite_fl.runconfig import app_dir
 
