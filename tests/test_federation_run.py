@@ -263,3 +263,23 @@ def test_the_sites_and_the_servers_state_is_private(cache, runs):
         files = [p for p in folder.rglob("*") if p.is_file()]
         assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), [
             (str(p), oct(stat.S_IMODE(p.stat().st_mode))) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o600]
+
+
+def test_a_node_is_accepted_only_under_the_site_name_it_was_registered_with(cache, tmp_path, monkeypatch):
+    """The attack: any admitted node could say it is `scanner4`. With the coordinator's site table
+    (`petite-server register`), node 1001, registered as scanner3, is left out when it says scanner5."""
+    from petite_fl.deploy import registry
+
+    table = tmp_path / "sites.json"
+    registry.record(table, "scanner4", 1000, "a" * 64)
+    registry.record(table, "scanner3", 1001, "b" * 64)
+    monkeypatch.setenv(registry.ENV, str(table))
+    rc = run_config(cache, **{"federation.run_name": "bound-names"})
+    coordinator = Coordinator(compose_run(rc), FlowerTransport(InProcessGrid(client_app, rc, NODES)), quiet=True)
+    lines = []
+    coordinator.say = lines.append
+    infos = coordinator.hello("bound-names")
+    assert {n: i.site for n, i in infos.items()} == {1000: "scanner4"}
+    assert "node 1001 left out: registered as site 'scanner3' but says it is 'scanner5'" in lines
+    monkeypatch.delenv(registry.ENV)  # simulation: no table, names checked against federation.sites only
+    assert len(coordinator.hello("bound-names")) == 2

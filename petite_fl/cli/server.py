@@ -80,20 +80,34 @@ def cmd_certs(args) -> int:
 
 
 def cmd_register(args) -> int:
+    import hashlib
+    import json
     import subprocess
 
+    from petite_fl.deploy import registry
     from petite_fl.deploy.connection import NAME
     from petite_fl.deploy.processes import BIN
-    from petite_fl.errors import PetiteError
+    from petite_fl.errors import ConfigError, PetiteError
+    from petite_fl.federation.fields import bad_name
 
     if not args.key.is_file():
         raise PetiteError(f"public key {args.key} not found")
-    out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site],
-                         capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
+    why = bad_name(args.site)
+    if why:
+        raise ConfigError(f"--site: {why}")
+    out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site,
+                          "--format", "json"], capture_output=True, text=True, timeout=120)
+    try:
+        node_id = int(json.loads(out.stdout)["node-id"]) if out.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        node_id = None
+    if node_id is None:
         lines = [ln.strip(" │╭╮╰╯─") for ln in (out.stdout + out.stderr).splitlines()]
         raise PetiteError(f"registering {args.key} failed: " + " ".join(ln for ln in lines if ln)[:400])
-    console.print(f"site {escape(args.site)} registered ({escape(str(args.key))})")
+    # The site's name is bound to this node: its hello is accepted under no other name.
+    registry.record(registry.registry_path(_cache() / "server"), args.site, node_id,
+                    hashlib.sha256(args.key.read_bytes()).hexdigest())
+    console.print(f"site {escape(args.site)} registered as node {node_id} ({escape(str(args.key))})")
     return 0
 
 
@@ -145,7 +159,12 @@ def cmd_serve(args) -> int:
     # Flower opens its legacy gRPC Control and Fleet APIs (on 0.0.0.0) when these are set: never here.
     env = {k: v for k, v in os.environ.items() if k not in ("FLWR_INTERNAL_GRPC_CONTROL_API",
                                                            "FLWR_INTERNAL_GRPC_FLEET_API")}
-    run_foreground(cmd, env={**env, journal.ENV: str(runs)}, companions=[proxy] if proxy else [])
+    from petite_fl.deploy import registry
+
+    env = {**env, journal.ENV: str(runs)}
+    if "--enable-supernode-auth" in cmd:  # nodes are known by their keys: each is bound to its site's name
+        env[registry.ENV] = str(registry.registry_path(state))
+    run_foreground(cmd, env=env, companions=[proxy] if proxy else [])
     return 0
 
 

@@ -136,8 +136,14 @@ class Coordinator:
         exchange = self.transport.exchange({n: hello for n in self._wait_for_nodes()}, self.group("hello"),
                                            self.timeout)
         errors, infos = dict(exchange.errors), {}
+        registered = getattr(self.transport, "registered_sites", lambda: None)()
         for node, info in exchange.replies.items():
-            if info.site in {i.site for i in infos.values()}:
+            if registered is not None and registered.get(node) != info.site:
+                errors[node] = (f"registered as site '{registered[node]}' but says it is '{info.site}'"
+                                if node in registered else
+                                f"says it is '{info.site}' but no site was registered as this node "
+                                "(petite-server register --site NAME --key KEY.pub)")
+            elif info.site in {i.site for i in infos.values()}:
                 errors[node] = f"a second node claims site '{info.site}'"
             elif info.site not in self.sites:
                 errors[node] = f"site '{info.site}' is not in federation.sites {self.sites}"

@@ -47,6 +47,12 @@ class FlowerTransport:
     def record_bytes(self, message: Any) -> int:
         return record_bytes(message.to_record())
 
+    def registered_sites(self) -> dict[int, str] | None:
+        """{node id: site} from `petite-server register`, where the coordinator keeps one."""
+        from petite_fl.deploy.registry import sites_by_node
+
+        return sites_by_node()
+
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
         out, encoded, sent = Exchange(), {}, []
         for node, ins in messages.items():
