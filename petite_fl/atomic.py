@@ -12,11 +12,45 @@ from pathlib import Path
 from typing import Any
 
 
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """A folder only its owner may enter (0700): a site's or the server's state. Files written
+    anywhere under it by `atomic_path` are 0600."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def _under_private(folder: Path) -> bool:
+    for f in (folder, *folder.parents):
+        try:
+            if f.stat().st_mode & 0o077 == 0:
+                return True
+        except OSError:
+            return False
+    return False
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a crash can bring the old file back."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform or file system without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one step.
 
-    `mode` (e.g. 0o600 for private keys) replaces the default of 0666 minus the umask.
+    `mode` (e.g. 0o600 for private keys) replaces the default: 0600 under a `private_dir`,
+    else 0666 minus the umask. The file and then its folder are fsync'd.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,11 +64,12 @@ def atomic_path(path: str | os.PathLike[str], mode: int | None = None) -> Iterat
         if mode is None:
             umask = os.umask(0)
             os.umask(umask)
-            mode = 0o666 & ~umask
+            mode = 0o600 if _under_private(target.parent) else 0o666 & ~umask
         os.chmod(tmp, mode)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import BIN, stop_process_tree
+from petite_fl.runconfig import app_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
@@ -62,7 +63,7 @@ class Processes:
 
 
 def site_yaml(folder: Path, site: str, port: int, key: Path, ca: Path, node_port: int,
-              manifest: Path | None = None) -> Path:
+              manifest: Path | None = None, approved_apps: tuple[str, ...] = ()) -> Path:
     path = folder / f"{site}-{len(list(folder.glob('*.yaml')))}.yaml"  # one file per use
     path.write_text(f"""name: {site}
 manifest: {manifest or "null"}
@@ -72,6 +73,7 @@ server: 127.0.0.1:{port}
 ca_cert: {ca}
 private_key: {key}
 port: {node_port}
+approved_apps: {json.dumps(list(approved_apps))}
 policy: {json.dumps(TEST_POLICY)}
 """)
     return path
@@ -86,25 +88,29 @@ class Link:
     def __init__(self, folder: Path, procs: Processes) -> None:
         self.folder, self.procs = folder, procs
         self.cache = folder / "cache"
-        self.port = free_port()
+        self.port = free_port()          # the public port: nginx, the Fleet API only
+        self.control_port = free_port()  # the SuperLink on 127.0.0.1, for `flwr` (connection `petite`)
         self.server: subprocess.Popen | None = None
         self.clients: dict[str, subprocess.Popen] = {}
 
     def start_server(self, *extra: str) -> subprocess.Popen:
         self.server = self.procs.start(f"server{len(self.procs.procs)}", [
             str(BIN / "petite-server"), "--tls", str(self.folder / "tls"), "--host", "127.0.0.1",
-            "--port", str(self.port), "--database", str(self.folder / "state.db"), *extra])
+            "--port", str(self.port), "--control-port", str(self.control_port),
+            "--database", str(self.folder / "state.db"), *extra])
         return self.server
 
     def yaml(self, site: str, ca: str = "tls", key: str | None = None, port: int | None = None,
-             manifest: Path | None = None) -> Path:
+             manifest: Path | None = None, approved_apps: tuple[str, ...] = ()) -> Path:
         return site_yaml(self.folder, site, port or self.port, self.folder / "keys" / f"{key or site}.key",
-                         self.folder / ca / "ca.crt", free_port(), manifest)
+                         self.folder / ca / "ca.crt", free_port(), manifest, approved_apps)
 
     def submit(self, *overrides: str) -> str:
         config = self.folder / f"run-{len(list(self.folder.glob('run-*.toml')))}.toml"
         config.write_text(f"overrides = {json.dumps(shlex.join([f'paths.cache={self.cache}', *TINY, *overrides]))}\n")
-        started = self.procs.run([str(BIN / "flwr"), "run", str(ROOT), "petite", "--run-config", str(config),
+        # petite-fl's own app, as installed: the app every site runs (a checkout's `flwr run .` bundles
+        # the checkout's code, which a site runs only if its approved_apps lists its hash)
+        started = self.procs.run([str(BIN / "flwr"), "run", str(app_dir()), "petite", "--run-config", str(config),
                                   "--format", "json"], 120)
         assert started.returncode == 0, started.stdout + started.stderr
         return str(json.loads(started.stdout)["run-id"])

@@ -18,10 +18,15 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 
+def outside_a_run() -> None:
+    """Let messages be created outside a Flower run (they need a task identity)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
 class InProcessGrid(Grid):
     def __init__(self, client_app: ClientApp, run_config: dict[str, Any], node_configs: list[dict[str, Any]],
                  fail: dict[int, Callable[[Message], bool]] | None = None) -> None:
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        outside_a_run()
         self.app = client_app
         self.run_config = dict(run_config)
         self.nodes = {1000 + i: dict(c) for i, c in enumerate(node_configs)}

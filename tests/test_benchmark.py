@@ -29,3 +29,15 @@ def test_comm_benchmark_covers_every_spec_at_paper_size_and_writes_json_and_mark
 def test_an_unknown_section_is_refused_by_name(tmp_path: Path, capsys):
     assert main(["--only", "comm,speed", "--out", str(tmp_path)]) != 0
     assert "unknown section(s) ['speed']" in capsys.readouterr().err
+
+
+def test_train_speed_times_float32_and_mixed_precision_on_the_same_device():
+    """The GPU check times both precisions: the train worker must take the setting, not always 'auto'."""
+    from petite_fl.experiments.benchmark.training import train_speed
+
+    fp32 = train_speed("unetr", "tiny", 16, 1, "petite", 0, 1, "cpu", False)  # one 16³ patch: the wiring, not speed
+    mixed = train_speed("unetr", "tiny", 16, 1, "petite", 0, 1, "cpu", True)
+    assert (fp32["amp"], fp32["amp_dtype"]) == (False, None)
+    assert (mixed["amp"], mixed["amp_dtype"]) == (True, "bfloat16")  # CPU autocast, as the trainer's
+    assert 0 < mixed["trainable_parameters"] < mixed["total_parameters"]
+    assert mixed["trainable_percent"] == 100.0 * mixed["trainable_parameters"] / mixed["total_parameters"]

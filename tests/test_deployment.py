@@ -10,15 +10,31 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import write_site
-from deployment_kit import SITE_DATA, Link, Processes, _crash_and_resume, _reference, _same, wait_for
+from deployment_kit import ROOT, SITE_DATA, Link, Processes, _crash_and_resume, _reference, _same, wait_for
 
 from petite_fl.deploy.ports import free_port
 from petite_fl.deploy.processes import BIN
+from petite_fl.deploy.proxy import INSTALL_HINT, REFUSAL, find_nginx
+from petite_fl.errors import PetiteError
+
+
+def _nginx_installed() -> bool:
+    try:
+        return bool(find_nginx())
+    except PetiteError:
+        return False
+
+
+# The coordinator's public port is nginx's (petite_fl/deploy/proxy.py). CI installs it (.ci/run), so
+# there these tests never skip: a missing nginx fails them with petite-server's one-line refusal.
+pytestmark = pytest.mark.skipif(not _nginx_installed() and not os.environ.get("CI"),
+                                reason=f"nginx is not installed: {INSTALL_HINT}")
 
 
 @pytest.fixture
@@ -35,9 +51,11 @@ def test_stopping_the_launchers_stops_flowers_processes(tmp_path, deployment):
     port = free_port()
     assert deployment.run([str(BIN / "petite-server"), "certs", "--out", str(tmp_path / "tls")], 60).returncode == 0
     server = deployment.start("server", [str(BIN / "petite-server"), "--tls", str(tmp_path / "tls"), "--host",
-                                         "127.0.0.1", "--port", str(port), "--database", str(tmp_path / "s.db")])
+                                         "127.0.0.1", "--port", str(port), "--control-port", str(free_port()),
+                                         "--database", str(tmp_path / "s.db")])
     deadline = time.monotonic() + 60
-    while not any("flower-superlink" in " ".join(p.cmdline()) for p in deployment.leftovers()):
+    while not all(any(name in " ".join(p.cmdline()) for p in deployment.leftovers())
+                  for name in ("flower-superlink", "nginx: master")):
         assert time.monotonic() < deadline and server.poll() is None, deployment.log("server")
         time.sleep(0.5)
     server.send_signal(signal.SIGTERM)
@@ -68,8 +86,10 @@ def link(tmp_path_factory):
         link.start_server()
         plain_port = free_port()  # a second coordinator, plain text (--insecure), for the mismatch case
         procs.start("plain-server", [str(BIN / "petite-server"), "--insecure", "--host", "127.0.0.1", "--port",
-                                     str(plain_port), "--database", str(folder / "plain.db")],
-                    FLWR_HOME=str(folder / "flwr-plain"))  # its own `petite` connection entry
+                                     str(plain_port), "--control-port", str(free_port()),
+                                     "--database", str(folder / "plain.db")],
+                    FLWR_HOME=str(folder / "flwr-plain"),  # its own `petite` connection entry
+                    PETITE_FL_HOME=str(folder / "plain-home"))  # and its own proxy folder
         deadline = time.monotonic() + 60
         for site in ("scanner4", "scanner5"):  # scanner3's key stays unregistered
             while True:
@@ -119,6 +139,112 @@ def test_bad_credentials_are_refused_in_one_line(link, capsys):
     errors = [ln for ln in log.splitlines() if ln.startswith("petite-client: error:")]
     assert len(errors) == 1 and "it is not registered" in errors[0] and "--site scanner3" in errors[0], log[-2000:]
     assert "Traceback" not in log
+
+
+def _public(link: Link, method: str, path: str, headers: dict[str, str] | None = None,
+            body: bytes = b"") -> tuple[int, str]:
+    """One HTTPS request to the coordinator's public port, its path sent as written (http.client
+    does not normalise it), verified with the coordinator's CA certificate as a site holds it."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(link.folder / "tls" / "ca.crt"))
+    conn = http.client.HTTPSConnection("127.0.0.1", link.port, context=context, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers={"content-type": "application/protobuf", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def _signed_headers(private_key: Path) -> dict[str, str]:
+    """The headers a SuperNode signs with its key (as Flower's NodeAuthHttpInterceptor does)."""
+    from base64 import b64encode
+
+    from cryptography.hazmat.primitives import serialization
+    from flwr.supercore.date import now
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes, sign_message
+
+    key = serialization.load_ssh_private_key(private_key.read_bytes(), password=None)
+    stamp = now().isoformat()
+    return {"flwr-public-key": b64encode(public_key_to_bytes(key.public_key())).decode(),
+            "flwr-timestamp": stamp, "flwr-signature": b64encode(sign_message(key, stamp.encode())).decode()}
+
+
+def test_the_public_port_serves_the_fleet_api_only(link):
+    """On the port the sites dial, every Control and Runtime route the installed Flower declares, its API
+    docs, and paths that climb out of /v1/fleet/ are answered 403 by the proxy with its one line, even
+    when signed with a registered site's key; the Fleet routes, POST only, reach Flower, which answers
+    them itself; and the SuperLink listens on 127.0.0.1 only."""
+    import psutil
+    from flwr.supercore.routers.runtime.responses import router as responses
+    from flwr.supercore.routers.runtime.router import router as runtime
+    from flwr.superlink.routers.control.router import router as control
+
+    from petite_fl.deploy.proxy import fleet_routes
+
+    signed = _signed_headers(link.folder / "keys" / "scanner4.key")
+    refused = [route.path for route in (*control.routes, *runtime.routes, *responses.routes)]
+    assert "/v1/control/start-run" in refused and "/v1/control/register-node" in refused
+    refused += ["/docs", "/openapi.json", "/v1/fleet/../control/start-run", "/v1/fleet/%2e%2e/control/start-run",
+                "/v1/fleet/..%2fcontrol/start-run", "//v1/control/start-run", "/v1/fleet/get-run/",
+                "/v1/fleetx/get-run", "/V1/control/start-run"]
+    for path in refused:
+        status, body = _public(link, "POST", path, signed)
+        assert status == 403 and json.loads(body) == {"code": 403, "detail": REFUSAL}, (path, status, body)
+    for path in fleet_routes():
+        status, body = _public(link, "POST", path, body=b"\x00")  # not a protobuf message: Flower says so
+        assert status in (400, 401, 415, 422) and REFUSAL not in body, (path, status, body)
+    assert _public(link, "GET", "/v1/fleet/get-run")[0] == 403
+    superlink = next(p for p in link.procs.leftovers()
+                     if "flower-superlink" in " ".join(p.cmdline()) and str(link.control_port) in p.cmdline())
+    listening = {c.laddr.ip for c in superlink.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}, listening
+
+
+def test_flwr_from_outside_the_coordinator_is_refused(link):
+    """From another FLWR_HOME that holds the coordinator's CA certificate (as every site does), `flwr run`,
+    `flwr supernode register` of a key the coordinator has not admitted, `flwr ls`, `flwr log` and
+    `flwr stop` against the public port all fail with the proxy's one line, and none of them reaches
+    the SuperLink (its access log shows no Control call meanwhile)."""
+    home = link.folder / "outsider"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "coordinator"\n\n[superlink.coordinator]\naddress = "127.0.0.1:{link.port}"\n'
+        f'root-certificates = "{link.folder / "tls" / "ca.crt"}"\n')
+    env = {**link.procs.env, "FLWR_HOME": str(home), "COLUMNS": "400"}  # rich wraps no line at 400 columns
+    attempts = {"start-run": ["run", str(ROOT), "coordinator"],
+                "register-node": ["supernode", "register", str(link.folder / "keys" / "scanner3.key.pub"),
+                                  "coordinator"],
+                "list-runs": ["ls", "coordinator"], "stream-logs": ["log", "1", "coordinator"],
+                "stop-run": ["stop", "1", "coordinator"]}
+    server_log = link.procs.log("server0")
+    running = {route: subprocess.Popen([str(BIN / "flwr"), *args], env=env, cwd=str(home), text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for route, args in attempts.items()}  # together: five CLI start-ups cost the time of two
+    for route, proc in running.items():
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode != 0 and f"[code: 403] {REFUSAL}" in out, (route, out)
+    refused = (link.cache / "server" / "proxy" / "refused.log").read_text()
+    for route in attempts:
+        assert f'"POST /v1/control/{route}" 403' in refused, (route, refused)
+    assert "/v1/control/" not in link.procs.log("server0")[len(server_log):]
+
+
+def test_registered_sites_join_through_the_proxy(link):
+    """The two registered sites, whose SuperNodes dial the public port (nginx), are online at the
+    SuperLink: activation and heartbeats, signed with their keys, pass the proxy."""
+    def online() -> int:
+        out = link.procs.run([str(BIN / "flwr"), "supernode", "list", "petite", "--format", "json"], 60)
+        nodes = json.loads(out.stdout).get("nodes", []) if out.returncode == 0 else []
+        return sum(node.get("status") == "online" for node in nodes)
+
+    def joined() -> bool:
+        time.sleep(2)
+        return online() == 2
+
+    wait_for(joined, 300, "two online sites", link.procs.log("scanner4")[-2000:] + link.procs.log("scanner5")[-2000:])
 
 
 @pytest.mark.slow

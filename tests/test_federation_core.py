@@ -169,3 +169,43 @@ def test_a_sites_folder_stays_under_its_root_whatever_it_is_called(tmp_path, sit
 def test_a_site_refuses_a_run_name_that_is_not_a_name(run):
     with pytest.raises(Unreadable, match=r"'run' .* is not a name"):
         Hello.from_record(Hello(run, {}).to_record())
+
+
+def _reply_to(ins, build):
+    """`read_reply` of a Flower reply to `ins` made by `build`, as a site would send it."""
+    from flower_grid import outside_a_run
+    from flwr.app import Message
+
+    from petite_fl.federation.flower.transport import read_reply
+
+    outside_a_run()
+    sent = Message(content=ins.to_record(), dst_node_id=1000, message_type=ins.KIND, group_id="g")
+    return read_reply(build(sent), ins)
+
+
+@pytest.mark.parametrize(("reason", "expected"), [
+    ("<class 'petite_fl.deploy.approval.AppNotApproved'>:<'site scanner4: refused app x'>",
+     "site scanner4: refused app x"),
+    ("\x1b[31mred\x1b[0m\nsecond line\r\x07", "[31mred [0m second line"),
+    ("", "error code 7"),
+    ("x" * 10_000, "x" * 399 + "…"),
+])
+def test_an_error_reply_is_one_clean_line(reason, expected):
+    from flwr.app import Error
+
+    from petite_fl.federation.flower.transport import SiteRefused
+
+    with pytest.raises(SiteRefused) as refused:
+        _reply_to(Hello("r", {}), lambda sent: sent.create_error_reply(Error(7, reason)))
+    assert str(refused.value) == expected and "\x1b" not in str(refused.value)
+
+
+def test_a_reply_of_another_kind_or_layout_is_unreadable_not_a_crash():
+    from flwr.app import Message
+
+    ins = _train_ins()
+    hello = HelloRes("scanner4", (), 3, "cpu")
+    with pytest.raises(Unreadable, match="hello reply: missing"):  # a train reply's content as a hello's
+        _reply_to(Hello("r", {}), lambda sent: Message(
+            TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64).to_record(ins), reply_to=sent))
+    assert _reply_to(Hello("r", {}), lambda sent: Message(hello.to_record(), reply_to=sent)) == hello

@@ -72,6 +72,7 @@ def arrays(messages, exclude=("query.backbone",)) -> list[set[str]]:
 def test_each_strategy_completes_two_rounds_with_metrics_and_adapters(runs, strategy):
     summary, _ = runs[strategy]
     assert summary["strategy"] == strategy and summary["rounds"] == 2  # the config's label, not its algorithm
+    assert not summary["rejected"]  # every honest update is within the bound of its round
     run_dir = Path(summary["run_dir"])
     for site in SITES:
         test = summary["sites"][site]["test"]
@@ -248,3 +249,37 @@ def test_split_lora_sends_only_lora_a(runs):
     names = set().union(*arrays(grid.replies))
     assert names and all("lora_A" in n for n in names)
     assert summary["shared_tensors"] < summary["trainable_tensors"]
+
+
+def test_the_sites_and_the_servers_state_is_private(cache, runs):
+    """Another local user can read neither a site's state (backbone, personal adapters, run settings)
+    nor the server's (checkpoint, global adapter): folders 0700, files 0600."""
+    import stat
+
+    summary, _ = runs["personalized"]
+    folders = [Path(summary["run_dir"]), *(cache / "sites" / s for s in SITES)]
+    for folder in folders:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), [
+            (str(p), oct(stat.S_IMODE(p.stat().st_mode))) for p in files if stat.S_IMODE(p.stat().st_mode) != 0o600]
+
+
+def test_a_node_is_accepted_only_under_the_site_name_it_was_registered_with(cache, tmp_path, monkeypatch):
+    """The attack: any admitted node could say it is `scanner4`. With the coordinator's site table
+    (`petite-server register`), node 1001, registered as scanner3, is left out when it says scanner5."""
+    from petite_fl.deploy import registry
+
+    table = tmp_path / "sites.json"
+    registry.record(table, "scanner4", 1000, "a" * 64)
+    registry.record(table, "scanner3", 1001, "b" * 64)
+    monkeypatch.setenv(registry.ENV, str(table))
+    rc = run_config(cache, **{"federation.run_name": "bound-names"})
+    coordinator = Coordinator(compose_run(rc), FlowerTransport(InProcessGrid(client_app, rc, NODES)), quiet=True)
+    lines = []
+    coordinator.say = lines.append
+    infos = coordinator.hello("bound-names")
+    assert {n: i.site for n, i in infos.items()} == {1000: "scanner4"}
+    assert "node 1001 left out: registered as site 'scanner3' but says it is 'scanner5'" in lines
+    monkeypatch.delenv(registry.ENV)  # simulation: no table, names checked against federation.sites only
+    assert len(coordinator.hello("bound-names")) == 2

@@ -19,7 +19,7 @@ from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyCon
 from flwr.supercore.task_identity import TaskIdentity
 
 from petite_fl.config import compose
-from petite_fl.errors import ConfigError
+from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.coordinator import Coordinator
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.privacy import private_mean
@@ -148,18 +148,24 @@ def test_secagg_bytes_are_counted_for_every_stage(plain, secure):
     assert up_secure > up_plain
 
 
-def test_a_site_dropping_out_mid_secagg_leaves_the_sum_of_the_others(cache, plain):
-    # (own run names: min_sites does not change a run's name, so these would resume the fixtures' runs)
+def test_a_site_dropping_out_mid_secagg_leaves_a_sum_of_two_that_is_discarded(cache):
+    """The attack: with three sites, one dropping out after the masks leaves a sum of two, from which
+    each reads the other's upload. The round is refused and nothing of it is kept."""
     rc = run_config(cache, "federation.secagg.enabled=true",
-                    **{"federation.min_sites": 2, "federation.run_name": "secagg-dropout"})
-    summary, _, b = federate(rc, fail={1002: _masked_stage})
-    # the same site missing a plain round: the average of the other two
-    ref_rc = run_config(cache, **{"federation.min_sites": 2, "federation.run_name": "plain-dropout"})
-    _, _, a = federate(ref_rc, fail={1002: lambda m: m.metadata.message_type == "train"})
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-5
-    assert max(float((a[k] - plain[2][k]).abs().max()) for k in a) > 2e-4  # two sites' mean is another mean
-    log = json.loads((Path(summary["run_dir"]) / "log.json").read_text())
-    assert sorted(r["site"] for r in log["train"]) == ["scanner3", "scanner4"]
+                    **{"federation.min_sites": 3, "federation.run_name": "secagg-dropout"})
+    with pytest.raises(PetiteError, match=r"round 1: the SecAgg\+ sum holds the uploads of only 2 site\(s\)"):
+        federate(rc, fail={1002: _masked_stage})
+    run_dirs = list((cache / "runs" / "federated").glob("secagg-dropout"))
+    assert run_dirs and not (run_dirs[0] / "checkpoint.pt").exists()
+
+
+def test_secagg_refuses_fewer_than_three_sites_as_min_sites():
+    from petite_fl.federation.coordinator import min_sites
+
+    assert min_sites(None, 5, secagg=False) == 3 and min_sites(None, 2, secagg=False) == 1
+    assert min_sites(None, 3, secagg=True) == 3 and min_sites(None, 5, secagg=True) == 3
+    with pytest.raises(ConfigError, match=r"federation\.min_sites must be a whole number from 3 to the 5 sites"):
+        min_sites(2, 5, secagg=True)
 
 
 # -- differential privacy ------------------------------------------------------------------------

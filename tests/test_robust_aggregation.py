@@ -37,6 +37,12 @@ def poisoning(kind: str, victim: int = 1001):
             tensors["unetr.out.conv.weight"] = torch.zeros(1)
         elif kind == "norm":
             tensors[name] = tensors[name] + 1e4
+        elif kind == "flipped":  # as far from the global as an honest update, the other way: within the bound
+            sent = from_record(message.content.array_records[ARRAYS])
+            tensors = {k: 2 * sent[k] - t for k, t in tensors.items()}
+        elif kind == "scaled":  # the honest update, 100 times over: within the old 10×Adam bound
+            sent = from_record(message.content.array_records[ARRAYS])
+            tensors = {k: sent[k] + 100 * (t - sent[k]) for k, t in tensors.items()}
         elif kind == "dtype":
             tensors[name] = tensors[name].double()
         elif kind == "backbone":
@@ -53,7 +59,7 @@ def cache(federation_cache) -> Path:
     return federation_cache
 
 
-@pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "dtype", "backbone", "garbage"])
+@pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "scaled", "dtype", "backbone", "garbage"])
 def test_a_poisoned_update_is_rejected_and_the_global_is_the_honest_average(cache, kind):
     from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.transport import FlowerTransport
@@ -69,6 +75,33 @@ def test_a_poisoned_update_is_rejected_and_the_global_is_the_honest_average(cach
     global_adapter = load_file(Path(summary["run_dir"]) / "global-adapter.safetensors")
     assert global_adapter.keys() == expected.keys()
     assert all(torch.equal(global_adapter[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("t", [1, 2, 5, 20, 100])
+def test_no_adamw_step_moves_a_coordinate_farther_than_the_bound(t):
+    """The honest bound's premise, against torch's own AdamW: random gradients never exceed it, and
+    the gradients that make Cauchy–Schwarz an equality reach it (so it is not loose)."""
+    from petite_fl.federation.checks import adam_step_bound
+    from petite_fl.training.trainer import ADAMW_BETAS
+
+    def last_step(grads: torch.Tensor) -> torch.Tensor:
+        p = torch.zeros(grads.shape[1], dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.AdamW([p], lr=1.0, betas=ADAMW_BETAS, weight_decay=0.0, eps=1e-30)
+        before = p.detach().clone()
+        for g in grads:
+            before = p.detach().clone()
+            p.grad = g.clone()
+            opt.step()
+        return (p.detach() - before).abs()
+
+    bound = adam_step_bound(t, ADAMW_BETAS)
+    gen = torch.Generator().manual_seed(t)
+    random = torch.randn(t, 2000, generator=gen, dtype=torch.float64) * torch.logspace(
+        -6, 3, t, dtype=torch.float64)[torch.randperm(t, generator=gen)][:, None]
+    assert last_step(random).max() <= bound * (1 + 1e-9)
+    b1, b2 = ADAMW_BETAS
+    worst = torch.tensor([(b1 / b2) ** (t - k) for k in range(1, t + 1)], dtype=torch.float64)[:, None]
+    assert float(last_step(worst).max()) == pytest.approx(bound, rel=1e-6)
 
 
 def test_the_norm_bound_lets_honest_updates_through_and_is_configurable(cache):
@@ -100,3 +133,30 @@ def test_a_site_claiming_a_huge_weight_weighs_what_it_declared_at_the_hello(cach
     honest, inflated = (load_file(Path(runs[n]["run_dir"]) / "global-adapter.safetensors")
                         for n in ("weight-honest", "weight-inflated"))
     assert all(torch.equal(honest[k], inflated[k]) for k in honest)
+
+
+@pytest.mark.parametrize("how", ["median", "trimmed-mean"])
+def test_a_robust_aggregate_keeps_every_value_within_the_honest_sites_range(cache, how):
+    """Beyond gross poisons: an update flipped around the global passes every check, and the mean
+    follows it outside what the honest sites sent; a coordinate-wise median or trimmed mean does not."""
+    from petite_fl.federation.coordinator import Coordinator
+    from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.runconfig import compose_run
+
+    nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    outside = {}
+    for aggregate in ("mean", how):
+        rc = run_config(cache, strategy="fedavg", **{
+            "federation.rounds": 1, "federation.sites": "[scanner3,scanner4,scanner5]",
+            "federation.run_name": f"flip-{how}-{aggregate}", "federation.robust.aggregate": aggregate,
+            "overrides": "federation.val.patches=4 federation.robust.trim_fraction=0.34"})
+        grid = InProcessGrid(poisoning("flipped", victim=1002), rc, nodes)
+        summary = Coordinator(compose_run(rc), FlowerTransport(grid), quiet=True).run()
+        assert summary["rejected"] == []  # nothing gross: the flipped update passes every check
+        honest = [from_record(r.content.array_records[ARRAYS]) for r in grid.replies
+                  if r.metadata.message_type == "train" and r.metadata.src_node_id in (1000, 1001)]
+        result = load_file(Path(summary["run_dir"]) / "global-adapter.safetensors")
+        low = {k: torch.minimum(honest[0][k], honest[1][k]) for k in result}
+        high = {k: torch.maximum(honest[0][k], honest[1][k]) for k in result}
+        outside[aggregate] = sum(int(((result[k] < low[k]) | (result[k] > high[k])).sum()) for k in result)
+    assert outside["mean"] > 0 and outside[how] == 0

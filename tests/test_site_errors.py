@@ -207,3 +207,16 @@ def test_non_ras_orientation_is_reoriented_to_ras(tmp_path: Path):
 def test_a_single_frame_4d_image_is_accepted_as_3d(tmp_path: Path):
     write_nifti(tmp_path / "v.nii.gz", smooth_volume(0)[..., None])
     assert load_volume(tmp_path / "v.nii.gz").data.shape == SMALL_SHAPE
+
+
+@pytest.mark.parametrize("breaker, message", CASES, ids=IDS)
+def test_the_coordinator_reads_the_row_and_the_problem_but_no_path_or_subject(small_site: Path, breaker, message):
+    """What an error reply carries: the site's own log keeps the whole line."""
+    from petite_fl.federation.endpoint import for_coordinator
+
+    breaker(small_site)
+    with pytest.raises(DataError) as exc:
+        load_site(small_site)
+    line = for_coordinator(f"site scanner1: {exc.value}")
+    assert str(small_site.parent) not in line and "sub-00" not in line and "/" not in line, line
+    assert re.search(r"row \d|manifest", line), line

@@ -2,22 +2,27 @@
 
     petite-client --site scanner1            # check the site, then join as a SuperNode
     petite-client keygen --site scanner1     # the site's key pair (register the .pub)
+    petite-client approve --app DIR          # the app hash to list in approved_apps
 
 A site is `petite_fl/configs/site/<name>.yaml` or a YAML file with: name, manifest, device, cache,
-server, ca_cert, private_key, port. Hydra overrides (key=value) follow the options, as for
-every petite command: `petite-client --site scanner1 paths.cache=/data/petite`.
+server, ca_cert, private_key, port (and optionally approved_apps). The site runs only petite-fl's
+own Flower app as installed here and the apps whose hash approved_apps lists. Hydra overrides
+(key=value) follow the options, as for every petite command:
+`petite-client --site scanner1 paths.cache=/data/petite`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from rich.markup import escape
 
-from petite_fl.cli.common import console, run_cli
+from petite_fl.cli.common import console, err_console, run_cli
 
 PROG = "petite-client"
 
@@ -35,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Joining as a site (the default command)."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f"{PROG} keygen --help: the site's key pair")
+                                     epilog=f"{PROG} keygen --help: the site's key pair; "
+                                            f"{PROG} approve --help: an app's hash")
     parser.add_argument("--site", help="site name (petite_fl/configs/site/<name>.yaml) or a site YAML file")
     parser.add_argument("--insecure", action="store_true",
                         help="plain text, no authentication (only against a server started with --insecure)")
@@ -67,6 +73,29 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+def build_approve_parser() -> argparse.ArgumentParser:
+    """`petite-client approve`: the hash a site lists in approved_apps to run an app."""
+    p = argparse.ArgumentParser(prog=f"{PROG} approve",
+                                description="print the app hash of a Flower app folder, as the site computes it from "
+                                            "the bundle `flwr run` sends; list it in approved_apps of the site config "
+                                            "to let the site run that app")
+    p.add_argument("--app", type=Path, help="the reviewed app folder (default: petite-fl's own app, installed here)")
+    return p
+
+
+def cmd_approve(args) -> int:
+    from petite_fl.federation.flower.site_exec import app_folder_hash
+
+    digest = app_folder_hash(args.app)
+    print(digest)  # alone on stdout, for scripts
+    if args.app is None:
+        err_console.print("the app hash of petite-fl's own app as installed here: every site runs it", soft_wrap=True)
+    else:
+        err_console.print(f"the app hash of {escape(str(args.app))}; a site runs this app once its site config "
+                          f"lists it: approved_apps: [{digest}]", soft_wrap=True)
+    return 0
+
+
 KEY_REFUSED = "the server refused this site's key"
 REJOIN_WAIT = 90  # seconds: Flower forgets a lost SuperNode after 2 × its 30 s heartbeat
 
@@ -84,7 +113,13 @@ def _explain(tail: list[str], site: str = "<name>") -> str | None:
 
 def cmd_join(args) -> int:
     from petite_fl.atomic import atomic_path
-    from petite_fl.deploy.processes import supernode_command, write_toml
+    from petite_fl.deploy.processes import (
+        site_superexec_command,
+        stop_process_tree,
+        supernode_command,
+        write_secret,
+        write_toml,
+    )
     from petite_fl.deploy.run import run_foreground
     from petite_fl.deploy.site import preflight, site_deployment
     from petite_fl.errors import ConfigError, PetiteError
@@ -100,13 +135,18 @@ def cmd_join(args) -> int:
         console.print(f"site {escape(site.name)}: ready to join {escape(site.server)}")
         return 0
     from petite_fl.config import compose, expand_path
+    from petite_fl.federation.flower.site_exec import app_folder_hash
 
+    approved = tuple(dict.fromkeys([app_folder_hash(), *site.approved_apps]))
+    console.print(f"site {escape(site.name)}: runs only approved apps: petite-fl's own ({approved[0][:12]}…)"
+                  + (f" and {len(approved) - 1} from approved_apps" if len(approved) > 1 else ""))
     # The site's own data folder (its synthetic scanner, when it has no manifest): never the coordinator's.
     data_root = expand_path(compose(overrides=args.overrides).data.root)
     node_config = write_toml(site.cache / site.name / "node-config.toml",
                              {**site.node_config(), "data-root": str(data_root)})
+    secret = write_secret(site.cache / site.name / "superexec.secret")  # new at every start
     cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
-                            node_config=node_config, port=site.port)
+                            node_config=node_config, port=site.port, superexec_secret=secret)
     # A marker for "joined and not left cleanly": after a crash, Flower's SuperLink still counts the
     # site as connected until two heartbeats are missed (~60 s) and refuses to activate it again
     # meanwhile, with the same error as for an unregistered key; so a crashed site retries.
@@ -117,7 +157,13 @@ def cmd_join(args) -> int:
         tmp.write_text(site.server)
     deadline = time.monotonic() + (REJOIN_WAIT if crashed else 0)
     console.print(f"site {escape(site.name)}: joining {escape(site.server)} (Ctrl-C to leave)")
+    superexec = None
     try:
+        # Apps are installed under the site's own folder, where only approved bundles are ever written.
+        superexec = subprocess.Popen(
+            site_superexec_command(site=site.name, port=site.port, approved=approved, superexec_secret=secret,
+                                   parent_pid=os.getpid()),
+            env={**os.environ, "FLWR_HOME": str(site.cache / site.name / "flwr")}, start_new_session=True)
         while True:
             try:
                 run_foreground(cmd, explain=lambda tail: _explain(tail, site.name))
@@ -134,11 +180,16 @@ def cmd_join(args) -> int:
                 time.sleep(10)
     finally:  # left cleanly, or never got in; only a crash (nothing runs) keeps the marker
         marker.unlink(missing_ok=True)
+        if superexec is not None:
+            stop_process_tree(superexec)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["approve"]:
+        args = build_approve_parser().parse_args(argv[1:])
+        return run_cli(PROG, lambda: cmd_approve(args))
     keygen = argv[:1] == ["keygen"]
     args = build_keygen_parser().parse_args(argv[1:]) if keygen else build_parser().parse_args(argv)
     args.overrides = [*args.legacy_overrides, *args.overrides]

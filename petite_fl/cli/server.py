@@ -1,12 +1,14 @@
 """`petite-server`: the coordinator.
 
     petite-server certs --out DIR [--san IP:10.0.0.5 --san DNS:fl.hospital.org]
-    petite-server [--tls DIR] [--host 0.0.0.0] [--port 9092]     # run the SuperLink (TLS + site auth)
+    petite-server [--tls DIR] [--host 0.0.0.0] [--port 9092]     # run the coordinator (TLS + site auth)
     petite-server --resume                                         # restart after a crash, runs continue
     petite-server register --site scanner1 --key scanner1.key.pub  # admit a site's key
 
-Runs Flower's own SuperLink with TLS and SuperNode authentication on; plain text only with
---insecure. Submit a run with `flwr run <app> petite` (the connection it writes to
+Runs Flower's own SuperLink with TLS and SuperNode authentication on (plain text only with
+--insecure), bound to 127.0.0.1:--control-port, where the operators' `flwr` reaches it; nginx
+serves the sites on --host:--port and forwards Flower's Fleet API only (petite_fl/deploy/proxy.py).
+Submit a run on this machine with `flwr run <app> petite` (the connection it writes to
 $FLWR_HOME/config.toml), <app> being the Flower app installed with petite-fl (the folder it
 prints) or a checkout's root.
 """
@@ -31,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tls", type=Path, help="folder with ca.crt, server.pem, server.key "
                                                  "(default: $PETITE_FL_HOME/tls)")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=9092, help="port for sites and `flwr` (default 9092)")
+    parser.add_argument("--host", help="address the sites dial (default 0.0.0.0; 127.0.0.1 with --local-only)")
+    parser.add_argument("--port", type=int, default=9092, help="port for the sites (default 9092)")
+    parser.add_argument("--control-port", type=int, default=9093,
+                        help="port of the SuperLink on 127.0.0.1, for `flwr` on this machine (default 9093)")
+    parser.add_argument("--local-only", action="store_true",
+                        help="no proxy: the SuperLink itself on 127.0.0.1:--port, for sites on this machine only")
     parser.add_argument("--database", type=Path, help="SuperLink state (default: $PETITE_FL_HOME/server/state.db)")
     parser.add_argument("--insecure", action="store_true", help="plain text and no site authentication (testing only)")
     parser.add_argument("--no-auth", action="store_true", help="TLS without site authentication")
@@ -74,24 +80,39 @@ def cmd_certs(args) -> int:
 
 
 def cmd_register(args) -> int:
+    import hashlib
+    import json
     import subprocess
 
+    from petite_fl.deploy import registry
     from petite_fl.deploy.connection import NAME
     from petite_fl.deploy.processes import BIN
-    from petite_fl.errors import PetiteError
+    from petite_fl.errors import ConfigError, PetiteError
+    from petite_fl.federation.fields import bad_name
 
     if not args.key.is_file():
         raise PetiteError(f"public key {args.key} not found")
-    out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site],
-                         capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
+    why = bad_name(args.site)
+    if why:
+        raise ConfigError(f"--site: {why}")
+    out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site,
+                          "--format", "json"], capture_output=True, text=True, timeout=120)
+    try:
+        node_id = int(json.loads(out.stdout)["node-id"]) if out.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        node_id = None
+    if node_id is None:
         lines = [ln.strip(" │╭╮╰╯─") for ln in (out.stdout + out.stderr).splitlines()]
         raise PetiteError(f"registering {args.key} failed: " + " ".join(ln for ln in lines if ln)[:400])
-    console.print(f"site {escape(args.site)} registered ({escape(str(args.key))})")
+    # The site's name is bound to this node: its hello is accepted under no other name.
+    registry.record(registry.registry_path(_cache() / "server"), args.site, node_id,
+                    hashlib.sha256(args.key.read_bytes()).hexdigest())
+    console.print(f"site {escape(args.site)} registered as node {node_id} ({escape(str(args.key))})")
     return 0
 
 
 def cmd_serve(args) -> int:
+    from petite_fl.atomic import private_dir
     from petite_fl.deploy import journal
     from petite_fl.deploy.connection import write_connection
     from petite_fl.deploy.processes import ServerTLS, superlink_command
@@ -99,32 +120,85 @@ def cmd_serve(args) -> int:
     from petite_fl.runconfig import app_dir
 
     cache = _cache()
+    state = cache / "server"
+    private_dir(state)  # the SuperLink's database, the run journal, the site table: 0700, files 0600
     tls = None if args.insecure else ServerTLS.from_folder(args.tls or cache / "tls")
     if args.insecure:
         err_console.print("[bold yellow]warning:[/] --insecure: updates travel in plain text and any node may join")
-    _port_free(args.host, args.port)
-    database = args.database or cache / "server" / "state.db"
+    host = args.host or ("127.0.0.1" if args.local_only else "0.0.0.0")
+    proxy, link_tls, link_port = None, tls, args.port
+    if args.local_only:
+        _loopback_only(host)
+    else:
+        proxy, link_tls = _public_proxy(args, host, tls, state)
+        link_port = args.control_port
+    _port_free(host, args.port)
+    if proxy is not None:
+        _port_free("127.0.0.1", link_port)
+    database = args.database or state / "state.db"
     database.parent.mkdir(parents=True, exist_ok=True)
-    cmd = superlink_command(tls=tls, auth=not (args.insecure or args.no_auth), host=args.host, port=args.port,
-                            database=database)
-    address = f"{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-    conn = write_connection(address, tls.ca_cert if tls else None)
-    runs = cache / "server" / "runs"
+    cmd = superlink_command(tls=link_tls, auth=not (args.insecure or args.no_auth), host="127.0.0.1",
+                            port=link_port, database=database)
+    address = f"127.0.0.1:{link_port}"
+    conn = write_connection(address, link_tls.ca_cert if link_tls else None)
+    runs = state / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     pending = journal.interrupted(runs)
     if pending and not args.resume:
         err_console.print(f"[bold yellow]note:[/] {len(pending)} run(s) were in progress when the server stopped "
                           f"(ids {', '.join(str(e['run_id']) for e in pending)}); restart with --resume to continue "
                           "them, or submit them again yourself")
-    console.print(f"coordinator on {escape(args.host)}:{args.port} ({'TLS' if tls else 'PLAIN TEXT'}, "
-                  f"site authentication {'on' if '--enable-supernode-auth' in cmd else 'off'}); "
-                  f"`flwr run {escape(str(app_dir()))} petite` submits a run (connection in {escape(str(conn))}). "
-                  "Ctrl-C stops it.")
+    via = "nginx forwards Flower's Fleet API only" if proxy else "--local-only: this machine only"
+    console.print(f"coordinator: sites on {escape(host)}:{args.port} ({'TLS' if tls else 'PLAIN TEXT'}, "
+                  f"site authentication {'on' if '--enable-supernode-auth' in cmd else 'off'}; {via}); "
+                  f"operators on {address}: `flwr run {escape(str(app_dir()))} petite` submits a run (connection "
+                  f"in {escape(str(conn))}). Ctrl-C stops it.")
     if args.resume:
         app = (args.app or app_dir()).resolve()
         threading.Thread(target=_resume, args=(runs, pending, app, address), daemon=True).start()
-    run_foreground(cmd, env={**os.environ, journal.ENV: str(runs)})
+    # Flower opens its legacy gRPC Control and Fleet APIs (on 0.0.0.0) when these are set: never here.
+    env = {k: v for k, v in os.environ.items() if k not in ("FLWR_INTERNAL_GRPC_CONTROL_API",
+                                                           "FLWR_INTERNAL_GRPC_FLEET_API")}
+    from petite_fl.deploy import registry
+
+    env = {**env, journal.ENV: str(runs)}
+    if "--enable-supernode-auth" in cmd:  # nodes are known by their keys: each is bound to its site's name
+        env[registry.ENV] = str(registry.registry_path(state))
+    run_foreground(cmd, env=env, companions=[proxy] if proxy else [])
     return 0
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _loopback_only(host: str) -> None:
+    from petite_fl.errors import ConfigError
+
+    if host not in LOOPBACK:
+        raise ConfigError(f"--local-only serves this machine only, not --host {host}: drop --local-only to serve "
+                          "sites elsewhere (through the proxy), or use --host 127.0.0.1")
+
+
+def _public_proxy(args, host: str, tls, state: Path):
+    """The proxy that serves the sites (a `Companion`), and the loopback SuperLink's TLS behind it."""
+    from petite_fl.deploy.certs import make_loopback_credentials
+    from petite_fl.deploy.processes import ServerTLS
+    from petite_fl.deploy.proxy import ProxyPlan, explain_exit, find_nginx, write_proxy
+    from petite_fl.deploy.run import Companion
+    from petite_fl.errors import ConfigError
+
+    find_nginx()  # refused in one line before anything is written
+    if args.control_port == args.port:
+        raise ConfigError(f"--control-port {args.control_port} is --port: the SuperLink needs a port of its own")
+    link_tls = None
+    if tls is not None:
+        creds = make_loopback_credentials(state / "loopback-tls")
+        link_tls = ServerTLS(creds.ca_cert, creds.server_cert, creds.server_key)
+    plan = ProxyPlan(host=host, port=args.port, upstream_port=args.control_port,
+                     cert=tls.server_cert if tls else None, key=tls.server_key if tls else None,
+                     upstream_ca=link_tls.ca_cert if link_tls else None)
+    folder = state / "proxy"
+    return Companion("nginx (the public proxy)", write_proxy(plan, folder), lambda: explain_exit(folder)), link_tls
 
 
 def _port_free(host: str, port: int) -> None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from petite_fl.atomic import atomic_path
+from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.errors import ConfigError, PetiteError
 
 
@@ -78,7 +78,7 @@ def make_server_credentials(folder: str | Path, sans: Sequence[str] = ("IP:127.0
     names = [parse_san(s) for s in sans]
     if not names:
         raise ConfigError("at least one --san is needed (the address the sites connect to)")
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)  # private keys: the folder 0700, its files 0600
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (x509.CertificateBuilder().subject_name(_name("petite-fl CA")).issuer_name(_name("petite-fl CA"))
@@ -114,7 +114,7 @@ def make_site_keys(folder: str | Path, site: str, overwrite: bool = False) -> tu
     if (private.exists() or public.exists()) and not overwrite:
         raise PetiteError(f"{private} exists; a site keeps its key (pass --overwrite to replace it, then "
                           "register the new public key with the server)")
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)  # private keys: the folder 0700, its files 0600
     key = ec.generate_private_key(ec.SECP384R1())
     _write(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                       serialization.NoEncryption()), private=True)
@@ -122,3 +122,16 @@ def make_site_keys(folder: str | Path, site: str, overwrite: bool = False) -> tu
                                                  serialization.PublicFormat.OpenSSH) + f" {site}\n".encode(),
            private=False)
     return private, public
+
+
+def make_loopback_credentials(folder: str | Path) -> ServerCredentials:
+    """The SuperLink's own certificate for 127.0.0.1, behind the coordinator's public proxy.
+
+    Flower refuses SuperNode authentication without TLS, and the coordinator's certificate
+    names the public address, not necessarily 127.0.0.1; so the loopback SuperLink gets a CA
+    and certificate of its own, made afresh at every start. Its CA key is deleted at once:
+    nothing is ever signed with it again.
+    """
+    creds = make_server_credentials(folder, ("IP:127.0.0.1", "DNS:localhost"), days=3650, overwrite=True)
+    creds.ca_key.unlink()
+    return creds

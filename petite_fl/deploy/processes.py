@@ -2,7 +2,9 @@
 
 petite-fl does not reimplement any of Flower's transport: `flower-superlink` and
 `flower-supernode` run as they are, with TLS and SuperNode authentication switched on
-unless `insecure` is asked for explicitly. These functions only build their arguments,
+unless `insecure` is asked for explicitly; a site's apps run in Flower's SuperExec and
+`flwr-clientapp` code behind petite-fl's approval check (`site_superexec_command`).
+These functions only build their arguments,
 so that the CLIs start exactly the same processes everywhere, and `stop_process_tree`
 stops what they started. (The `flwr` connection entry is written by `connection.py`.)
 """
@@ -77,13 +79,15 @@ def write_toml(path: Path, values: Mapping[str, Any]) -> Path:
 
 
 def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path | None,
-                      node_config: Path, port: int) -> list[str]:
+                      node_config: Path, port: int, superexec_secret: Path) -> list[str]:
     """`flower-supernode` for one site: TLS with the coordinator's CA, authenticated by its key.
 
-    `node_config` is a `.toml` file (`write_toml`) with the site's node config.
+    `node_config` is a `.toml` file (`write_toml`) with the site's node config. The SuperNode
+    runs no app itself (`--isolation process`): the site's own SuperExec (`site_superexec_command`),
+    the only holder of `superexec_secret` besides it, takes its tasks and runs approved apps only.
     """
     cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", str(node_config),
-           "--port", str(port)]
+           "--port", str(port), "--isolation", "process", "--superexec-auth-secret-file", str(superexec_secret)]
     if ca_cert is None:
         cmd.append("--insecure")
     else:
@@ -92,6 +96,23 @@ def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path
         cmd += ["--auth-supernode-private-key", str(private_key),
                 "--auth-supernode-public-key", str(Path(str(private_key) + ".pub"))]
     return cmd
+
+
+def site_superexec_command(*, site: str, port: int, approved: Sequence[str], superexec_secret: Path,
+                           parent_pid: int) -> list[str]:
+    """The site's SuperExec for the SuperNode whose Runtime API is on 127.0.0.1:`port`: it runs
+    ClientApp tasks only, and only apps whose hash is in `approved`
+    (`petite_fl.federation.flower.site_exec`). It exits with `parent_pid` (petite-client)."""
+    return [sys.executable, "-m", "petite_fl.federation.flower.site_exec", "superexec",
+            "--runtime-api-address", f"127.0.0.1:{port}", "--superexec-auth-secret-file", str(superexec_secret),
+            "--parent-pid", str(parent_pid), "--site", site, *[a for h in approved for a in ("--approve", h)]]
+
+
+def write_secret(path: Path) -> Path:
+    """A fresh random secret (32 bytes from the OS), readable by this user only, atomically."""
+    with atomic_path(path, mode=0o600) as tmp:
+        tmp.write_bytes(os.urandom(32))
+    return path
 
 
 #: What `stop_process_tree` sends by default: SIGTERM, up to 20 s to exit, then SIGKILL.

@@ -6,15 +6,27 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from petite_fl.deploy.processes import stop_process_tree
 from petite_fl.errors import PetiteError
 
 
+@dataclass(frozen=True)
+class Companion:
+    """A process that serves beside the main one (the coordinator's public proxy): if either
+    exits, both stop, so that a service manager sees one failure and restarts the whole."""
+
+    name: str
+    cmd: list[str]
+    why_exited: Callable[[], str]
+
+
 def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
-                   explain: Callable[[list[str]], str | None] | None = None) -> int:
-    """Run `cmd` until it exits or Ctrl-C; a failure is explained from its last lines.
+                   explain: Callable[[list[str]], str | None] | None = None,
+                   companions: Sequence[Companion] = ()) -> int:
+    """Run `cmd` (and its companions) until it exits or Ctrl-C; a failure is explained from its last lines.
 
     Flower's processes start helpers (a SuperNode its SuperExec) that inherit the output
     pipe and outlive a failed parent, so the parent's exit, not the pipe's end, decides;
@@ -24,12 +36,19 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)  # before the child exists: no window to orphan it
+    launched: list[subprocess.Popen] = []
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1, start_new_session=True)
+        launched.append(proc)
+        for companion in companions:
+            launched.append(subprocess.Popen(companion.cmd, env=env, start_new_session=True))
     except BaseException:
+        for p in launched:
+            stop_process_tree(p)
         signal.signal(signal.SIGTERM, previous)
         raise
+    started = list(zip(companions, launched[1:], strict=True))
     tail: list[str] = []
 
     def pump() -> None:
@@ -46,11 +65,18 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
                 code = proc.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
-                continue
+                pass
+            for companion, p in started:
+                if p.poll() is not None:
+                    stop_process_tree(proc)
+                    raise PetiteError(f"{companion.name} exited with code {p.returncode}: {companion.why_exited()}; "
+                                      f"{os.path.basename(cmd[0])} stopped with it")
     except KeyboardInterrupt:
         stop_process_tree(proc)
         raise
     finally:
+        for _, p in started:
+            stop_process_tree(p)
         signal.signal(signal.SIGTERM, previous)
     reader.join(timeout=2)  # the last lines, if the helpers have let go of the pipe
     # Helpers left behind by the exited parent; they follow it on their own, and a SIGTERM

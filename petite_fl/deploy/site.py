@@ -14,12 +14,14 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from petite_fl.config import compose, config_dirs, expand_path
+from petite_fl.deploy.approval import approved_apps
 from petite_fl.errors import ConfigError, DataError
 from petite_fl.federation.policy import NODE_KEY, SitePolicy
 
 FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_key", "port")
-#: optional fields (their defaults are safe): the site's own policy (petite_fl.federation.policy)
-OPTIONAL = ("policy",)
+#: fields a site config may leave out, with their default
+OPTIONAL_FIELDS = {"approved_apps": None,   # app hashes this site runs besides petite-fl's own (deploy.approval)
+                   "policy": None}          # the site's own policy; None: its safe defaults (federation.policy)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class SiteDeployment:
     ca_cert: Path | None       # None: --insecure
     private_key: Path | None   # None: no SuperNode authentication
     port: int
+    approved_apps: tuple[str, ...] = ()  # besides petite-fl's own app as installed here
     policy: SitePolicy = field(default_factory=SitePolicy)
 
     def node_config(self) -> dict[str, Any]:
@@ -62,11 +65,11 @@ def load_site_config(ref: str, overrides: list[str] = ()) -> dict[str, Any]:
     missing = [f for f in FIELDS if f not in data]
     if missing:
         raise ConfigError(f"site config '{ref}' lacks {', '.join(missing)}")
-    unknown = sorted(set(data) - set(FIELDS) - set(OPTIONAL))
+    unknown = sorted(set(data) - set(FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
         raise ConfigError(f"site config '{ref}': unknown field(s) {', '.join(unknown)} "
-                          f"(allowed: {', '.join(FIELDS + OPTIONAL)})")
-    return data
+                          f"(allowed: {', '.join([*FIELDS, *OPTIONAL_FIELDS])})")
+    return {**OPTIONAL_FIELDS, **data}
 
 
 def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ()) -> SiteDeployment:
@@ -78,7 +81,8 @@ def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ())
         device=str(d["device"]), cache=expand_path(d["cache"]), server=str(d["server"]),
         ca_cert=None if insecure else expand_path(d["ca_cert"]),
         private_key=None if insecure or not d["private_key"] else expand_path(d["private_key"]),
-        port=int(d["port"]), policy=SitePolicy.from_mapping(d.get("policy"), f"site {d['name']}: policy"))
+        port=int(d["port"]), approved_apps=approved_apps(d["approved_apps"], f"site config '{ref}'"),
+        policy=SitePolicy.from_mapping(d["policy"], f"site {d['name']}: policy"))
 
 
 def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeout: float = 5.0) -> list[str]:

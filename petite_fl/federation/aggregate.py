@@ -1,4 +1,5 @@
-"""Sample-weighted averaging of PEFT tensors (FedAvg, McMahan et al., AISTATS 2017).
+"""Sample-weighted averaging of PEFT tensors (FedAvg, McMahan et al., AISTATS 2017), and the
+robust coordinate-wise alternatives (`federation.robust.aggregate`).
 
 Hand-written (a few lines) because Flower's strategies average whole ArrayRecords, while
 petite-fl averages only the shared subset and must reject inconsistent updates itself
@@ -36,6 +37,28 @@ def weighted_average(updates: Sequence[tuple[dict[str, torch.Tensor], int]]) -> 
                                   f"{tuple(first.shape)} at another")
             acc += t.detach().to("cpu", torch.float64) * (weight / total)
         out[name] = acc.to(first.dtype)
+    return out
+
+
+def robust_average(updates: Sequence[tuple[dict[str, torch.Tensor], int]], how: str,
+                   trim_fraction: float = 0.2) -> dict[str, torch.Tensor]:
+    """Coordinate-wise median or trimmed mean of the sites' tensors (unweighted: a weight is a claim).
+
+    With fewer poisoned sites than honest ones on each side, every coordinate stays within the
+    honest sites' range, whatever the poisoned ones send (Yin et al., ICML 2018). numpy's median
+    and scipy's `trim_mean` (which cuts int(fraction × sites) at each end) do the work.
+    """
+    import numpy as np
+    from scipy.stats import trim_mean
+
+    if not updates:
+        raise PetiteError("no updates to aggregate")
+    out = {}
+    for name in sorted(updates[0][0]):
+        first = updates[0][0][name]
+        stack = np.stack([t[name].detach().to("cpu", torch.float64).numpy() for t, _ in updates])
+        value = np.median(stack, axis=0) if how == "median" else trim_mean(stack, trim_fraction, axis=0)
+        out[name] = torch.from_numpy(np.asarray(value)).reshape(first.shape).to(first.dtype)
     return out
 
 

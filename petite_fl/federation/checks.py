@@ -3,12 +3,13 @@
 The coordinator trusts no reply it has not validated: the weight must be a positive
 whole number, the update made on the run's backbone, its tensors exactly the shared set
 (names, shapes, dtypes), finite, and no farther from the global than an honest site's
-optimiser can move it in one round.
+optimiser can move it in one round (`honest_update_bound`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +28,42 @@ class Verdict:
         return self.reason is None
 
 
-def max_update_norm(setting: Any, lr: float, steps: int, n: int) -> float:
-    """The L2 norm beyond which an update is implausible for an honest site.
+def adam_step_bound(t: int, betas: tuple[float, float]) -> float:
+    """The most AdamW's step t (1-based, fresh optimiser state) can move one coordinate, in units of lr.
 
-    `auto`: an Adam-family step moves each parameter by at most about the learning rate,
-    so `steps` steps move n parameters by at most lr·steps·√n; ten times that.
+    Cauchy–Schwarz on m_t = (1−β1)·Σ β1^(t−k)·g_k against v_t = (1−β2)·Σ β2^(t−k)·g_k², with
+    Adam's bias corrections: whatever the gradients, |m̂_t|/√v̂_t ≤ this (1 at t = 1, 1.16 at t = 20,
+    2.2 at t = 100). Adam's ε only makes the step smaller.
     """
+    b1, b2 = betas
+    r = b1 * b1 / b2
+    return ((1 - b1) / math.sqrt(1 - b2) * math.sqrt((1 - r**t) / (1 - r))
+            * math.sqrt(1 - b2**t) / (1 - b1**t))
+
+
+def honest_update_bound(*, lr: float, runs: Sequence[Sequence[float]], n: int, weight_decay: float,
+                        global_norm: float, roundoff: float = 0.0, quantum: float = 0.0,
+                        betas: tuple[float, float] = (0.9, 0.999)) -> float:
+    """The farthest (L2) an honest site's upload can be from the global it was sent.
+
+    `runs` holds, per optimiser run that shaped the upload, the learning-rate factor of each
+    of its steps (warm-up + cosine, as the site's trainer applies it). Each coordinate moves by
+    at most lr·factor·`adam_step_bound` per step, plus AdamW's decay lr·factor·wd·|θ|; the
+    wire adds its rounding (`roundoff`, relative, at the site and back) and SecAgg+ its
+    quantization (`quantum` per value). A site that runs petite-fl cannot exceed it, and an
+    honest update scaled up by a large factor does (the norm bound of #15).
+    """
+    steps = sum(f * adam_step_bound(t + 1, betas) for run in runs for t, f in enumerate(run))
+    adam = lr * steps * math.sqrt(max(1, n))
+    decay = lr * sum(f for run in runs for f in run) * weight_decay * (global_norm + adam)
+    moved = adam + decay
+    return 1.01 * (moved + roundoff * (2 * global_norm + moved) + quantum * math.sqrt(max(1, n)))
+
+
+def max_update_norm(setting: Any, honest: float) -> float:
+    """federation.robust.max_update_norm: `auto` is the honest bound of this round, else a fixed number."""
     if setting is None or str(setting) == "auto":
-        return 10.0 * float(lr) * steps * max(1, n) ** 0.5
+        return honest
     return float(setting)
 
 

@@ -12,6 +12,7 @@ and test). After every round the server checkpoints atomically and rewrites its 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
 from petite_fl.artifacts import load_backbone, save_adapter
-from petite_fl.atomic import atomic_path
+from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import expand_path
 from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.checkpoint import load_checkpoint, save_checkpoint
-from petite_fl.federation.checks import max_update_norm
+from petite_fl.federation.checks import honest_update_bound, max_update_norm
 from petite_fl.federation.evaluation import read_final_metrics
 from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
-from petite_fl.federation.protection import check_combination, protection_from_config
+from petite_fl.federation.protection import MIN_SECAGG_SITES, check_combination, protection_from_config
 from petite_fl.federation.rounds import RoundContext, group_id
 from petite_fl.federation.runlog import RunLog, print_summary
 from petite_fl.federation.site import site_list
@@ -40,8 +41,11 @@ from petite_fl.peft.spec import spec_from_config
 from petite_fl.profiling import peak_rss_bytes
 from petite_fl.runconfig import site_sections
 from petite_fl.training.jobs import backbone_for, config_hash
+from petite_fl.training.trainer import ADAMW_BETAS, cosine_with_warmup
 
 # Settings that do not change what a run computes, so they do not change its name.
+#: relative rounding of a value sent at each transport precision (unit roundoff)
+ROUNDOFF = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 _RUN_NEUTRAL = ("resume", "timeout", "wait_for_sites", "run_name", "site_root", "min_sites")
 
 
@@ -60,6 +64,18 @@ def default_run_dir(cfg: DictConfig, run_name: str) -> Path:
     return expand_path(cfg.out) if cfg.out else expand_path(cfg.paths.cache) / "runs" / "federated" / run_name
 
 
+def min_sites(setting: Any, n_sites: int, secagg: bool) -> int:
+    """federation.min_sites: by default a majority of the sites (one site down does not stop a run),
+    and never fewer than SecAgg+ needs to hide each upload in the sum."""
+    floor = MIN_SECAGG_SITES if secagg else 1
+    if setting is None:
+        return min(n_sites, max(floor, math.ceil(n_sites / 2)))
+    if isinstance(setting, bool) or not isinstance(setting, int) or not floor <= setting <= n_sites:
+        raise ConfigError(f"federation.min_sites must be a whole number from {floor} to the {n_sites} sites"
+                          + (" (SecAgg+ needs 3)" if secagg else "") + f", got {setting!r}")
+    return setting
+
+
 class Coordinator:
     """Runs one federated job of `cfg.strategy` over the sites `transport` reaches."""
 
@@ -73,9 +89,9 @@ class Coordinator:
         if self.rounds < 0 or self.steps < 1:
             raise PetiteError(f"federation.rounds must be ≥ 0 and federation.local_steps ≥ 1, "
                               f"got {self.rounds} and {self.steps}")
-        self.min_sites = int(cfg.federation.min_sites or len(self.sites))
         self.protection = p = protection_from_config(cfg)
         check_combination(p, self.base.name, bool(self.base.rule.share), len(self.sites))
+        self.min_sites = min_sites(cfg.federation.min_sites, len(self.sites), p.secagg)
         self.precision = check_transport(cfg.federation.transport)
         if self.precision != "float32" and p.legacy_messages:
             raise ConfigError(f"federation.transport={self.precision} applies to plain rounds; SecAgg+ and "
@@ -120,8 +136,14 @@ class Coordinator:
         exchange = self.transport.exchange({n: hello for n in self._wait_for_nodes()}, self.group("hello"),
                                            self.timeout)
         errors, infos = dict(exchange.errors), {}
+        registered = getattr(self.transport, "registered_sites", lambda: None)()
         for node, info in exchange.replies.items():
-            if info.site in {i.site for i in infos.values()}:
+            if registered is not None and registered.get(node) != info.site:
+                errors[node] = (f"registered as site '{registered[node]}' but says it is '{info.site}'"
+                                if node in registered else
+                                f"says it is '{info.site}' but no site was registered as this node "
+                                "(petite-server register --site NAME --key KEY.pub)")
+            elif info.site in {i.site for i in infos.values()}:
                 errors[node] = f"a second node claims site '{info.site}'"
             elif info.site not in self.sites:
                 errors[node] = f"site '{info.site}' is not in federation.sites {self.sites}"
@@ -171,7 +193,7 @@ class Coordinator:
         sha = meta["sha256"]
         run_name = run_name_for(cfg, sha)
         run_dir = default_run_dir(cfg, run_name)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)  # the server's state of the run (checkpoint, adapters): 0700, files 0600
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg))
         clock = time.perf_counter()
@@ -203,9 +225,7 @@ class Coordinator:
         session = 1 + max((int(r.get("session", 1)) for r in self.log.transfer_rows), default=0)
         self.backbone_rows = [{**r, "session": session} for r in self.backbone_rows]
         self.log.transfer_rows.extend(self.backbone_rows)  # what this start of the run received
-        ctx = RoundContext(self.transport, infos, self.strategy, sha, max_update_norm(
-            cfg.federation.robust.max_update_norm, float(cfg.peft.lr), self.steps,
-            sum(t.numel() for t in global_tensors.values())), self.timeout, self.label)
+        ctx = RoundContext(self.transport, infos, self.strategy, sha, 0.0, self.timeout, self.label)
         every = max(1, int(cfg.federation.eval_every))
         for rnd in range(start + 1, self.rounds + 1):
             global_tensors = self._round(ctx, rnd, run_name, sha, global_tensors, (rnd - 1) % every == 0)
@@ -235,6 +255,7 @@ class Coordinator:
         # After the federated rounds: the first local round still receives the last global.
         collects = rnd <= self.federated
         sent = global_tensors if rnd <= self.federated + 1 else {}
+        ctx.bound = self.update_bound(rnd, global_tensors)
         fields = {"uniform_weight": False, **self.strategy.ins_fields()}
         ins = TrainIns(run=run_name, round=rnd, rounds=self.rounds, steps=self.steps, sha256=sha, validate=validate,
                        tensors=sent, transport=self.precision, **fields)
@@ -266,6 +287,22 @@ class Coordinator:
                  + (f"; privacy spent ε={spent['epsilon']:.3g} at δ={spent['delta']:g}" if spent else "")
                  + (self.log.val_line(rnd - 1) if validate else ""))
         return global_tensors
+
+    def update_bound(self, rnd: int, global_tensors: dict[str, torch.Tensor]) -> float:
+        """federation.robust.max_update_norm for round `rnd`: by default, the farthest an honest
+        site's AdamW steps (this round's learning rates) can move the global it was sent."""
+        cfg = self.cfg
+        runs = [[factor(offset + s) for s in range(n)]
+                for offset, n, total in self.strategy.upload_steps(rnd, self.steps, self.rounds)
+                for factor in [cosine_with_warmup(int(cfg.train.warmup_steps), total)]]
+        p = self.protection
+        honest = honest_update_bound(
+            lr=float(cfg.peft.lr), runs=runs, n=sum(t.numel() for t in global_tensors.values()),
+            weight_decay=float(cfg.train.weight_decay),
+            global_norm=float(sum(float((t.double() ** 2).sum()) for t in global_tensors.values()) ** 0.5),
+            roundoff=ROUNDOFF[self.precision], betas=ADAMW_BETAS,
+            quantum=2 * 2 * p.clipping_range / p.quantization_range if p.secagg else 0.0)
+        return max_update_norm(cfg.federation.robust.max_update_norm, honest)
 
     def _final(self, infos: dict[int, HelloRes], run_name: str, sha: str,
                global_tensors: dict[str, torch.Tensor]) -> dict[str, str | None]:

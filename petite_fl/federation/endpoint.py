@@ -12,6 +12,7 @@ run-config whitelist (`runkeys`), before OmegaConf reads them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import site_config
 
 _STATE_PREFIX = "run:"
+_SUBJECT = re.compile(r" ?\(subject '[^']*'\)|subject '[^']*'")
+_PATH = re.compile(r"(?<![\w<.-])(?:~|\.{0,2})/[^\s:'\",()]*")
+
+
+def for_coordinator(text: str) -> str:
+    """A site's refusal as the coordinator may read it: the manifest row and the problem, without the
+    site's file paths or subject names (the site's own log keeps the whole line)."""
+    text = _SUBJECT.sub(lambda m: "" if m.group(0).startswith((" (", "(")) else "subject <id>", text)
+    return _PATH.sub(lambda m: "manifest" if m.group(0).endswith(".json") else "<file>", text)
 
 
 class SiteEndpoint:

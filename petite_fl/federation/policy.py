@@ -115,10 +115,10 @@ class SitePolicy:
             self.check_methods(methods)
         strategy = build_strategy(cfg.strategy)
         rounds, steps = int(cfg.federation.rounds), int(cfg.federation.local_steps)
-        shares = rounds > 0 and strategy.upload_steps(1, steps, rounds) > 0
-        if not shares:
+        behind = steps_behind_upload(strategy, 1, steps, rounds) if rounds > 0 else 0
+        if not behind:
             return  # nothing leaves the site: no sample floor or protection to require
-        self._check_samples(strategy.upload_steps(1, steps, rounds), steps, int(cfg.train.batch_size))
+        self._check_samples(behind, steps, int(cfg.train.batch_size))
         if self.require_secagg and not bool(cfg.federation.secagg.enabled):
             raise self.refusal("require_secagg", "the run does not use SecAgg+ (federation.secagg.enabled=false)")
         mode = cfg.federation.dp.mode
@@ -151,22 +151,21 @@ class SitePolicy:
             raise self.refusal("peft_methods", f"the run trains {'+'.join(methods)}, and "
                                                f"{', '.join(repr(m) for m in refused)} is not allowed here")
 
-    def _check_samples(self, upload_steps: int, steps: int, batch: int) -> None:
-        n = upload_steps * batch
+    def _check_samples(self, behind: int, steps: int, batch: int) -> None:
+        n = behind * batch
         if n < self.min_samples_per_update:
-            share = f" (the upload's share of {steps})" if upload_steps != steps else ""
-            raise self.refusal("min_samples_per_update",
-                               f"the run asks {upload_steps} steps{share} × batch {batch} = {n}")
+            share = f" (the upload's share of {steps})" if behind != steps else ""
+            raise self.refusal("min_samples_per_update", f"the run asks {behind} steps{share} × batch {batch} = {n}")
 
     def check_train(self, ins: Any, cfg: Any, strategy: Any, carried: tuple[bool, bool] | None = None) -> None:
         """One round's instruction: the samples behind the upload, its protections (as declared, and as
         Flower carries them when `carried` says), the validation split."""
         if ins.validate and "val" not in self.eval_splits:
             raise self.refusal("eval_splits", "the round asks a validation on 'val'")
-        upload_steps = strategy.upload_steps(ins.round, ins.steps, ins.rounds)
-        if not ins.tensors or not upload_steps:
+        behind = steps_behind_upload(strategy, ins.round, ins.steps, ins.rounds)
+        if not ins.tensors or not behind:
             return  # nothing leaves the site this round
-        self._check_samples(upload_steps, ins.steps, int(cfg.train.batch_size))
+        self._check_samples(behind, ins.steps, int(cfg.train.batch_size))
         if self.require_secagg and ins.secagg_range is None:
             raise self.refusal("require_secagg", "this round's update would leave without SecAgg+")
         if self.require_dp == "client" and ins.clipping_norm is None:
@@ -222,6 +221,14 @@ def policy_for_node(node_config: Mapping[str, Any]) -> SitePolicy:
             raise ConfigError(f"node config '{NODE_KEY}' is not a mapping")
         return SitePolicy.from_mapping(data, f"node config {NODE_KEY}")
     return SitePolicy() if node_config.get("site") else SIMULATION
+
+
+def steps_behind_upload(strategy: Any, rnd: int, steps: int, total_rounds: int) -> int:
+    """Local steps a site's upload in round `rnd` is trained on (Ditto: its global adapter's share);
+    0 when nothing leaves the site (a strategy that shares nothing, fedavg-ft's local rounds)."""
+    if not strategy.rule.share or rnd > strategy.federated_rounds(total_rounds):
+        return 0
+    return sum(n for _, n, _ in strategy.upload_steps(rnd, steps, total_rounds))
 
 
 def configured_methods(peft: Any) -> list[str] | None:

@@ -47,3 +47,24 @@ class Protected:
 
     def privacy_spent(self) -> dict[str, Any] | None:
         return self.inner.privacy_spent() if isinstance(self.inner, Protected) else None
+
+
+class RobustAggregate(Protected):
+    """The strategy's sharing and site half, with a coordinate-wise median or trimmed mean instead of
+    its weighted mean (`federation.robust.aggregate`); every update was checked before."""
+
+    def __init__(self, inner: Strategy | Protected, how: str, trim_fraction: float) -> None:
+        super().__init__(inner)
+        self.how, self.trim_fraction = how, trim_fraction
+
+    def aggregate(self, current, updates):
+        from petite_fl.federation.aggregate import robust_average
+
+        return robust_average(updates, self.how, self.trim_fraction) if current else {}
+
+
+def protect_plain(strategy: Strategy, protection: Any) -> Protected:
+    """The strategy as every carrier wraps it first: delegated, or with a robust aggregate."""
+    if protection.aggregate != "mean":
+        return RobustAggregate(strategy, protection.aggregate, protection.trim_fraction)
+    return Protected(strategy)

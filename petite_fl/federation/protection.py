@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from petite_fl.errors import ConfigError
 
 DP_MODES = ("off", "server", "client")
+AGGREGATES = ("mean", "median", "trimmed-mean")
 MIN_SECAGG_SITES = 3  # with two, each site learns the other's upload from the sum and its own
 
 
@@ -30,6 +31,8 @@ class Protection:
     noise_multiplier: float
     clipping_norm: float
     delta: float
+    aggregate: str = "mean"  # mean | median | trimmed-mean (federation.robust.aggregate)
+    trim_fraction: float = 0.2
 
     @property
     def legacy_messages(self) -> bool:
@@ -43,6 +46,10 @@ class Protection:
         if self.dp != "off":
             parts.append(f"central DP ({self.dp}-side clipping to {self.clipping_norm:g}, "
                          f"noise ×{self.noise_multiplier:g})")
+        if self.aggregate != "mean":
+            parts.append(f"coordinate-wise {self.aggregate}"
+                         + (f" (cut {self.trim_fraction:g} of the sites at each end)"
+                            if self.aggregate == "trimmed-mean" else ""))
         return " + ".join(parts) or "none"
 
 
@@ -57,6 +64,7 @@ def protection_from_config(cfg: DictConfig) -> Protection:
     fed = cfg.federation
     sec = fed.get("secagg") or {}
     dp = fed.get("dp") or {}
+    robust = fed.get("robust") or {}
     mode = dp.get("mode", "off")
     mode = "off" if mode in (None, False) else str(mode)  # YAML 1.1 reads a bare `off` as false
     if mode not in DP_MODES:
@@ -72,7 +80,13 @@ def protection_from_config(cfg: DictConfig) -> Protection:
         noise_multiplier=float(_number(dp.get("noise_multiplier", 1.0), "federation.dp.noise_multiplier")),
         clipping_norm=float(_number(dp.get("clipping_norm", 0.1), "federation.dp.clipping_norm")),
         delta=float(_number(dp.get("delta", 1e-5), "federation.dp.delta")),
+        aggregate=str(robust.get("aggregate", "mean")),
+        trim_fraction=float(_number(robust.get("trim_fraction", 0.2), "federation.robust.trim_fraction")),
     )
+    if p.aggregate not in AGGREGATES:
+        raise ConfigError(f"federation.robust.aggregate must be one of {', '.join(AGGREGATES)}, got '{p.aggregate}'")
+    if not 0 <= p.trim_fraction < 0.5:
+        raise ConfigError(f"federation.robust.trim_fraction must be in [0, 0.5), got {p.trim_fraction}")
     if p.clipping_range <= 0:
         raise ConfigError(f"federation.secagg.clipping_range must be > 0, got {p.clipping_range}")
     if p.dp != "off":
@@ -95,6 +109,10 @@ def check_combination(p: Protection, strategy_name: str, shares_anything: bool, 
     if p.secagg and p.dp == "server":
         raise ConfigError("federation.dp.mode=server clips each site's update on the server, which SecAgg+ hides "
                           "from it; use federation.dp.mode=client with federation.secagg.enabled=true")
+    if p.aggregate != "mean" and (p.secagg or p.dp != "off"):
+        what = "SecAgg+ shows the server only the sum" if p.secagg else "DP's noise is calibrated to the mean"
+        raise ConfigError(f"federation.robust.aggregate={p.aggregate} needs each site's update, but {what}: "
+                          "use federation.robust.aggregate=mean with it")
     if p.secagg and n_sites < MIN_SECAGG_SITES:
         raise ConfigError(f"federation.secagg.enabled=true needs at least {MIN_SECAGG_SITES} sites "
                           f"(federation.sites has {n_sites}): with two, each site can subtract its own upload "

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from petite_fl.artifacts import save_adapter
-from petite_fl.atomic import atomic_path
+from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import expand_path
 from petite_fl.console import console
 from petite_fl.data.patches import site_patch_dataset
@@ -133,7 +133,7 @@ class SiteWorker:
         self.cfg = cfg
         self.site = site
         self.policy = policy
-        self.dir = site_dir(expand_path(cfg.federation.site_root), site)
+        self.dir = private_dir(site_dir(expand_path(cfg.federation.site_root), site))  # the site's own, 0700
         self.cache = BackboneCache(self.dir / "backbones")
         # A deployed site names its manifest; a simulated one is a synthetic scanner (made on first use).
         self.manifest = resolve_site(cfg, manifest or site)
@@ -201,7 +201,7 @@ class SiteWorker:
                        objective_state: dict[str, Any], sha256: str) -> None:
         folder = self.run_dir(run_name)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "joined").touch()
+        (folder / "joined").touch(mode=0o600)
         with atomic_path(folder / f"personal-r{rnd:04d}.safetensors") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                       metadata={"petite_fl": json.dumps({"round": rnd, "backbone_sha256": sha256})})

@@ -17,6 +17,7 @@ import torch
 
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.aggregate import payload_bytes
+from petite_fl.federation.fields import one_line
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.strategies import Strategy
 
@@ -81,6 +82,8 @@ class LocalTransport:
         return list(self.sites)
 
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
+        from petite_fl.federation.endpoint import for_coordinator
+
         out = Exchange()
         for node, message in messages.items():
             out.bytes_down[node] = message_bytes(message)
@@ -88,10 +91,10 @@ class LocalTransport:
             try:
                 reply = _copy(self.sites[node].answer(_copy(message, wire)), wire)
             except PetiteError as exc:
-                out.errors[node] = f"site {self.sites[node].name()}: {exc}"
+                out.errors[node] = one_line(for_coordinator(f"site {self.sites[node].name()}: {exc}"))
                 continue
             except Exception as exc:
-                out.errors[node] = f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}"
+                out.errors[node] = one_line(f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}")
                 continue
             out.replies[node] = reply
             out.bytes_up[node] = message_bytes(reply)
@@ -100,10 +103,10 @@ class LocalTransport:
     def protect(self, strategy: Strategy, protection: Protection, n_sites: int) -> tuple[Strategy, Any]:
         if protection.secagg or protection.dp != "off":
             raise ConfigError("SecAgg+ and DP are Flower's protocols: run them through Flower (petite simulate)")
-        from petite_fl.federation.protected import Protected
+        from petite_fl.federation.protected import protect_plain
         from petite_fl.federation.rounds import plain_round
 
-        return Protected(strategy), plain_round
+        return protect_plain(strategy, protection), plain_round
 
     def record_bytes(self, message: Any) -> int:
         return message_bytes(message)

@@ -26,8 +26,12 @@ def use_amp(setting: str | bool, device: torch.device) -> bool:
     return bool(setting)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast precision: bfloat16 where the device has it (float32's range), float16 on older GPUs."""
+    return torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
     if not enabled:
         return nullcontext()
-    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))

@@ -19,6 +19,9 @@ from petite_fl.atomic import atomic_path
 from petite_fl.console import console
 from petite_fl.training.objectives import Objective
 
+#: AdamW's (β1, β2): the server's bound on an honest update (federation/checks.py) assumes them.
+ADAMW_BETAS = (0.9, 0.999)
+
 
 @dataclass
 class TrainResult:
@@ -75,7 +78,7 @@ def train(
     """
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(train_cfg.weight_decay))
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=ADAMW_BETAS, weight_decay=float(train_cfg.weight_decay))
     factor = cosine_with_warmup(int(train_cfg.warmup_steps), schedule_total or steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(schedule_offset + step))
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")

@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 
-def plain_loop(overrides: list[str]) -> dict[str, Any]:
-    """Run the job of `overrides` in this process; its test PSNR and phase times."""
+def plain_loop(overrides: list[str], quiet: bool = True) -> dict[str, Any]:
+    """Run the job of `overrides` in this process; its test PSNR and phase times (`quiet=False`:
+    the coordinator's lines as `flwr run` prints them, for a run someone watches)."""
     from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.site import site_list
     from petite_fl.federation.transport import LocalTransport
@@ -23,6 +24,6 @@ def plain_loop(overrides: list[str]) -> dict[str, Any]:
     cfg = command_config(overrides)  # what the ServerApp composes for the same submission
     sites = site_list(cfg)
     nodes = [{"partition-id": i, "num-partitions": len(sites)} for i in range(len(sites))]
-    summary = Coordinator(cfg, LocalTransport(nodes), quiet=True).run()
+    summary = Coordinator(cfg, LocalTransport(nodes), quiet=quiet).run()
     return {"seconds": time.perf_counter() - begin, "test_psnr": summary["test_mean"].get("psnr"),
             "phase_seconds": summary["phase_seconds"]}

@@ -9,8 +9,12 @@ from petite_fl.experiments.benchmark.workers import run_child
 
 
 def train_speed(model_name: str, preset: str, patch: int, batch: int, peft: str, warmup: int, steps: int,
-                device_name: str) -> dict[str, Any]:
-    """Training steps of one spec (the trainer's objective and optimiser), in this fresh process."""
+                device_name: str, amp_setting: str | bool = "auto") -> dict[str, Any]:
+    """Training steps of one spec (the trainer's objective and optimiser), in this fresh process.
+
+    `amp_setting` is train.amp's: "auto" (mixed precision on CUDA only, as the trainer does),
+    or True/False to time float32 against mixed precision on the same device.
+    """
     import torch
 
     from petite_fl.config import compose
@@ -18,11 +22,11 @@ def train_speed(model_name: str, preset: str, patch: int, batch: int, peft: str,
     from petite_fl.peft.apply import apply_peft, count_parameters
     from petite_fl.peft.spec import spec_from_config
     from petite_fl.profiling import current_rss_bytes, peak_rss_bytes, time_steps
-    from petite_fl.training.device import resolve_device, use_amp
+    from petite_fl.training.device import amp_dtype, resolve_device, use_amp
     from petite_fl.training.objectives import make_objective
 
     device = resolve_device(device_name)
-    amp = use_amp("auto", device)
+    amp = use_amp(amp_setting, device)
     cfg = compose("config", [f"model={model_name}", f"model.preset={preset}", f"peft={peft}"])
     torch.manual_seed(0)
     model = build_backbone(model_name, preset)
@@ -40,9 +44,11 @@ def train_speed(model_name: str, preset: str, patch: int, batch: int, peft: str,
     times = time_steps(lambda: objective.step(model, data, optimizer, scaler, amp), warmup, steps, device)
     trainable, total = count_parameters(model, state)
     out = {"model": model_name, "preset": preset, "patch": patch, "batch": batch, "peft": state.spec.label,
-           "amp": amp, "step_seconds": statistics.median(times), "patches_per_second": batch / statistics.median(times),
+           "amp": amp, "amp_dtype": str(amp_dtype(device)).removeprefix("torch.") if amp else None,
+           "step_seconds": statistics.median(times), "patches_per_second": batch / statistics.median(times),
            "peak_rss_bytes": peak_rss_bytes(), "rss_before_training_bytes": idle_rss,
-           "trainable_percent": 100.0 * trainable / total}
+           "trainable_percent": 100.0 * trainable / total, "trainable_parameters": trainable,
+           "total_parameters": total}
     if device.type == "cuda":
         out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
     return out

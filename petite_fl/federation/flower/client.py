@@ -7,13 +7,14 @@ is one line in the site's own log and the error reply the coordinator gets.
 
 from __future__ import annotations
 
+import sys
+
 from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from petite_fl.console import console
 from petite_fl.errors import PetiteError
-from petite_fl.federation.endpoint import SiteEndpoint
+from petite_fl.federation.endpoint import SiteEndpoint, for_coordinator
 from petite_fl.federation.messages import BY_KIND, TrainIns
 
 #: Error code of a site that refused a message for a reason it states (bad data, config).
@@ -46,5 +47,5 @@ def handle(message: Message, context: Context) -> Message:
         return Message(reply.to_record(ins), reply_to=message)
     except PetiteError as exc:
         line = f"site {endpoint.name()}: {exc}"
-        console.print(line, markup=False, highlight=False)  # the site's own log says why, too
-        return message.create_error_reply(Error(SITE_REFUSED, line))
+        print(line, file=sys.stderr, flush=True)  # the site's log: the whole line, paths included
+        return message.create_error_reply(Error(SITE_REFUSED, for_coordinator(line)))

@@ -38,7 +38,7 @@ from petite_fl.federation.fields import Unreadable, number_metrics
 from petite_fl.federation.flower.records import content_bytes, from_parameters
 from petite_fl.federation.messages import TrainIns
 from petite_fl.federation.protected import Protected
-from petite_fl.federation.protection import Protection
+from petite_fl.federation.protection import MIN_SECAGG_SITES, Protection
 from petite_fl.federation.rounds import RoundContext, RoundResult
 
 _FITINS_CONFIG = "fitins.config"
@@ -211,6 +211,9 @@ class SecAggPlus(Protected):
 
     def drive(self, ctx: RoundContext, rnd: int, ins: TrainIns, expected: dict[str, torch.Tensor]) -> RoundResult:
         """A round whose shared tensors only the SecAgg+ sum reveals; the sum is checked instead."""
+        if len(ctx.infos) < MIN_SECAGG_SITES:
+            raise PetiteError(f"round {rnd}: SecAgg+ with only {len(ctx.infos)} site(s) taking part; at least "
+                              f"{MIN_SECAGG_SITES} are needed, or each could read another's upload from the sum")
         weights = [1 if ins.uniform_weight else i.num_examples for i in ctx.infos.values()]
         sec = secure_round(self.grid, list(ctx.infos), ins, self.protection, float(max(weights)), ctx.timeout)
         result = RoundResult(aggregated=True)
@@ -229,6 +232,11 @@ class SecAggPlus(Protected):
             result.accepted[node] = m
             result.transfer.append({"round": rnd, "site": info.site, "what": "peft-secagg",
                                     "bytes_down": sec.bytes_down.get(node, 0), "bytes_up": sec.bytes_up.get(node, 0)})
+        if sec.average is not None and len(sec.sites) < MIN_SECAGG_SITES:
+            # Flower's workflow unmasks whatever sum it has; a sum of two is one site's upload to the other.
+            raise PetiteError(f"round {rnd}: the SecAgg+ sum holds the uploads of only {len(sec.sites)} site(s) "
+                              f"({len(ctx.infos) - len(sec.sites)} dropped out); at least {MIN_SECAGG_SITES} are "
+                              f"needed, so it is discarded; the last completed round ({rnd - 1}) is checkpointed")
         if sec.failures:
             result.notes.append(f"SecAgg+ reported {len(sec.failures)} failure(s): {sec.failures[:2]}")
         if sec.average is None or any(node in result.errors for node in result.accepted):

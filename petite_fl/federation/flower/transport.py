@@ -13,12 +13,28 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from petite_fl.federation.fields import Unreadable, one_line
 from petite_fl.federation.flower.records import record_bytes
 from petite_fl.federation.messages import REPLIES
-from petite_fl.federation.protected import Protected
+from petite_fl.federation.protected import Protected, protect_plain
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.rounds import plain_round
 from petite_fl.federation.transport import Exchange
+
+
+class SiteRefused(Exception):
+    """An error reply: the site (or Flower on its behalf) says why it did not answer."""
+
+
+def read_reply(reply: Message, ins: Any) -> Any:
+    """The one reading of every reply (hello, backbone, train, evaluate, error): the typed answer to
+    `ins`, or `SiteRefused` with the error as one clean line, or an exception for a malformed one."""
+    if reply.has_error():
+        reason = one_line(reply.error.reason) if isinstance(reply.error.reason, str) and reply.error.reason else ""
+        raise SiteRefused(reason or f"error code {one_line(reply.error.code, 40)}")
+    if reply.metadata.message_type != ins.KIND:
+        raise Unreadable(f"a '{one_line(reply.metadata.message_type, 40)}' reply to a '{ins.KIND}' message")
+    return REPLIES[type(ins)].from_record(reply.content, ins)
 
 
 class FlowerTransport:
@@ -30,6 +46,12 @@ class FlowerTransport:
 
     def record_bytes(self, message: Any) -> int:
         return record_bytes(message.to_record())
+
+    def registered_sites(self) -> dict[int, str] | None:
+        """{node id: site} from `petite-server register`, where the coordinator keeps one."""
+        from petite_fl.deploy.registry import sites_by_node
+
+        return sites_by_node()
 
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
         out, encoded, sent = Exchange(), {}, []
@@ -49,14 +71,13 @@ class FlowerTransport:
                 node = asked.get(reply.metadata.reply_to_message_id, node)
             if node not in messages:
                 continue  # a reply to nothing this exchange asked
-            if reply.has_error():
-                out.errors[node] = reply.error.reason or f"error code {reply.error.code}"
-                continue
-            ins = messages[node]
             try:
-                out.replies[node] = REPLIES[type(ins)].from_record(reply.content, ins)
-            except Exception as exc:
-                out.errors[node] = f"unreadable reply ({type(exc).__name__}: {exc})"[:500]
+                out.replies[node] = read_reply(reply, messages[node])
+            except SiteRefused as exc:
+                out.errors[node] = str(exc)
+                continue
+            except Exception as exc:  # whatever a reply holds, it is one line for its node, never the ServerApp's end
+                out.errors[node] = one_line(f"unreadable reply ({type(exc).__name__}: {exc})")
                 out.unreadable.add(node)
                 continue
             out.bytes_up[node] = record_bytes(reply.content)
@@ -67,7 +88,7 @@ class FlowerTransport:
 
     def protect(self, strategy: Any, protection: Protection, n_sites: int) -> tuple[Protected, Any]:
         """The strategy inside Flower's protections (SecAgg+ innermost, DP outside), and the round driver."""
-        wrapped, driver = Protected(strategy), plain_round
+        wrapped, driver = protect_plain(strategy, protection), plain_round
         if protection.secagg:
             from petite_fl.federation.flower.secagg import SecAggPlus
 

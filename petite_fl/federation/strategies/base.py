@@ -76,14 +76,14 @@ class Strategy:
         """(shared, personal) tensor names from {tensor name: part}."""
         return self.rule.split(trainable)
 
+    def upload_steps(self, rnd: int, steps: int, total_rounds: int) -> list[tuple[int, int, int]]:
+        """The optimiser runs that shape a round's upload, as (schedule offset, steps, schedule length):
+        what the server's bound on an honest update (`checks.honest_update_bound`) sums over."""
+        return [((rnd - 1) * steps, steps, total_rounds * steps)]
+
     def federated_rounds(self, total_rounds: int) -> int:
         """Rounds whose uploads the server averages; later rounds train at the sites only."""
         return total_rounds
-
-    def upload_steps(self, rnd: int, steps: int, total_rounds: int) -> int:
-        """Local steps behind a site's upload in round `rnd` (0: nothing leaves the site), so
-        that a site's policy can bound how few samples one update may be computed from."""
-        return steps if self.rule.share and rnd <= self.federated_rounds(total_rounds) else 0
 
     # -- site side -------------------------------------------------------------------
     def current_adapter(self, init: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor],

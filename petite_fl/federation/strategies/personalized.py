@@ -31,17 +31,19 @@ class Personalized(Strategy):
         if not self.rule.share:
             raise ConfigError("strategy 'personalized' needs a shared global adapter: strategy.sharing.share is empty")
 
-    def upload_steps(self, rnd: int, steps: int, total_rounds: int) -> int:
-        # the global adapter w is trained on its share of the round's steps; v never leaves
-        full = super().upload_steps(rnd, steps, total_rounds)
-        return max(1, round(full * self.global_fraction)) if full else 0
-
     def current_adapter(self, init, received, personal):
         # v: the personal adapter; before the first round it starts from the global one.
         return dict(personal) if personal else {**init, **received}
 
+    def global_steps(self, steps: int) -> int:
+        return max(1, round(steps * self.global_fraction))
+
+    def upload_steps(self, rnd: int, steps: int, total_rounds: int) -> list[tuple[int, int, int]]:
+        g = self.global_steps(steps)  # only the global adapter w is uploaded
+        return [((rnd - 1) * g, g, total_rounds * g)]
+
     def local_update(self, job: LocalTraining, init, received, personal) -> Update:
-        global_steps = max(1, round(job.steps * self.global_fraction))
+        global_steps = self.global_steps(job.steps)
         personal_steps = max(1, job.steps - global_steps)
         v = self.current_adapter(init, received, personal)
         # 1) the global adapter w, from what the server sent (tensors it does not hold: v's)

@@ -1,0 +1,168 @@
+"""The coordinator's public port: nginx in front of the SuperLink, forwarding only the Fleet API.
+
+In flwr 1.42 one SuperLink port serves the Fleet API (what a SuperNode calls), the Control
+API (submit and stop runs, read logs, register site keys) and the Runtime API (the ServerApp's
+side), and the open-source build authenticates no Control caller. So petite-server binds the
+SuperLink to 127.0.0.1, where the coordinator's operators reach it (on the host, or through
+SSH), and nginx — a maintained reverse proxy, configured here and not written here — listens
+on the public address with the coordinator's TLS certificate and forwards exactly the Fleet
+routes that Flower declares, as POST, under their canonical paths. Any other request is
+answered 403 by nginx and never reaches Flower. SuperNode authentication is untouched: it
+is a signature in request headers (`flwr-public-key`, `flwr-signature`, `flwr-timestamp`)
+that nginx passes through and the SuperLink verifies.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from petite_fl.atomic import atomic_path
+from petite_fl.errors import ConfigError, PetiteError
+
+#: Where Debian's nginx packages put the binary (not on a non-root user's PATH).
+NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+INSTALL_HINT = "apt-get install nginx-light (Debian/Ubuntu; any nginx ≥ 1.19.5 works)"
+#: A request body bound: Flower sends arrays in 5 MiB chunks, each object in its own request.
+MAX_BODY = "64m"
+#: What nginx answers on every path but the Fleet routes; Flower's CLI prints `detail`.
+REFUSAL = ("petite-fl: this port serves SuperNodes only (the Fleet API); the Control API "
+           "(flwr run, ls, log, stop, supernode register) is served on the coordinator host only")
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    """What the proxy listens on and forwards to; `cert`/`key` None means plain text (--insecure)."""
+
+    host: str
+    port: int
+    upstream_port: int
+    cert: Path | None
+    key: Path | None
+    upstream_ca: Path | None  # the SuperLink's loopback CA (None: the SuperLink is plain text)
+
+
+def find_nginx() -> Path:
+    """The nginx binary, or a one-line refusal saying how to install it."""
+    found = shutil.which("nginx") or next((p for p in NGINX_PATHS if os.access(p, os.X_OK)), None)
+    if found is None:
+        raise PetiteError(f"the public port needs nginx (the reverse proxy that keeps Flower's Control API off "
+                          f"it) and none is installed: {INSTALL_HINT}; or start with --local-only to serve "
+                          "this machine only")
+    return Path(found)
+
+
+def fleet_routes() -> list[str]:
+    """The Fleet API's paths as the installed Flower declares them (all POST)."""
+    from flwr.superlink.routers.fleet.router import router
+
+    paths = [route.path for route in router.routes]
+    if not paths or not all(p.startswith("/v1/fleet/") for p in paths):  # pragma: no cover - a Flower change
+        raise ConfigError(f"unexpected Fleet routes in this Flower version: {paths}")
+    return paths
+
+
+def _worker_user() -> str:
+    """Started as root, nginx hands its connections to workers of this unprivileged user."""
+    try:
+        grp.getgrnam("nogroup")
+        return "nobody nogroup"
+    except KeyError:
+        return "nobody"
+
+
+def nginx_config(plan: ProxyPlan, folder: Path, routes: list[str]) -> str:
+    """nginx.conf for the plan; every path nginx writes is under `folder`."""
+    names = "|".join(p.removeprefix("/v1/fleet/") for p in routes)
+    tls = plan.cert is not None
+    upstream = "https" if plan.upstream_ca is not None else "http"
+    refusal = json.dumps({"code": 403, "detail": REFUSAL})  # inside '…' in nginx.conf: no quote in it
+    temp = "\n".join(f"    {kind}_temp_path {folder / 'tmp' / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    upstream_tls = (f"""
+        proxy_ssl_trusted_certificate {plan.upstream_ca};
+        proxy_ssl_verify on;
+        proxy_ssl_name localhost;
+        proxy_ssl_session_reuse on;""" if plan.upstream_ca is not None else "")
+    server_tls = (f"""
+        ssl_certificate {plan.cert};
+        ssl_certificate_key {plan.key};
+        ssl_protocols TLSv1.2 TLSv1.3;""" if tls else "")
+    host = f"[{plan.host}]" if ":" in plan.host else plan.host
+    user = f"user {_worker_user()};\n" if os.geteuid() == 0 else ""
+    return f"""# Written by petite-server at every start (petite_fl/deploy/proxy.py); edits are lost.
+daemon off;
+worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"} warn;
+{user}events {{
+    worker_connections 1024;
+}}
+http {{
+    server_tokens off;
+{temp}
+    map $status $refused {{
+        ~^[45] 1;
+        default 0;
+    }}
+    log_format refused '$time_iso8601 $remote_addr "$request_method $request_uri" $status';
+    access_log {folder / "refused.log"} refused if=$refused;
+    upstream superlink {{
+        server 127.0.0.1:{plan.upstream_port};
+        keepalive 16;
+    }}
+    server {{
+        listen {host}:{plan.port}{" ssl" if tls else ""};{server_tls}
+        client_max_body_size {MAX_BODY};
+        proxy_request_buffering off;
+        proxy_buffering off;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_read_timeout 300s;
+        proxy_send_timeout 300s;{upstream_tls}
+        # The Fleet API only, POST only, forwarded under its canonical path.
+        location ~ ^/v1/fleet/({names})$ {{
+            limit_except POST {{ deny all; }}
+            proxy_pass {upstream}://superlink/v1/fleet/$1;
+        }}
+        location = /health {{
+            limit_except GET {{ deny all; }}
+            proxy_pass {upstream}://superlink/health;
+        }}
+        location / {{
+            default_type application/json;
+            return 403 '{refusal}';
+        }}
+    }}
+}}
+"""
+
+
+def write_proxy(plan: ProxyPlan, folder: Path) -> list[str]:
+    """Write the configuration, check it with `nginx -t`, and return the command that serves it."""
+    nginx = find_nginx()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (folder / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+    conf = folder / "nginx.conf"
+    with atomic_path(conf, mode=0o600) as tmp:
+        tmp.write_text(nginx_config(plan, folder, fleet_routes()))
+    cmd = [str(nginx), "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(conf)]
+    check = subprocess.run([*cmd, "-t", "-q"], capture_output=True, text=True, timeout=60)
+    if check.returncode != 0:
+        lines = [ln for ln in (check.stderr + check.stdout).splitlines() if "[emerg]" in ln] or [check.stderr]
+        raise PetiteError(f"nginx refuses the proxy configuration {conf}: {lines[0].split('] ', 1)[-1].strip()}")
+    return cmd
+
+
+def explain_exit(folder: Path) -> str:
+    """The last error nginx logged (e.g. the public port taken), for a one-line refusal."""
+    log = folder / "error.log"
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "[emerg]" in ln or "[alert]" in ln] \
+        if log.is_file() else []
+    return lines[-1].split("] ", 1)[-1] if lines else f"see {log}"
