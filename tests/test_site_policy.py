@@ -187,6 +187,16 @@ def test_a_backbone_bigger_than_allowed_is_refused_and_not_stored(site, backbone
     assert not list(Path(hospital.node["site-root"]).rglob("*.safetensors"))
 
 
+def test_a_backbone_whose_config_describes_a_bigger_model_is_refused_before_it_is_built(site, backbone):
+    model, meta = backbone
+    hospital = site(max_backbone_parameters=3_000_000)  # the tiny UNETR's tensors (1.9 M) pass
+    hospital.hello()
+    wide = {**meta, "config": {**meta["config"], "mlp_dim": 2000}}  # 12 × 2 × 96 × 2000 more weights
+    with pytest.raises(PolicyError, match=r"^refused by policy.max_backbone_parameters \(3000000\): the offered "
+                                          r"backbone's config describes \d+ parameters$"):
+        hospital.endpoint.answer(BackboneOffer("run-a", model.state_dict(), wide))
+
+
 @pytest.mark.parametrize(("policy", "line"), [
     ({"require_secagg": True},
      "refused by policy.require_secagg (true): the run does not use SecAgg+ (federation.secagg.enabled=false)"),

@@ -197,12 +197,13 @@ class SitePolicy:
         if refused:
             raise self.refusal("eval_splits", f"the run asks an evaluation on {', '.join(map(repr, refused))}")
 
-    def check_backbone(self, tensors: Mapping[str, torch.Tensor]) -> None:
+    def check_backbone(self, tensors: Mapping[str, torch.Tensor], what: str = "the offered backbone has") -> None:
+        """An offered backbone's tensors (and, before it is built, the model its config describes)."""
         if self.max_backbone_parameters is None:
             return
         total = sum(t.numel() for t in tensors.values())
         if total > self.max_backbone_parameters:
-            raise self.refusal("max_backbone_parameters", f"the offered backbone has {total} parameters")
+            raise self.refusal("max_backbone_parameters", f"{what} {total} parameters")
 
 
 #: simulated partitions: one machine, one party; the experiments vary everything but the splits

@@ -149,6 +149,9 @@ class SiteWorker:
 
     def receive_backbone(self, tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
         """Store a backbone sent by the server, after checking it hashes as announced."""
+        with torch.device("meta"):  # its size as the config describes it, before any memory is taken
+            described = build_backbone(str(meta["model"]), "paper", **dict(meta["config"]))
+        self.policy.check_backbone(described.state_dict(), "the offered backbone's config describes")
         model = build_backbone(str(meta["model"]), "paper", **dict(meta["config"]))
         model.load_state_dict(tensors)
         return self.cache.store(model, str(meta["sha256"]), dict(meta.get("provenance") or {}))
