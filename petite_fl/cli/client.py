@@ -92,7 +92,7 @@ def cmd_approve(args) -> int:
         err_console.print("the app hash of petite-fl's own app as installed here: every site runs it", soft_wrap=True)
     else:
         err_console.print(f"the app hash of {escape(str(args.app))}; a site runs this app once its site config "
-                          f"lists it: approved_apps: [{digest}]", soft_wrap=True)
+                          "lists it: approved_apps: " + escape(f"[{digest}]"), soft_wrap=True)
     return 0
 
 
