@@ -44,8 +44,9 @@ def robust_average(updates: Sequence[tuple[dict[str, torch.Tensor], int]], how: 
                    trim_fraction: float = 0.2) -> dict[str, torch.Tensor]:
     """Coordinate-wise median or trimmed mean of the sites' tensors (unweighted: a weight is a claim).
 
-    With fewer poisoned sites than honest ones on each side, every coordinate stays within the
-    honest sites' range, whatever the poisoned ones send (Yin et al., ICML 2018). numpy's median
+    Whatever the poisoned sites send, every value stays within the honest sites' range while they
+    are a minority (median) or no more than the sites cut at each end (trimmed mean; Yin et al.,
+    ICML 2018). numpy's median
     and scipy's `trim_mean` (which cuts int(fraction × sites) at each end) do the work.
     """
     import numpy as np

@@ -43,9 +43,9 @@ from petite_fl.runconfig import site_sections
 from petite_fl.training.jobs import backbone_for, config_hash
 from petite_fl.training.trainer import ADAMW_BETAS, cosine_with_warmup
 
-# Settings that do not change what a run computes, so they do not change its name.
 #: relative rounding of a value sent at each transport precision (unit roundoff)
 ROUNDOFF = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+# Settings that do not change what a run computes, so they do not change its name.
 _RUN_NEUTRAL = ("resume", "timeout", "wait_for_sites", "run_name", "site_root", "min_sites")
 
 
