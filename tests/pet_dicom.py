@@ -1,0 +1,129 @@
+"""Write a small dynamic PET DICOM series with pydicom from a known 4D volume (#16 tests).
+
+Real files on the reader's real path (dcm2niix, then nibabel): each slice is one
+single-frame PET Image Storage file with its own RescaleSlope, the geometry in
+ImagePositionPatient / ImageOrientationPatient (LPS), and the frame timing in
+FrameReferenceTime / ActualFrameDuration (ms), as scanners write them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
+
+LAYOUTS = ("one-series", "series-per-frame")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the volume sits: row/column direction cosines (LPS), first voxel (mm), spacing."""
+
+    row_cos: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    col_cos: tuple[float, float, float] = (0.0, 1.0, 0.0)
+    origin: tuple[float, float, float] = (-23.0, -19.0, -30.0)
+    spacing: tuple[float, float, float] = (2.0, 2.5, 3.0)   # along column index i, row index j, slice k
+
+    def normal(self) -> np.ndarray:
+        return np.cross(self.row_cos, self.col_cos)
+
+    def lps_of(self, ijk: np.ndarray) -> np.ndarray:
+        """World LPS (mm) of voxel indices (…, 3): i along a row, j down the columns, k slice."""
+        axes = np.stack([self.row_cos, self.col_cos, self.normal()]) * np.array(self.spacing)[:, None]
+        return np.asarray(self.origin) + ijk @ axes
+
+    def ras_of(self, ijk: np.ndarray) -> np.ndarray:
+        return self.lps_of(ijk) * np.array([-1.0, -1.0, 1.0])
+
+
+def oblique(degrees: float = 20.0) -> Geometry:
+    """Rows and columns rotated about the z axis: an oblique slice orientation."""
+    a = np.deg2rad(degrees)
+    return Geometry(row_cos=(float(np.cos(a)), float(np.sin(a)), 0.0),
+                    col_cos=(float(-np.sin(a)), float(np.cos(a)), 0.0))
+
+
+def known_frames(shape: tuple[int, int, int] = (24, 20, 16), n_frames: int = 6, seed: int = 0) -> np.ndarray:
+    """A positive blob whose amplitude changes frame to frame, float32 (i, j, k, t) in Bq/mL."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    blob = 5000.0 * np.exp(-3.0 * (grid**2).sum(0))
+    frames = [blob * (1.0 + 0.1 * t) + 50.0 * rng.random(shape) for t in range(n_frames)]
+    return np.stack(frames, axis=-1).astype(np.float32)
+
+
+def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-series",
+                    geometry: Geometry = Geometry(), frame_s: float = 300.0, first_start_s: float = 1800.0,
+                    reverse_slices: bool = False, modality: str = "PT", units: str = "BQML",
+                    patient: str = "Doe^Jane") -> list[Path]:
+    """Write `frames` (i, j, k, t) as PET DICOM files under `folder`; return the files."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
+    folder.mkdir(parents=True, exist_ok=True)
+    nx, ny, nz, nt = frames.shape
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = []
+    for t in range(nt):
+        if layout == "series-per-frame":
+            series_uid = generate_uid()
+        slices = range(nz - 1, -1, -1) if reverse_slices else range(nz)
+        for n, k in enumerate(slices):
+            ds = _slice(frames[:, :, k, t], k, t, geometry, study_uid, series_uid, nz, nt, layout)
+            ds.Modality, ds.Units, ds.PatientName = modality, units, patient
+            start = first_start_s + t * frame_s
+            ds.AcquisitionTime = _clock(start)   # the frame's start; SeriesTime is the reference
+            ds.FrameReferenceTime = f"{(start + frame_s / 2) * 1000.0:.0f}"
+            ds.ActualFrameDuration = int(frame_s * 1000)
+            ds.InstanceNumber = t * nz + n + 1
+            path = folder / f"f{t:02d}_s{n:03d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths
+
+
+def _slice(plane: np.ndarray, k: int, t: int, geo: Geometry, study_uid: str, series_uid: str,
+           nz: int, nt: int, layout: str) -> Dataset:
+    """One PET slice: plane (i, j) stored as rows j × columns i, uint16 with its own slope."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.PatientBirthDate, ds.StudyDate, ds.SeriesDate = "PID-42", "19500101", "20240102", "20240102"
+    ds.StudyTime = ds.SeriesTime = _clock(0.0)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid])
+    ds.SeriesNumber = 1 + (t if layout == "series-per-frame" else 0)
+    ds.SeriesDescription = "Co-registered Dynamic"
+    ds.Manufacturer, ds.ManufacturerModelName = "SIEMENS", "HR+"
+    ds.ReconstructionMethod = "OSEM 4i16s"
+    ds.DecayCorrection, ds.CorrectedImage = "START", ["DECY", "ATTN", "SCAT"]
+    ds.SeriesType = ["DYNAMIC", "IMAGE"]
+    ds.NumberOfSlices = nz
+    ds.NumberOfTimeSlices = nt if layout == "one-series" else 1
+    ds.ImageIndex = t * nz + k + 1
+    ds.ImageOrientationPatient = [*geo.row_cos, *geo.col_cos]
+    ds.ImagePositionPatient = [float(v) for v in geo.lps_of(np.array([0.0, 0.0, k]))]
+    ds.PixelSpacing = [geo.spacing[1], geo.spacing[0]]   # row spacing (along j), column spacing (along i)
+    ds.SliceThickness = geo.spacing[2]
+    ds.Rows, ds.Columns = plane.shape[1], plane.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    slope = max(float(plane.max()), 1e-6) / 65535.0
+    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", "0"
+    stored = np.round(plane.T / float(f"{slope:.10g}")).clip(0, 65535).astype(np.uint16)
+    ds.PixelData = np.ascontiguousarray(stored).tobytes()
+    return ds
+
+
+def _clock(seconds_after_nine: float) -> str:
+    """DICOM TM of 09:00:00 plus `seconds_after_nine`."""
+    s = int(round(seconds_after_nine)) + 9 * 3600
+    return f"{s // 3600:02d}{s // 60 % 60:02d}{s % 60:02d}"
