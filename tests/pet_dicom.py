@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import FileMetaDataset
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 
 LAYOUTS = ("one-series", "series-per-frame")
@@ -59,12 +58,15 @@ def known_frames(shape: tuple[int, int, int] = (24, 20, 16), n_frames: int = 6, 
 def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-series",
                     geometry: Geometry = Geometry(), frame_s: float = 300.0, first_start_s: float = 1800.0,
                     reverse_slices: bool = False, modality: str = "PT", units: str = "BQML",
-                    patient: str = "Doe^Jane") -> list[Path]:
-    """Write `frames` (i, j, k, t) as PET DICOM files under `folder`; return the files."""
+                    patient: str = "Doe^Jane", tags: dict | None = None) -> list[Path]:
+    """Write `frames` (i, j, k, t) as PET DICOM files under `folder`; return the files.
+
+    `tags` are set on every file after the rest (e.g. GantryDetectorTilt for a bad case).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
     folder.mkdir(parents=True, exist_ok=True)
-    nx, ny, nz, nt = frames.shape
+    nz, nt = frames.shape[2:]
     study_uid, series_uid = generate_uid(), generate_uid()
     paths = []
     for t in range(nt):
@@ -79,6 +81,8 @@ def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-seri
             ds.FrameReferenceTime = f"{(start + frame_s / 2) * 1000.0:.0f}"
             ds.ActualFrameDuration = int(frame_s * 1000)
             ds.InstanceNumber = t * nz + n + 1
+            for key, value in (tags or {}).items():
+                setattr(ds, key, value)
             path = folder / f"f{t:02d}_s{n:03d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
@@ -125,5 +129,5 @@ def _slice(plane: np.ndarray, k: int, t: int, geo: Geometry, study_uid: str, ser
 
 def _clock(seconds_after_nine: float) -> str:
     """DICOM TM of 09:00:00 plus `seconds_after_nine`."""
-    s = int(round(seconds_after_nine)) + 9 * 3600
+    s = round(seconds_after_nine) + 9 * 3600
     return f"{s // 3600:02d}{s // 60 % 60:02d}{s % 60:02d}"

@@ -68,9 +68,10 @@ def read_dicom(folder: Path) -> DynamicSeries:
 
 def combine(folder: Path, parts: list[DynamicSeries]) -> DynamicSeries:
     """One image is the series; several single-frame images on one grid are one frame each."""
-    for part in parts:
+    for part in parts:   # name the DICOM folder, not dcm2niix's temporary file
+        old = part.label
         part.source = folder
-        part.problems = [p.replace(f"{part.label}", f"{folder} (dicom)", 1) for p in part.problems]
+        part.problems = [line.replace(old, part.label, 1) for line in part.problems]
     if len(parts) == 1:
         return parts[0]
     first = parts[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.wrapstruct import WrapStructError
 
 from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.readers.nifti import normalise_units
@@ -26,7 +27,7 @@ def read_ecat(path: Path) -> DynamicSeries:
         img = nib.ecat.load(path)
         header, subs = img.header, img.get_subheaders().subheaders
         data = np.asarray(img.get_fdata(dtype=np.float32))
-    except (ImageFileError, EOFError, OSError, zlib.error, ValueError, IndexError) as exc:
+    except (ImageFileError, WrapStructError, EOFError, OSError, zlib.error, ValueError, IndexError) as exc:
         series.problems.append(f"{series.label}: unreadable ECAT 7 file ({_why(exc)})")
         return series
     if data.ndim == 3:
@@ -50,12 +51,14 @@ def read_ecat(path: Path) -> DynamicSeries:
                             "PatientBirthDate": str(int(header["patient_birth_date"])),
                             "StudyDate": str(int(header["scan_start_time"]))})
     if int(header["file_type"]) not in ECAT_IMAGE_FILE_TYPES:
-        series.problems.append(f"{series.label}: ECAT file type {int(header['file_type'])} is not a reconstructed image (7)")
-    if abs(float(header["gantry_tilt"])) > 1e-3:
-        series.problems.append(f"{series.label}: gantry tilt {float(header['gantry_tilt']):g}°; untilted slices are needed")
+        kind = int(header["file_type"])
+        series.problems.append(f"{series.label}: ECAT file type {kind} is not a reconstructed image (7)")
+    tilt = float(header["gantry_tilt"])
+    if abs(tilt) > 1e-3:
+        series.problems.append(f"{series.label}: gantry tilt {tilt:g}°; untilted slices are needed")
     if int(header["num_bed_pos"]) > 0:
         series.problems.append(f"{series.label}: {int(header['num_bed_pos']) + 1} bed positions; one is needed")
-    series.notes.append(f"{series.label}: orientation from nibabel's ECAT affine (ECAT 7 stores no patient orientation)")
+    series.notes.append(f"{series.label}: orientation from nibabel's ECAT affine (ECAT 7 has no patient orientation)")
     return series
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.wrapstruct import WrapStructError
 
 from petite_fl.data.dynamic import DynamicSeries
 
@@ -40,13 +41,13 @@ def read_nifti(path: Path, fmt: str = "nifti-bids") -> DynamicSeries:
             raise ImageFileError(f"not NIfTI ({type(img).__name__})")
         img = nib.as_closest_canonical(img)
         data = np.asarray(img.get_fdata(dtype=np.float32))
-    except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except (ImageFileError, WrapStructError, EOFError, OSError, zlib.error, ValueError) as exc:
         empty.problems.append(f"{empty.label}: unreadable image file ({_why(exc)})")
         return empty
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4:
-        empty.problems.append(f"{empty.label}: a {data.ndim}D image (shape {data.shape}); a 3D or 4D PET image is needed")
+        empty.problems.append(f"{empty.label}: a {data.ndim}D image (shape {data.shape}); a 3D or 4D PET image needed")
         return empty
     series = DynamicSeries(path, fmt, data, img.affine.copy(), [], [])
     sidecar = load_sidecar(sidecar_of(path), series)
@@ -87,7 +88,7 @@ def apply_sidecar(series: DynamicSeries, sidecar: dict[str, Any]) -> None:
     if starts is None and n == 1 and durations is not None:
         starts = [clock_offset(sidecar)]       # dcm2niix gives a single-frame series no FrameTimesStart
     if starts is None or durations is None:
-        series.problems.append(f"{series.label}: no FrameTimesStart/FrameDuration in the sidecar (frame timing unknown)")
+        series.problems.append(f"{series.label}: no FrameTimesStart/FrameDuration in the sidecar (timing unknown)")
         return
     if len(starts) != n or len(durations) != n:
         series.problems.append(
