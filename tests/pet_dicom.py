@@ -101,7 +101,7 @@ def _slice(plane: np.ndarray, k: int, t: int, geo: Geometry, study_uid: str, ser
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientID, ds.PatientBirthDate, ds.StudyDate, ds.SeriesDate = "PID-42", "19500101", "20240102", "20240102"
     ds.StudyTime = ds.SeriesTime = _clock(0.0)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyID = study_uid, series_uid, "1"
     ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid])
     ds.SeriesNumber = 1 + (t if layout == "series-per-frame" else 0)
     ds.SeriesDescription = "Co-registered Dynamic"

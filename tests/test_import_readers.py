@@ -12,8 +12,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from pet_dicom import Geometry, known_frames, oblique, write_pet_dicom
+from pydicom.fileset import FileSet
 
 from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.readers import find_series, read_series
@@ -90,6 +92,18 @@ def test_ecat7_reader_reads_nibabels_sample_file() -> None:
     assert series.units == "Bq/mL"                           # 'Bq/cc' in the header
     assert len(series.frame_start) == len(series.frame_duration) == 1
     assert np.all(np.diag(series.affine)[:3] > 0)
+
+
+def test_a_dicomdir_is_found_as_its_folder_and_read(tmp_path: Path, frames: np.ndarray) -> None:
+    small = frames[:8, :6, :4, :3]
+    file_set = FileSet()
+    for path in write_pet_dicom(tmp_path / "src", small):
+        file_set.add(pydicom.dcmread(path))
+    file_set.write(tmp_path / "cd")                          # DICOMDIR + PT000000/… as on a CD
+    assert find_series(tmp_path / "cd") == [tmp_path / "cd"]
+    series = read_series(tmp_path / "cd" / "DICOMDIR")
+    assert series.problems == [] and series.frames.shape == small.shape
+    assert series.frame_start == [FIRST_S, FIRST_S + FRAME_S, FIRST_S + 2 * FRAME_S]
 
 
 def test_find_series_lists_every_format_in_a_mixed_tree(tmp_path: Path, frames: np.ndarray) -> None:
