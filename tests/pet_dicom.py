@@ -57,11 +57,13 @@ def known_frames(shape: tuple[int, int, int] = (24, 20, 16), n_frames: int = 6, 
 
 def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-series",
                     geometry: Geometry = Geometry(), frame_s: float = 300.0, first_start_s: float = 1800.0,
-                    reverse_slices: bool = False, modality: str = "PT", units: str = "BQML",
+                    reverse_slices: bool = False, series_time_per_frame: bool = False,
+                    modality: str = "PT", units: str = "BQML",
                     patient: str = "Doe^Jane", tags: dict | None = None) -> list[Path]:
     """Write `frames` (i, j, k, t) as PET DICOM files under `folder`; return the files.
 
-    `tags` are set on every file after the rest (e.g. GantryDetectorTilt for a bad case).
+    `tags` are set on every file after the rest (e.g. GantryDetectorTilt for a bad case);
+    `series_time_per_frame`: each frame's SeriesTime is its own start, as some scanners write.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}: one of {LAYOUTS}")
@@ -78,6 +80,8 @@ def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-seri
             ds.Modality, ds.Units, ds.PatientName = modality, units, patient
             start = first_start_s + t * frame_s
             ds.AcquisitionTime = _clock(start)   # the frame's start; SeriesTime is the reference
+            if series_time_per_frame:
+                ds.SeriesTime = ds.AcquisitionTime
             ds.FrameReferenceTime = f"{(start + frame_s / 2) * 1000.0:.0f}"
             ds.ActualFrameDuration = int(frame_s * 1000)
             ds.InstanceNumber = t * nz + n + 1

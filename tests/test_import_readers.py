@@ -65,6 +65,16 @@ def test_dicom_round_trip_gives_the_known_frames_timing_and_world_geometry(
     assert "Doe" not in json.dumps(series.info)   # identity only where it is kept apart
 
 
+def test_series_per_frame_that_restart_series_time_are_timed_from_the_first_frame(
+        tmp_path: Path, frames: np.ndarray) -> None:
+    write_pet_dicom(tmp_path / "dcm", frames[..., :3], layout="series-per-frame", series_time_per_frame=True,
+                    frame_s=FRAME_S, first_start_s=FIRST_S)
+    series = read_series(tmp_path / "dcm")
+    assert series.problems == [] and series.frame_start == [0.0, FRAME_S, 2 * FRAME_S]
+    np.testing.assert_allclose(series.frames[..., 2].max(), frames[..., 2].max(), rtol=1e-4)
+    assert any("AcquisitionTime" in note for note in series.notes)
+
+
 def test_nifti_with_bids_sidecar_round_trips_into_ras(tmp_path: Path, frames: np.ndarray) -> None:
     lps_like = np.array([[-2.0, 0, 0, 30], [0, -2.5, 0, 20], [0, 0, 3.0, -10], [0, 0, 0, 1]])
     path = tmp_path / "sub-01_pet.nii.gz"

@@ -20,7 +20,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from petite_fl.data.dynamic import DynamicSeries
-from petite_fl.data.readers.nifti import normalise_units, read_nifti
+from petite_fl.data.readers.nifti import clock_seconds, normalise_units, read_nifti
 
 IDENTITY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate")
 TIMEOUT_S = 600
@@ -84,6 +84,8 @@ def combine(folder: Path, parts: list[DynamicSeries]) -> DynamicSeries:
         out.problems.append(f"{out.label}: {len(parts)} images of different grids or several multi-frame series "
                             f"(several bed positions or series in one folder?): {shapes}")
         return out
+    if len({p.frame_start[0] for p in parts if p.frame_start}) < len(parts) and not restart_clock(out, parts):
+        return out
     parts = sorted(parts, key=lambda p: p.frame_start[0] if p.frame_start else 0.0)
     out.frames = np.concatenate([p.frames for p in parts], axis=3)
     for p in parts:
@@ -92,6 +94,20 @@ def combine(folder: Path, parts: list[DynamicSeries]) -> DynamicSeries:
         out.problems += [line for line in p.problems if line not in out.problems]
     out.notes.append(f"{out.label}: {len(parts)} frames, one series each, stacked by frame start")
     return out
+
+
+def restart_clock(out: DynamicSeries, parts: list[DynamicSeries]) -> bool:
+    """Frames whose series each restart SeriesTime: time them by AcquisitionTime from the first frame."""
+    clocks = [clock_seconds(p.info.get("AcquisitionTime")) for p in parts]
+    if None in clocks or len(set(clocks)) < len(parts):
+        out.problems.append(f"{out.label}: {len(parts)} single-frame series without distinct start times "
+                            "(frame order unknown)")
+        return False
+    first = min(c for c in clocks if c is not None)
+    for part, clock in zip(parts, clocks, strict=True):
+        part.frame_start = [float(clock) - first] if clock is not None else []
+    out.notes.append(f"{out.label}: frame starts from AcquisitionTime, counted from the first frame")
+    return True
 
 
 def first_headers(folder: Path) -> dict[str, Any]:

@@ -87,6 +87,7 @@ def apply_sidecar(series: DynamicSeries, sidecar: dict[str, Any]) -> None:
     n = series.n_frames
     if starts is None and n == 1 and durations is not None:
         starts = [clock_offset(sidecar)]       # dcm2niix gives a single-frame series no FrameTimesStart
+        series.info["AcquisitionTime"] = sidecar.get("AcquisitionTime")
     if starts is None or durations is None:
         series.problems.append(f"{series.label}: no FrameTimesStart/FrameDuration in the sidecar (timing unknown)")
         return
@@ -113,16 +114,19 @@ def decay_corrected(sidecar: dict[str, Any]) -> bool | None:
 
 def clock_offset(sidecar: dict[str, Any]) -> float:
     """Seconds from SeriesTime to AcquisitionTime (0 when either is missing)."""
-    def secs(text: Any) -> float | None:
-        for pattern in ("%H:%M:%S.%f", "%H:%M:%S"):
-            try:
-                t = datetime.strptime(str(text), pattern)
-                return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
-            except ValueError:
-                continue
-        return None
-    a, s = secs(sidecar.get("AcquisitionTime")), secs(sidecar.get("SeriesTime"))
+    a, s = clock_seconds(sidecar.get("AcquisitionTime")), clock_seconds(sidecar.get("SeriesTime"))
     return 0.0 if a is None or s is None else a - s
+
+
+def clock_seconds(text: Any) -> float | None:
+    """'HH:MM:SS[.ffffff]' (dcm2niix's times of day) → seconds since midnight."""
+    for pattern in ("%H:%M:%S.%f", "%H:%M:%S"):
+        try:
+            t = datetime.strptime(str(text), pattern)
+        except ValueError:
+            continue
+        return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
+    return None
 
 
 def _floats(value: Any) -> list[float]:
