@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import stat
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from petite_fl.data.check import check_site
 from petite_fl.data.dynamic import DynamicSeries
+from petite_fl.data.importer import IMPORT_FILE, MAPPING_FILE, import_site
+from petite_fl.data.manifest import read_manifest
 from petite_fl.data.pairing import check_series, make_pair
 
 SHAPE = (20, 22, 18)
@@ -79,6 +85,7 @@ def test_input_window_of_short_frames_is_their_weighted_mean_and_a_long_first_fr
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
+        ({"info": {"modality": "CT"}}, "modality is 'CT', not PET"),
         ({"units": "counts"}, "units are 'counts', not Bq/mL"),
         ({"units": None}, "units are 'not given', not Bq/mL"),
         ({"decay_corrected": False}, "decay correction is no"),
@@ -111,3 +118,147 @@ def test_motion_between_frames_is_reported_naming_the_frame() -> None:
     assert problems == []
     motion = [n for n in notes if "possible motion" in n]
     assert len(motion) == 1 and "frame(s) 4 (NCC" in motion[0], notes
+
+
+# --- the import end to end, from 4D NIfTI + BIDS-PET sidecar series written here -------------
+
+PATIENT = "DOE^JANE"
+AFFINE = np.array([[-2.0, 0, 0, 20], [0, 2.0, 0, -22], [0, 0, 2.0, -18], [0, 0, 0, 1]])  # LAS on disk
+
+
+def _write_bids(folder: Path, frames: np.ndarray, units: str = "Bq/mL", patient: str = PATIENT) -> Path:
+    folder.mkdir(parents=True)
+    n = frames.shape[3]
+    nib.save(nib.Nifti1Image(frames, AFFINE), folder / "pet.nii.gz")
+    (folder / "pet.json").write_text(json.dumps({
+        "Modality": "PT", "Units": units, "ImageDecayCorrected": True, "Manufacturer": "Siemens",
+        "ManufacturersModelName": "HR+", "ReconMethodName": "OSEM 2D",
+        "FrameTimesStart": [1800 + 300 * k for k in range(n)], "FrameDuration": [300] * n,
+        "PatientName": patient, "SeriesInstanceUID": "1.2.840.99999.1." + folder.name}))
+    return folder
+
+
+def _find(src: Path) -> list[Path]:
+    """A tiny local reader (the real ones live in petite_fl/data/readers/): one folder per series."""
+    return sorted(p.parent for p in src.rglob("pet.nii.gz"))
+
+
+def _read(folder: Path) -> DynamicSeries:
+    img = nib.as_closest_canonical(nib.load(folder / "pet.nii.gz"))
+    side = json.loads((folder / "pet.json").read_text())
+    return DynamicSeries(
+        source=folder, fmt="nifti-bids", frames=np.asarray(img.get_fdata(dtype=np.float32)),
+        affine=img.affine, frame_start=side["FrameTimesStart"], frame_duration=side["FrameDuration"],
+        units=side["Units"], decay_corrected=side["ImageDecayCorrected"],
+        info={"modality": side["Modality"], "manufacturer": side["Manufacturer"],
+              "model": side["ManufacturersModelName"], "reconstruction": side["ReconMethodName"]},
+        identity={"PatientName": side["PatientName"], "SeriesInstanceUID": side["SeriesInstanceUID"]})
+
+
+@pytest.fixture()
+def source(tmp_path: Path) -> Path:
+    src = tmp_path / "download"
+    for k in range(3):
+        _write_bids(src / f"s{k}" / "dyn", _known_frames(seed=k))
+    _write_bids(src / "s3" / "dyn", _known_frames(seed=3), units="counts")
+    _write_bids(src / "s4" / "dyn", _known_frames(1, seed=4))
+    return src
+
+
+def _tree_bytes(root: Path) -> list[tuple[Path, bytes]]:
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            out.append((p, nib.openers.Opener(p).read() if p.suffix == ".gz" else data))
+    return out
+
+
+def test_import_writes_a_checked_pseudonymised_site_and_skips_bad_series_in_one_line(
+        source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    report = import_site(source, out, site="hospitalA", splits={"train": 2, "val": 0, "test": 1},
+                         find=_find, read=_read)
+    assert report.changed and [r["id"] for r in report.imported] == ["sub-001", "sub-002", "sub-003"]
+    assert len(report.skipped) == 2
+    assert "s3" in report.skipped[0] and "units are 'counts'" in report.skipped[0]
+    assert "s4" in report.skipped[1] and "static series" in report.skipped[1]
+    site = check_site(out / "manifest.json")
+    assert site.ok, site.problems
+    manifest = read_manifest(out / "manifest.json")
+    assert manifest.counts() == {"train": 2, "val": 0, "test": 1} and manifest.site == "hospitalA"
+    # round trip: the imported pair equals frame 1 and the mean of six, on the same world grid
+    frames = _read(source / "s0" / "dyn")
+    inp = nib.load(out / "sub-001_input.nii.gz")
+    assert inp.get_data_dtype() == np.int16
+    assert np.allclose(inp.affine, frames.affine)
+    slope = float(inp.dataobj.slope)  # int16 quantisation step
+    np.testing.assert_allclose(inp.get_fdata(), frames.frames[..., 0], atol=slope)
+    np.testing.assert_allclose(nib.load(out / "sub-001_target.nii.gz").get_fdata(),
+                               frames.frames.mean(axis=3), atol=slope * 1.01)
+    assert inp.header["descrip"].item() == b""
+    prov = json.loads((out / "sub-001_provenance.json").read_text())
+    assert prov["matrix"] == list(SHAPE) and prov["voxel_mm"] == [2.0, 2.0, 2.0]
+    assert prov["manufacturer"] == "Siemens" and prov["input_frames"] == [1]
+    assert len(prov["series_uid_sha256"]) == 64
+    # no identity value in any output file, the source paths only in the private mapping
+    for path, data in _tree_bytes(out):
+        assert PATIENT.encode() not in data and b"1.2.840.99999" not in data, path
+        if path != out / MAPPING_FILE:
+            assert str(source).encode() not in data, path
+    mapping = out / MAPPING_FILE
+    assert stat.S_IMODE(mapping.stat().st_mode) == 0o600
+    assert stat.S_IMODE(mapping.parent.stat().st_mode) == 0o700
+    assert json.loads(mapping.read_text())["sub-001"]["source"] == str(source / "s0" / "dyn")
+    # the 20×22×18 grid matches no registered scanner: a draft profile to review
+    assert report.scanner is None and (out / "scanner-draft.yaml").is_file()
+
+
+def test_second_import_of_the_same_source_does_nothing(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    import_site(source, out, find=_find, read=_read)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = import_site(source, out, find=_find, read=_read)
+    assert not again.changed and len(again.imported) == 3
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    _write_bids(source / "s5" / "dyn", _known_frames(seed=5))  # a new series: imported again
+    third = import_site(source, out, find=_find, read=_read)
+    assert third.changed and len(third.imported) == 4
+    assert json.loads((out / IMPORT_FILE).read_text())["fingerprint"] != ""
+
+
+def test_dry_run_lists_what_would_be_made_and_writes_nothing(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    report = import_site(source, out, dry_run=True, find=_find, read=_read)
+    assert report.dry_run and not report.changed
+    assert [r["id"] for r in report.imported] == ["sub-001", "sub-002", "sub-003"]
+    assert len(report.skipped) == 2
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["download"]
+
+
+def test_unreadable_series_is_skipped_in_one_line_and_the_import_goes_on(source: Path, tmp_path: Path) -> None:
+    bad = source / "s9" / "dyn"
+    bad.mkdir(parents=True)
+    (bad / "pet.nii.gz").write_bytes(b"not a nifti")
+    report = import_site(source, tmp_path / "site", find=_find, read=_read)
+    assert len(report.imported) == 3
+    assert next(line for line in report.skipped if "s9" in line).startswith(f"{bad}: unreadable (")
+
+
+def test_interrupted_import_leaves_the_previous_site_whole_and_no_partial_folder(
+        source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    import_site(source, out, find=_find, read=_read)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    _write_bids(source / "s5" / "dyn", _known_frames(seed=5))
+
+    def interrupted(folder: Path) -> DynamicSeries:
+        if folder.parent.name == "s2":
+            raise KeyboardInterrupt
+        return _read(folder)
+
+    with pytest.raises(KeyboardInterrupt):
+        import_site(source, out, find=_find, read=interrupted)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert check_site(out / "manifest.json").ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["download", "site"]
