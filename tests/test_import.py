@@ -9,12 +9,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from petite_fl.data.check import check_site
 from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.importer import IMPORT_FILE, MAPPING_FILE, import_site
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.pairing import check_series, make_pair
+from petite_fl.scanners import get_scanner, scanner_from_dict
 
 SHAPE = (20, 22, 18)
 
@@ -126,10 +128,11 @@ PATIENT = "DOE^JANE"
 AFFINE = np.array([[-2.0, 0, 0, 20], [0, 2.0, 0, -22], [0, 0, 2.0, -18], [0, 0, 0, 1]])  # LAS on disk
 
 
-def _write_bids(folder: Path, frames: np.ndarray, units: str = "Bq/mL", patient: str = PATIENT) -> Path:
+def _write_bids(folder: Path, frames: np.ndarray, units: str = "Bq/mL", patient: str = PATIENT,
+                affine: np.ndarray = AFFINE) -> Path:
     folder.mkdir(parents=True)
     n = frames.shape[3]
-    nib.save(nib.Nifti1Image(frames, AFFINE), folder / "pet.nii.gz")
+    nib.save(nib.Nifti1Image(frames, affine), folder / "pet.nii.gz")
     (folder / "pet.json").write_text(json.dumps({
         "Modality": "PT", "Units": units, "ImageDecayCorrected": True, "Manufacturer": "Siemens",
         "ManufacturersModelName": "HR+", "ReconMethodName": "OSEM 2D",
@@ -211,7 +214,9 @@ def test_import_writes_a_checked_pseudonymised_site_and_skips_bad_series_in_one_
     assert stat.S_IMODE(mapping.parent.stat().st_mode) == 0o700
     assert json.loads(mapping.read_text())["sub-001"]["source"] == str(source / "s0" / "dyn")
     # the 20×22×18 grid matches no registered scanner: a draft profile to review
-    assert report.scanner is None and (out / "scanner-draft.yaml").is_file()
+    assert report.scanner is None
+    draft = scanner_from_dict(OmegaConf.to_container(OmegaConf.load(out / "scanner-draft.yaml")))
+    assert draft.matrix == SHAPE and draft.voxel_mm == (2.0, 2.0, 2.0) and draft.vendor == "Siemens"
 
 
 def test_second_import_of_the_same_source_does_nothing(source: Path, tmp_path: Path) -> None:
@@ -262,3 +267,30 @@ def test_interrupted_import_leaves_the_previous_site_whole_and_no_partial_folder
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert check_site(out / "manifest.json").ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["download", "site"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--splits", "train=1,holdout=1"], "--splits: 'holdout=1' is not split=weight"),
+        ([], "source not found"),
+    ],
+)
+def test_cli_import_refuses_in_one_line(tmp_path: Path, capsys, argv: list[str], expected: str) -> None:
+    from petite_fl.cli.data import main
+
+    assert main(["import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "site"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_series_on_a_registered_scanner_grid_gets_that_profile(tmp_path: Path) -> None:
+    s5 = get_scanner("scanner5")
+    ramp = np.linspace(100, 9000, s5.matrix[0], dtype=np.float32)[:, None, None, None]  # compresses fast
+    frames = np.broadcast_to(ramp, (*s5.matrix, 6)).copy()
+    src = tmp_path / "download"
+    _write_bids(src / "s0" / "dyn", frames, affine=s5.affine)
+    report = import_site(src, tmp_path / "site", find=_find, read=_read)
+    assert report.scanner == "scanner5" and not (tmp_path / "site" / "scanner-draft.yaml").exists()
+    assert read_manifest(tmp_path / "site" / "manifest.json").scanner == "scanner5"

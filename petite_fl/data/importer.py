@@ -279,7 +279,7 @@ def _draft_scanner(path: Path, site: str, series: DynamicSeries) -> None:
     """A scanner YAML from the header; acquisition fields are placeholders for the user to set."""
     matrix = [int(n) for n in series.frames.shape[:3]]
     zooms = [round(float(v), 5) for v in np.linalg.norm(series.affine[:3, :3], axis=0)]
-    patch = [64 if n >= 64 else 32 for n in matrix]
+    patch = [next(p for p in (64, 32, 16, 8, n) if p <= n) for n in matrix]  # the paper's 64 where it fits
     text = (
         f"# Drafted by petite-data import from the header of the site's first series: REVIEW,\n"
         f"# rename to <name>.yaml in a scanner config folder. acquisition.* are placeholders.\n"
