@@ -10,11 +10,13 @@ in, so an interrupted import leaves none half-built; the same sources import onl
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,17 +158,34 @@ def import_site(
     params = {"site": report.site, "scanner": scanner, "splits": splits, "seed": seed,
               "input_minutes": input_minutes, "expect_frames": expect_frames, "dtype": dtype}
     fingerprint = source_fingerprint(sources, params)
-    if not dry_run and is_current(out, fingerprint):
-        info = json.loads((out / IMPORT_FILE).read_text())
-        report.scanner = info.get("scanner")
-        report.imported = [{"id": s, "split": sp} for s, sp in info.get("subjects", {}).items()]
-        return report
+    with nullcontext() if dry_run else _site_lock(out):
+        if not dry_run and is_current(out, fingerprint):
+            info = json.loads((out / IMPORT_FILE).read_text())
+            report.scanner = info.get("scanner")
+            report.imported = [{"id": s, "split": sp} for s, sp in info.get("subjects", {}).items()]
+            return report
+        return _build(sources, read, out, report, scanner, splits, seed, fingerprint,
+                      (expect_frames, input_minutes, np.int16 if dtype == "int16" else np.float32), on_subject)
+
+
+@contextmanager
+def _site_lock(out: Path) -> Iterator[None]:
+    """Two imports into one site at once: one builds, the other waits and then finds it current."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(sources: list[Path], read: Reader, out: Path, report: ImportReport, scanner: str | None,
+           splits: dict[str, float], seed: int, fingerprint: str, pairing: tuple[int, float, type],
+           on_subject: Callable[[dict[str, Any]], None] | None) -> ImportReport:
+    """Convert into a sibling folder, then swap it in: `out` is the old site or the new one."""
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        accepted = _convert_all(sources, read, staging, report, expect_frames, input_minutes,
-                                np.int16 if dtype == "int16" else np.float32, on_subject)
-        if not accepted or dry_run:
+        accepted = _convert_all(sources, read, staging, report, *pairing, on_subject)
+        if not accepted or report.dry_run:
             return report
         _finish(staging, report, accepted, scanner, splits, seed, fingerprint)
         swap_in(staging, out)
