@@ -1,4 +1,4 @@
-"""`petite-data`: make the synthetic five-scanner data set, check a site, list scanners."""
+"""`petite-data`: make the synthetic five-scanner data set, import a site's own PET, check a site, list scanners."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from petite_fl.cli.common import console, run_cli
 from petite_fl.config import compose
 from petite_fl.console import human_bytes
 from petite_fl.data.check import SiteReport, check_site
+from petite_fl.data.importer import ImportReport, import_site, parse_splits
 from petite_fl.data.synthetic import SynthSpec, dataset_dir, disk_size, generate
+from petite_fl.errors import DataError
 from petite_fl.scanners import available_scanners, get_scanner
 
 PROG = "petite-data"
@@ -32,6 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, help="parent folder (default: data.root from the config)")
     synth.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     synth.add_argument("--force", action="store_true", help="regenerate even if the data is current")
+
+    imp = sub.add_parser("import", help="turn a site's dynamic PET (DICOM, ECAT 7, BIDS-PET) into a site")
+    imp.add_argument("src", type=Path, help="a download folder, a DICOMDIR, a .v file or a BIDS-PET root")
+    imp.add_argument("--out", type=Path, required=True, help="the site folder to make")
+    imp.add_argument("--site", help="site name in the manifest (default: the --out folder's name)")
+    imp.add_argument("--scanner", help="registered scanner profile (default: matched by matrix and voxel size)")
+    imp.add_argument("--splits", default="train=0.7,val=0.1,test=0.2", help="split weights, e.g. train=2,val=0,test=1")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the split shuffle")
+    imp.add_argument("--input-minutes", type=float, default=5.0, help="short-scan length from the first frame")
+    imp.add_argument("--frames", type=int, default=6, help="frames a series must have")
+    imp.add_argument("--float32", action="store_true", help="write float32 NIfTI (default int16 with a slope)")
+    imp.add_argument("--dry-run", action="store_true", help="list what would be made; write nothing")
 
     check = sub.add_parser("check", help="validate a site manifest and its NIfTI files")
     check.add_argument("manifest", type=Path)
@@ -151,7 +165,50 @@ def cmd_scanners(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"synth": cmd_synth, "check": cmd_check, "scanners": cmd_scanners}
+def cmd_import(args: argparse.Namespace) -> int:
+    splits = parse_splits(args.splits)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("importing series", total=None)
+        report = import_site(
+            args.src, args.out, site=args.site, scanner=args.scanner, splits=splits, seed=args.seed,
+            dry_run=args.dry_run, input_minutes=args.input_minutes, expect_frames=args.frames,
+            dtype="float32" if args.float32 else "int16",
+            on_found=lambda n: progress.update(task, total=n),
+            on_subject=lambda row: progress.update(task, advance=1, description=f"imported {row.get('id', '—')}"),
+        )
+    _print_import(report)
+    if not report.imported:
+        raise DataError(f"{args.src}: nothing imported ({len(report.skipped)} series skipped, reasons above)")
+    return 0
+
+
+def _print_import(report: ImportReport) -> None:
+    if report.imported:
+        table = Table(title=f"site '{report.site}' — {escape(str(report.out))}"
+                            + (" (dry run: nothing written)" if report.dry_run else ""))
+        for col in ("subject", "split", "source", "notes"):
+            table.add_column(col)
+        for row in report.imported:
+            table.add_row(row["id"], row.get("split", "—"), escape(str(row.get("source", "—"))),
+                          str(len(row.get("notes", []))))
+        console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if report.skipped:
+        console.print(f"[bold red]{len(report.skipped)} series skipped:[/]")
+        for line in report.skipped:
+            console.print(f"  [red]✗[/] {escape(line)}", soft_wrap=True)
+    if report.imported and not report.dry_run:
+        if report.changed:
+            console.print(f"imported {len(report.imported)} subjects, scanner "
+                          f"{report.scanner or 'unmatched (see scanner-draft.yaml)'}; "
+                          f"check with: petite-data check {escape(str(report.out / 'manifest.json'))}")
+        else:
+            console.print(f"site is up to date at {escape(str(report.out))}: nothing to do")
+
+
+COMMANDS = {"synth": cmd_synth, "import": cmd_import, "check": cmd_check, "scanners": cmd_scanners}
 
 
 def main(argv: list[str] | None = None) -> int:
