@@ -60,11 +60,13 @@ def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-seri
                     reverse_slices: bool = False, series_time_per_frame: bool = False,
                     modality: str = "PT", units: str = "BQML",
                     patient: str = "Doe^Jane", tags: dict | None = None, drop_slice: int | None = None,
-                    jitter: tuple[int, float] | None = None, beds: int = 1) -> list[Path]:
+                    jitter: tuple[int, float] | None = None, beds: int = 1,
+                    drop_frame: int | None = None) -> list[Path]:
     """Write `frames` (i, j, k, t) as PET DICOM files under `folder`; return the files.
 
-    Bad layouts: `drop_slice` k is left out of every frame; `jitter` (k, mm) moves slice k along
-    the normal; `beds` > 1 puts frame t at bed t % beds, each bed 80 % of the axial field further.
+    Bad layouts: `drop_slice` k is left out of every frame (of frame `drop_frame` alone if given);
+    `jitter` (k, mm) moves slice k along the normal;
+    `beds` > 1 puts frame t at bed t % beds, each bed 80 % of the axial field further.
 
     `tags` are set on every file after the rest (e.g. GantryDetectorTilt for a bad case);
     `series_time_per_frame`: each frame's SeriesTime is its own start, as some scanners write.
@@ -80,7 +82,7 @@ def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-seri
             series_uid = generate_uid()
         slices = range(nz - 1, -1, -1) if reverse_slices else range(nz)
         for n, k in enumerate(slices):
-            if k == drop_slice:
+            if k == drop_slice and drop_frame in (None, t):
                 continue
             shift = (t % beds) * 0.8 * nz * geometry.spacing[2] + (jitter[1] if jitter and jitter[0] == k else 0.0)
             ds = _slice(frames[:, :, k, t], k, t, geometry, study_uid, series_uid, nz, nt, layout)

@@ -46,6 +46,7 @@ def read_dicom(folder: Path) -> DynamicSeries:
     if not headers:
         series.problems.append(f"{series.label}: no readable DICOM file")
         return series
+    slices = slice_problems(series.label, every)   # also told when dcm2niix then gives up
     binary = dcm2niix_binary()
     if binary is None:
         series.problems.append(f"{series.label}: dcm2niix not found (pip install dcm2niix)")
@@ -60,12 +61,13 @@ def read_dicom(folder: Path) -> DynamicSeries:
         images = sorted(Path(tmp).glob("*.nii"))
         if not images:
             why = _last_error(done.stdout + done.stderr)
+            series.problems += slices
             series.problems.append(f"{series.label}: dcm2niix made no image ({why})")
             return series
         parts = [read_nifti(image, fmt="dicom") for image in images]
     series = combine(folder, parts)
     add_header_facts(series, headers)
-    for line in slice_problems(series.label, every):
+    for line in slices:
         if not ("bed position" in line and any("bed position" in p for p in series.problems)):
             series.problems.append(line)
     return series
