@@ -59,8 +59,14 @@ def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-seri
                     geometry: Geometry = Geometry(), frame_s: float = 300.0, first_start_s: float = 1800.0,
                     reverse_slices: bool = False, series_time_per_frame: bool = False,
                     modality: str = "PT", units: str = "BQML",
-                    patient: str = "Doe^Jane", tags: dict | None = None) -> list[Path]:
+                    patient: str = "Doe^Jane", tags: dict | None = None, drop_slice: int | None = None,
+                    jitter: tuple[int, float] | None = None, beds: int = 1,
+                    drop_frame: int | None = None) -> list[Path]:
     """Write `frames` (i, j, k, t) as PET DICOM files under `folder`; return the files.
+
+    Bad layouts: `drop_slice` k is left out of every frame (of frame `drop_frame` alone if given);
+    `jitter` (k, mm) moves slice k along the normal;
+    `beds` > 1 puts frame t at bed t % beds, each bed 80 % of the axial field further.
 
     `tags` are set on every file after the rest (e.g. GantryDetectorTilt for a bad case);
     `series_time_per_frame`: each frame's SeriesTime is its own start, as some scanners write.
@@ -76,7 +82,12 @@ def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-seri
             series_uid = generate_uid()
         slices = range(nz - 1, -1, -1) if reverse_slices else range(nz)
         for n, k in enumerate(slices):
+            if k == drop_slice and drop_frame in (None, t):
+                continue
+            shift = (t % beds) * 0.8 * nz * geometry.spacing[2] + (jitter[1] if jitter and jitter[0] == k else 0.0)
             ds = _slice(frames[:, :, k, t], k, t, geometry, study_uid, series_uid, nz, nt, layout)
+            ds.ImagePositionPatient = [float(v) for v in geometry.lps_of(np.array([0.0, 0.0, k + shift
+                                                                                   / geometry.spacing[2]]))]
             ds.Modality, ds.Units, ds.PatientName = modality, units, patient
             start = first_start_s + t * frame_s
             ds.AcquisitionTime = _clock(start)   # the frame's start; SeriesTime is the reference

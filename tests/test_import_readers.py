@@ -154,3 +154,20 @@ def test_bad_series_become_one_line_problems_naming_the_series(tmp_path: Path, f
         series = read_series(tmp_path / name)
         assert any(why in line for line in series.problems), (name, series.problems)
         assert all(line.startswith(series.label) and "\n" not in line for line in series.problems)
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    ({"drop_slice": 2}, "missing slice(s): a 6 mm gap after the slice at"),
+    ({"drop_slice": 2, "drop_frame": 1}, "missing slice(s)"),
+    ({"jitter": (2, 0.3)}, "uneven slice spacing 2.7–3.3 mm"),
+    ({"beds": 2}, "several bed positions"),
+    ({"beds": 2, "layout": "series-per-frame"}, "several bed positions"),
+], ids=["dropped-slice", "slice-dropped-in-one-frame", "jittered-slice", "two-beds", "two-beds-series-per-frame"])
+def test_bad_slice_layouts_become_one_line_problems_naming_the_series(
+        tmp_path: Path, frames: np.ndarray, bad: dict, why: str) -> None:
+    write_pet_dicom(tmp_path / "dcm", frames[:8, :6, :6, :2], **bad)
+    series = read_series(tmp_path / "dcm")
+    assert any(why in line for line in series.problems), series.problems
+    assert all(line.startswith(series.label) and "\n" not in line for line in series.problems)
+    kinds = ("missing slice", "uneven slice", "bed position")
+    assert sum(any(k in line.removeprefix(series.label) for k in kinds) for line in series.problems) == 1

@@ -3,7 +3,7 @@
 dcm2niix is the community's converter: it sorts slices, applies per-slice rescale slopes and
 the vendors' geometry quirks, and writes a BIDS-PET sidecar, so no slice sorter is written here.
 pydicom reads only the tags the sidecar leaves out: the identifying ones (kept in `identity`)
-and the gantry tilt.
+the gantry tilt and the slice positions (`slices.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.readers.nifti import clock_seconds, normalise_units, read_nifti
+from petite_fl.data.readers.slices import slice_problems
 
 IDENTITY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate")
 TIMEOUT_S = 600
@@ -40,10 +41,12 @@ def dcm2niix_binary() -> str | None:
 def read_dicom(folder: Path) -> DynamicSeries:
     """Convert with dcm2niix into a temporary folder, read that, add what pydicom tells."""
     series = DynamicSeries(folder, "dicom", np.zeros((0, 0, 0, 0), np.float32), np.eye(4), [], [])
-    headers = first_headers(folder)
+    every = read_headers(folder)
+    headers = first_headers(every)
     if not headers:
         series.problems.append(f"{series.label}: no readable DICOM file")
         return series
+    slices = slice_problems(series.label, every)   # also told when dcm2niix then gives up
     binary = dcm2niix_binary()
     if binary is None:
         series.problems.append(f"{series.label}: dcm2niix not found (pip install dcm2niix)")
@@ -58,11 +61,15 @@ def read_dicom(folder: Path) -> DynamicSeries:
         images = sorted(Path(tmp).glob("*.nii"))
         if not images:
             why = _last_error(done.stdout + done.stderr)
+            series.problems += slices
             series.problems.append(f"{series.label}: dcm2niix made no image ({why})")
             return series
         parts = [read_nifti(image, fmt="dicom") for image in images]
     series = combine(folder, parts)
     add_header_facts(series, headers)
+    for line in slices:
+        if not ("bed position" in line and any("bed position" in p for p in series.problems)):
+            series.problems.append(line)
     return series
 
 
@@ -110,14 +117,21 @@ def restart_clock(out: DynamicSeries, parts: list[DynamicSeries]) -> bool:
     return True
 
 
-def first_headers(folder: Path) -> dict[str, Any]:
-    """The first readable DICOM header of each series under `folder` (no pixel data)."""
-    headers: dict[str, Any] = {}
+def read_headers(folder: Path) -> list[Any]:
+    """Every readable DICOM header under `folder` (no pixel data), in path order."""
+    headers = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
             continue
+    return headers
+
+
+def first_headers(every: list[Any]) -> dict[str, Any]:
+    """The first header of each series."""
+    headers: dict[str, Any] = {}
+    for ds in every:
         uid = str(ds.get("SeriesInstanceUID", ""))
         if uid and uid not in headers:
             headers[uid] = ds
