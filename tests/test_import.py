@@ -87,7 +87,7 @@ def test_input_window_of_short_frames_is_their_weighted_mean_and_a_long_first_fr
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"info": {"modality": "CT"}}, "modality is 'CT', not PET"),
+        ({"info": {"Modality": "CT"}}, "modality is 'CT', not PET"),
         ({"units": "counts"}, "units are 'counts', not Bq/mL"),
         ({"units": None}, "units are 'not given', not Bq/mL"),
         ({"decay_corrected": False}, "decay correction is no"),
@@ -170,8 +170,7 @@ def _read(folder: Path) -> DynamicSeries:
         source=folder, fmt="nifti-bids", frames=np.asarray(img.get_fdata(dtype=np.float32)),
         affine=img.affine, frame_start=side["FrameTimesStart"], frame_duration=side["FrameDuration"],
         units=side["Units"], decay_corrected=side["ImageDecayCorrected"],
-        info={"modality": side["Modality"], "manufacturer": side["Manufacturer"],
-              "model": side["ManufacturersModelName"], "reconstruction": side["ReconMethodName"]},
+        info={k: side[k] for k in ("Modality", "Manufacturer", "ManufacturersModelName", "ReconMethodName")},
         identity={"PatientName": side["PatientName"], "SeriesInstanceUID": side["SeriesInstanceUID"]})
 
 
@@ -219,7 +218,7 @@ def test_import_writes_a_checked_pseudonymised_site_and_skips_bad_series_in_one_
     assert inp.header["descrip"].item() == b""
     prov = json.loads((out / "sub-001_provenance.json").read_text())
     assert prov["matrix"] == list(SHAPE) and prov["voxel_mm"] == [2.0, 2.0, 2.0]
-    assert prov["manufacturer"] == "Siemens" and prov["input_frames"] == [1]
+    assert prov["Manufacturer"] == "Siemens" and prov["input_frames"] == [1]
     assert len(prov["series_uid_sha256"]) == 64
     # no identity value in any output file, the source paths only in the private mapping
     for path, data in _tree_bytes(out):

@@ -29,7 +29,8 @@ class DynamicSeries:
     frame_duration: list[float]      # seconds
     units: str | None = None         # normalised: "Bq/mL", or the header's own text if something else
     decay_corrected: bool | None = None
-    info: dict[str, Any] = field(default_factory=dict)      # manufacturer, model, reconstruction, modality, matrix…
+    # BIDS-PET keys (Modality, Manufacturer, ManufacturersModelName, ReconMethodName…), matrix, voxel_mm
+    info: dict[str, Any] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)  # patient name/id/birth date, study date, series UID
     problems: list[str] = field(default_factory=list)       # header-level refusals found while reading
     notes: list[str] = field(default_factory=list)          # facts worth reporting, not refusals

@@ -28,10 +28,11 @@ from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.manifest import SPLITS, write_manifest
 from petite_fl.data.nifti import save_volume
 from petite_fl.data.pairing import MOTION_NCC, check_series, input_frames, make_pair
+from petite_fl.data.profile import scanner_profile
 from petite_fl.data.synthetic import MANIFEST_FILE, subject_id
 from petite_fl.data.synthetic import _swap_in as swap_in  # the same build-beside-and-swap steps
 from petite_fl.errors import ConfigError, DataError, PetiteError
-from petite_fl.scanners import available_scanners, get_scanner
+from petite_fl.scanners import get_scanner
 
 #: Bump when the importer's output changes for the same sources: sites are then re-imported.
 IMPORTER_VERSION = 1
@@ -39,9 +40,8 @@ IMPORT_FILE = "import.json"
 MAPPING_FILE = "private/pseudonyms.json"
 SCANNER_DRAFT = "scanner-draft.yaml"
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
-VOXEL_TOLERANCE_MM = 1e-3
 #: Header facts copied into provenance: a whitelist, so a reader's extra keys never leak.
-PROVENANCE_INFO = ("manufacturer", "model", "reconstruction", "modality", "radiopharmaceutical")
+PROVENANCE_INFO = ("Manufacturer", "ManufacturersModelName", "ReconMethodName", "Modality", "TracerName")
 
 Finder = Callable[[Path], list[Path]]
 Reader = Callable[[Path], DynamicSeries]
@@ -265,12 +265,14 @@ def _finish(staging: Path, report: ImportReport, accepted: list[tuple[str, Dynam
     labels = assign_splits(len(accepted), splits, seed)
     for row, split in zip(report.imported, labels, strict=True):
         row["split"] = split
-    report.scanner = scanner or _match_scanner(accepted[0][1])
-    if report.scanner is None:
-        _draft_scanner(staging / SCANNER_DRAFT, report.site, accepted[0][1])
+    profile = None if scanner else scanner_profile(accepted[0][1], name=report.site)
+    report.scanner = scanner or profile.scanner
+    if profile is not None and profile.drafted:
+        with atomic_path(staging / SCANNER_DRAFT) as tmp:
+            tmp.write_text(profile.text)
         report.scanner_draft = staging / SCANNER_DRAFT
-        report.notes.append(f"no registered scanner has this matrix and voxel size: review {SCANNER_DRAFT}, "
-                            "then add it to the scanner config group")
+        report.notes.append(f"{profile.reason.replace(str(accepted[0][1].label), accepted[0][0])}: review "
+                            f"{SCANNER_DRAFT}, then add it to the scanner config group")
     write_manifest(staging / MANIFEST_FILE, site=report.site, scanner=report.scanner, subjects=[
         {"id": sid, "split": split, "input": f"{sid}_input.nii.gz", "target": f"{sid}_target.nii.gz"}
         for (sid, _), split in zip(accepted, labels, strict=True)])
@@ -281,32 +283,3 @@ def _finish(staging: Path, report: ImportReport, accepted: list[tuple[str, Dynam
         "format": "petite-fl/site-import", "importer_version": IMPORTER_VERSION,
         "fingerprint": fingerprint, "scanner": report.scanner, "skipped": len(report.skipped),
         "subjects": {sid: split for (sid, _), split in zip(accepted, labels, strict=True)}})
-
-
-def _match_scanner(series: DynamicSeries) -> str | None:
-    """The registered scanner with this series' matrix and voxel size, if any."""
-    matrix = tuple(int(n) for n in series.frames.shape[:3])
-    zooms = np.linalg.norm(series.affine[:3, :3], axis=0)
-    for name in available_scanners():
-        s = get_scanner(name)
-        if s.matrix == matrix and np.allclose(s.voxel_mm, zooms, atol=VOXEL_TOLERANCE_MM):
-            return name
-    return None
-
-
-def _draft_scanner(path: Path, site: str, series: DynamicSeries) -> None:
-    """A scanner YAML from the header; acquisition fields are placeholders for the user to set."""
-    matrix = [int(n) for n in series.frames.shape[:3]]
-    zooms = [round(float(v), 5) for v in np.linalg.norm(series.affine[:3, :3], axis=0)]
-    patch = [next(p for p in (64, 32, 16, 8, n) if p <= n) for n in matrix]  # the paper's 64 where it fits
-    text = (
-        f"# Drafted by petite-data import from the header of the site's first series: REVIEW,\n"
-        f"# rename to <name>.yaml in a scanner config folder. acquisition.* are placeholders.\n"
-        f"name: {site}\nvendor: {json.dumps(str(series.info.get('manufacturer') or 'unknown'))}\n"
-        f"site: {json.dumps(site)}\nmatrix: {matrix}\nvoxel_mm: {zooms}\npatch: {patch}\n"
-        f"acquisition:\n  fwhm_mm: [5.0, 5.0, 5.0]\n  counts_per_voxel: 40\n  recon:\n"
-        f"    algorithm: {json.dumps(str(series.info.get('reconstruction') or 'unknown'))}\n"
-        f"    noise_ramp: 0.5\n"
-    )
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)

@@ -81,7 +81,7 @@ def check_series(
         problems.append(f"{label}: {n} frames but {len(series.frame_start)} start and "
                         f"{len(series.frame_duration)} duration times in the header")
         return problems, notes
-    modality = str(series.info.get("modality") or "PT").upper()
+    modality = str(series.info.get("Modality") or "PT").upper()
     if modality not in ("PT", "PET"):
         problems.append(f"{label}: modality is '{modality}', not PET")
         return problems, notes

@@ -79,7 +79,8 @@ def draft_yaml(series: DynamicSeries, name: str) -> str:
     fwhm = [round(max(5.0, 2.0 * v), 2) for v in voxel]
     ramp = 1.0 if re.search(r"\bfbp\b|back.?proj", recon, re.IGNORECASE) else 0.6
     return "\n".join([
-        f"# Drafted by `petite-data import` from the header of {series.label}.",
+        f"# Drafted by `petite-data import` from the header of a {series.fmt} series of this site "
+        "(its path stays in the site's private mapping).",
         "# Copy into a config folder as <name>.yaml (see README, adding a scanner) after the `# review:` lines.",
         f"name: {name}",
         f"vendor: {json.dumps(vendor)}  # model: {json.dumps(model)}",
