@@ -146,11 +146,11 @@ AFFINE = np.array([[-2.0, 0, 0, 20], [0, 2.0, 0, -22], [0, 0, 2.0, -18], [0, 0, 
 
 
 def _write_bids(folder: Path, frames: np.ndarray, units: str = "Bq/mL", patient: str = PATIENT,
-                affine: np.ndarray = AFFINE) -> Path:
+                affine: np.ndarray = AFFINE, stem: str = "pet") -> Path:
     folder.mkdir(parents=True)
     n = frames.shape[3]
-    nib.save(nib.Nifti1Image(frames, affine), folder / "pet.nii.gz")
-    (folder / "pet.json").write_text(json.dumps({
+    nib.save(nib.Nifti1Image(frames, affine), folder / f"{stem}.nii.gz")
+    (folder / f"{stem}.json").write_text(json.dumps({
         "Modality": "PT", "Units": units, "ImageDecayCorrected": True, "Manufacturer": "Siemens",
         "ManufacturersModelName": "HR+", "ReconMethodName": "OSEM 2D",
         "FrameTimesStart": [1800 + 300 * k for k in range(n)], "FrameDuration": [300] * n,
@@ -322,18 +322,22 @@ def test_two_imports_into_one_site_at_once_build_it_once(source: Path, tmp_path:
     assert check_site(out / "manifest.json").ok
 
 
-@pytest.mark.parametrize("layout", ["one-series", "series-per-frame"])
-def test_petite_data_import_of_dicom_round_trips_input_target_and_world_geometry(tmp_path: Path, capsys, layout):
+@pytest.mark.parametrize(("layout", "reverse", "degrees"), [
+    ("one-series", False, 0.0), ("series-per-frame", False, 0.0), ("one-series", True, 0.0), ("one-series", False, 20.0)],
+    ids=["one-series", "series-per-frame", "reversed-slices", "oblique-20deg"])
+def test_petite_data_import_of_dicom_round_trips_input_target_and_world_geometry(tmp_path: Path, capsys, layout,
+                                                                                 reverse, degrees):
     """From DICOM as a scanner writes it to a checked site, through the real readers (dcm2niix) and the CLI:
     the input is frame 1 and the target the mean of six, within int16 quantisation, on the same world grid."""
-    from pet_dicom import Geometry, known_frames, write_pet_dicom
+    from pet_dicom import Geometry, known_frames, oblique, write_pet_dicom
 
     from petite_fl.cli.data import main
 
-    geo = Geometry()
+    geo = oblique(degrees) if degrees else Geometry()
     frames = {f"subj{i}": known_frames(seed=i) for i in range(3)}
     for name, f in frames.items():
-        write_pet_dicom(tmp_path / "src" / name, f, layout=layout, geometry=geo, patient=f"Doe^{name}")
+        write_pet_dicom(tmp_path / "src" / name, f, layout=layout, geometry=geo, patient=f"Doe^{name}",
+                        reverse_slices=reverse)
     site = tmp_path / "site"
     assert main(["import", str(tmp_path / "src"), "--out", str(site), "--site", "hospital"]) == 0
     capsys.readouterr()
@@ -362,3 +366,15 @@ def test_petite_data_import_of_dicom_round_trips_input_target_and_world_geometry
         if path.is_file() and "private" not in path.parts:
             data = path.read_bytes()
             assert b"Doe^" not in data and not any(name.encode() in data for name in frames), path
+
+
+def test_a_bids_pet_dataset_imports_through_the_real_readers(tmp_path: Path) -> None:
+    """A BIDS-PET dataset root (sub-*/pet/*_pet.nii.gz + sidecar), found and read by petite_fl.data.readers."""
+    src = tmp_path / "bids"
+    for k in range(3):
+        _write_bids(src / f"sub-{k:02d}" / "pet", _known_frames(seed=k), stem=f"sub-{k:02d}_pet")
+    report = import_site(src, tmp_path / "site", site="hospitalB", splits={"train": 2, "val": 0, "test": 1})
+    assert [r["id"] for r in report.imported] == ["sub-001", "sub-002", "sub-003"] and not report.skipped
+    assert check_site(tmp_path / "site" / "manifest.json").ok
+    for path, data in _tree_bytes(tmp_path / "site"):
+        assert PATIENT.encode() not in data, path
