@@ -272,7 +272,7 @@ def _finish(staging: Path, report: ImportReport, accepted: list[tuple[str, Dynam
             tmp.write_text(profile.text)
         report.scanner_draft = staging / SCANNER_DRAFT
         report.notes.append(f"{profile.reason.replace(str(accepted[0][1].label), accepted[0][0])}: review "
-                            f"{SCANNER_DRAFT}, then add it to the scanner config group")
+                            f"{SCANNER_DRAFT}, add it to the scanner config group and import again with --scanner NAME")
     write_manifest(staging / MANIFEST_FILE, site=report.site, scanner=report.scanner, subjects=[
         {"id": sid, "split": split, "input": f"{sid}_input.nii.gz", "target": f"{sid}_target.nii.gz"}
         for (sid, _), split in zip(accepted, labels, strict=True)])
