@@ -323,7 +323,8 @@ def test_two_imports_into_one_site_at_once_build_it_once(source: Path, tmp_path:
 
 
 @pytest.mark.parametrize(("layout", "reverse", "degrees"), [
-    ("one-series", False, 0.0), ("series-per-frame", False, 0.0), ("one-series", True, 0.0), ("one-series", False, 20.0)],
+    ("one-series", False, 0.0), ("series-per-frame", False, 0.0),
+    ("one-series", True, 0.0), ("one-series", False, 20.0)],
     ids=["one-series", "series-per-frame", "reversed-slices", "oblique-20deg"])
 def test_petite_data_import_of_dicom_round_trips_input_target_and_world_geometry(tmp_path: Path, capsys, layout,
                                                                                  reverse, degrees):
