@@ -134,20 +134,13 @@ def train_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """PETITE / full at each precision, and mixed / float32 for each spec."""
     by = {(r["peft"] != "full", bool(r["amp"])): r for r in rows}
     mem = lambda r: r.get("cuda_max_allocated_bytes", r["peak_rss_bytes"])  # noqa: E731
-    out = []
-    for amp in (True, False):
-        p, f = by.get((True, amp)), by.get((False, amp))
-        if p and f:
-            out.append({"compare": f"PETITE / full, {'mixed precision' if amp else 'float32'}",
-                        "step_time_ratio": p["step_seconds"] / f["step_seconds"],
-                        "peak_memory_ratio": mem(p) / mem(f)})
-    for petite in (True, False):
-        m, f = by.get((petite, True)), by.get((petite, False))
-        if m and f:
-            out.append({"compare": f"mixed precision / float32, {'PETITE' if petite else 'full'}",
-                        "step_time_ratio": m["step_seconds"] / f["step_seconds"],
-                        "peak_memory_ratio": mem(m) / mem(f)})
-    return out
+    pairs = [(f"PETITE / full, {'mixed precision' if amp else 'float32'}", (True, amp), (False, amp))
+             for amp in (True, False)]
+    pairs += [(f"mixed precision / float32, {'PETITE' if petite else 'full'}", (petite, True), (petite, False))
+              for petite in (True, False)]
+    return [{"compare": label, "step_time_ratio": by[a]["step_seconds"] / by[b]["step_seconds"],
+             "peak_memory_ratio": mem(by[a]) / mem(by[b])}
+            for label, a, b in pairs if a in by and b in by]
 
 
 # -- part 2: federated rounds over the plain loop ---------------------------------------

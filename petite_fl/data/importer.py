@@ -28,7 +28,7 @@ from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.manifest import SPLITS, write_manifest
 from petite_fl.data.nifti import save_volume
 from petite_fl.data.pairing import MOTION_NCC, check_series, input_frames, make_pair
-from petite_fl.data.profile import scanner_profile
+from petite_fl.data.profile import scanner_profile, series_geometry
 from petite_fl.data.synthetic import MANIFEST_FILE, subject_id
 from petite_fl.data.synthetic import _swap_in as swap_in  # the same build-beside-and-swap steps
 from petite_fl.errors import ConfigError, DataError, PetiteError
@@ -238,6 +238,7 @@ def _read_one(read: Reader, source: Path) -> tuple[DynamicSeries | None, str | N
 def _write_subject(staging: Path, sid: str, series: DynamicSeries, input_minutes: float,
                    dtype: type, notes: list[str]) -> None:
     inp, tgt = make_pair(series, input_minutes)
+    matrix, voxel = series_geometry(series)  # as the scanner profile measures it
     # save_volume builds a fresh header: the NIfTI `descrip` and intent names stay empty.
     save_volume(inp, series.affine, staging / f"{sid}_input.nii.gz", dtype=dtype)
     save_volume(tgt, series.affine, staging / f"{sid}_target.nii.gz", dtype=dtype)
@@ -247,8 +248,8 @@ def _write_subject(staging: Path, sid: str, series: DynamicSeries, input_minutes
         "subject": sid,
         "source_format": series.fmt,
         **{k: series.info.get(k) for k in PROVENANCE_INFO},
-        "matrix": list(series.frames.shape[:3]),
-        "voxel_mm": [round(float(v), 5) for v in np.linalg.norm(series.affine[:3, :3], axis=0)],
+        "matrix": list(matrix),
+        "voxel_mm": [round(v, 5) for v in voxel],
         "frame_start_s": [float(t) for t in series.frame_start],
         "frame_duration_s": [float(t) for t in series.frame_duration],
         "input_frames": [k + 1 for k in chosen],
