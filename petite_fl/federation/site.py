@@ -22,10 +22,12 @@ from omegaconf import DictConfig
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from petite_fl.adapters.card import inference_settings, make_card
 from petite_fl.artifacts import save_adapter
 from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import expand_path
 from petite_fl.console import console
+from petite_fl.data.manifest import read_manifest
 from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.site import load_site
 from petite_fl.errors import ConfigError, PetiteError
@@ -295,6 +297,11 @@ class SiteWorker:
             metrics.update(self._evaluate(model, split, per_round=split == "val", per_subject=split == "test"))
         path = self.run_dir(run_name) / "adapter.safetensors"
         patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
+        card = make_card(site=self.site, run=run_name, strategy=strategy.name, peft=state.spec.label, rounds=rnd,
+                         training_scans=read_manifest(self.manifest).counts().get("train"), metrics=metrics,
+                         backbone_sha256=str(meta["sha256"]), inference=inference_settings(self.cfg, patch),
+                         steps=int(self.cfg.federation.local_steps))
         save_adapter(path, adapter, state.spec.to_dict(), meta, extra={
-            "site": self.site, "run": run_name, "strategy": strategy.name, "rounds": rnd, "patch": list(patch)})
+            "site": self.site, "run": run_name, "strategy": strategy.name, "rounds": rnd, "patch": list(patch),
+            "card": card})
         return metrics, path

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
+from petite_fl.adapters.card import inference_settings, make_card
 from petite_fl.artifacts import load_adapter, load_backbone, save_adapter, save_backbone
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path
@@ -195,7 +196,11 @@ def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]
     save_adapter(adapter_path, adapter_state_dict(model, state), spec.to_dict(), meta, extra={
         "target": str(cfg.target), "patch": list(patch), "trainable_percent": 100.0 * trainable / total,
         "trainable_parameters": trainable, "steps": result.steps,
-        "final_loss": result.final_loss, "seconds": result.seconds, "backbone_file": str(backbone_path)})
+        "final_loss": result.final_loss, "seconds": result.seconds, "backbone_file": str(backbone_path),
+        "card": make_card(site=Path(str(cfg.target)).stem, run=out.name, strategy="single-site", peft=spec.label,
+                          rounds=None, steps=result.steps, training_scans=read_manifest(manifest).counts().get("train"),
+                          metrics={"final_loss": result.final_loss}, backbone_sha256=str(meta["sha256"]),
+                          inference=inference_settings(cfg, patch))})
     (out / "checkpoint.pt").unlink(missing_ok=True)
     return adapter_path, load_adapter(adapter_path, meta)[1]
 
