@@ -7,6 +7,7 @@ Every command takes Hydra overrides (key=value) after its options, e.g.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -32,17 +33,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="PEFT / Mix-PEFT / full fine-tuning on the target site → adapter")
     p.add_argument("overrides", **over)
 
-    p = sub.add_parser("infer", help="NIfTI in → NIfTI out with a backbone (+ adapter)")
-    p.add_argument("-i", "--input", type=Path, required=True, help="input NIfTI (short scan)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output NIfTI (input's affine and header)")
-    p.add_argument("--backbone", type=Path, required=True)
-    p.add_argument("--adapter", type=Path)
-    p.add_argument("overrides", **over)
+    p = sub.add_parser("infer", help="denoise NIfTI scans with a site's adapter (or a backbone + adapter file)",
+                       description=INFER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--site", metavar="SITE",
+                   help="the site whose adapter denoises the inputs (its folder under the site root)")
+    p.add_argument("--run", default="latest", metavar="latest|NAME",
+                   help="the run whose adapter to use (default: latest, the site's most recently finished run)")
+    p.add_argument("--site-root", type=Path, metavar="DIR",
+                   help="the folder holding the site's folder (default: federation.site_root; a deployed site: "
+                        "its cache folder)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder (--site): <name>.nii[.gz] and <name>.json per input")
+    p.add_argument("--device", metavar="auto|cpu|cuda",
+                   help="auto (CUDA when present) | cpu | cuda[:N]; CUDA predicts in mixed precision "
+                        "(default: train.device)")
+    p.add_argument("--backbone", type=Path, metavar="FILE",
+                   help="backbone file (-i form: required; --site: the site's cached copy of the adapter's "
+                        "backbone by default, and only that one is taken)")
+    p.add_argument("-i", "--input", type=Path, metavar="IN", help="-i form: one input NIfTI (short scan)")
+    p.add_argument("-o", "--output", type=Path, metavar="OUT", help="-i form: output NIfTI (input's affine and header)")
+    p.add_argument("--adapter", type=Path, metavar="FILE", help="-i form: adapter file (default: none)")
+    p.add_argument("items", nargs="*", metavar="IN | KEY=VALUE",
+                   help="input NIfTI files and folders (--site), and Hydra overrides key=value, in any order")
 
     p = sub.add_parser("evaluate", help="PSNR / SSIM / NRMSE per subject and mean ± std over a split")
     p.add_argument("--backbone", type=Path, help="default: the one pretrained on `source`")
     p.add_argument("--adapter", type=Path, help="default: none (no fine-tuning)")
-    p.add_argument("--site", help="scanner name or manifest (default: `target`)")
+    p.add_argument("--site", metavar="SITE", help="scanner name or manifest (default: `target`)")
     p.add_argument("--out", type=Path, help="folder for metrics.csv / metrics.json")
     p.add_argument("overrides", **over)
 
@@ -86,13 +103,55 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def cmd_infer(args) -> int:
-    from petite_fl.training.jobs import infer_file
+INFER_HELP = """Denoise scans with a site's own federated adapter, or with a backbone (+ adapter) file.
 
-    cfg = compose(overrides=args.overrides)
-    out = infer_file(cfg, expand_path(args.input), expand_path(args.output), expand_path(args.backbone),
-                     expand_path(args.adapter) if args.adapter else None)
-    console.print(f"wrote {escape(str(out))}")
+  petite infer --site scanner3 [--run latest|NAME] [--site-root DIR] IN... --out DIR [--device auto|cpu|cuda]
+  petite infer -i IN -o OUT --backbone FILE [--adapter FILE]
+
+--site: IN is a NIfTI file or a folder (its *.nii / *.nii.gz files); each becomes DIR/<same name> with the
+input's affine, orientation and header, and DIR/<name>.json naming the adapter and backbone (SHA-256), the
+settings and the device. The settings are those of the run's final test (the adapter's card), so a run's test
+scans come out with its test PSNR. Positional arguments of the form key=value are Hydra overrides
+(e.g. paths.cache=/data/petite federation.site_root=/x train.amp=false); every other one is an input."""
+
+#: a Hydra override among `petite infer`'s positional arguments (anything else is an input path)
+OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.]*=")
+
+
+def cmd_infer(args) -> int:
+    from petite_fl.errors import ConfigError
+
+    overrides = [a for a in args.items if OVERRIDE.match(a)]
+    inputs = [Path(a) for a in args.items if not OVERRIDE.match(a)]
+    cfg = compose(overrides=overrides)
+    if args.site is None:
+        from petite_fl.training.jobs import infer_file
+
+        if inputs:
+            raise ConfigError(f"infer: input {inputs[0]} needs --site SITE and --out DIR "
+                              "(or give one file as -i IN -o OUT --backbone FILE)")
+        if args.out or args.input is None or args.output is None or args.backbone is None:
+            raise ConfigError("infer: give --site SITE IN... --out DIR, or -i IN -o OUT --backbone FILE")
+        out = infer_file(cfg, expand_path(args.input), expand_path(args.output), expand_path(args.backbone),
+                         expand_path(args.adapter) if args.adapter else None)
+        console.print(f"wrote {escape(str(out))}")
+        return 0
+    from petite_fl.adapters.infer import infer_site
+
+    if args.input or args.output or args.adapter:
+        raise ConfigError("infer --site: give inputs as positional files or folders and --out DIR "
+                          "(-i, -o and --adapter belong to the -i form)")
+    if not inputs or args.out is None:
+        raise ConfigError("infer --site: give one or more input NIfTI files or folders and --out DIR")
+    sidecars = infer_site(cfg, args.site, inputs, expand_path(args.out), run=args.run,
+                          site_root=expand_path(args.site_root) if args.site_root else None, device=args.device,
+                          backbone=expand_path(args.backbone) if args.backbone else None)
+    first = sidecars[0]
+    console.print(f"{len(sidecars)} scan(s) denoised with site {escape(first['site'])}'s adapter of run "
+                  f"{escape(first['run'])} ({escape(first['peft'])}, {escape(str(first['strategy']))}; adapter "
+                  f"{first['adapter']['sha256'][:12]}…, backbone {first['backbone']['sha256'][:12]}…) on "
+                  f"{first['device']}{' with mixed precision' if first['mixed_precision'] else ''} in "
+                  f"{sum(s['seconds'] for s in sidecars):.1f} s → {escape(str(args.out))}")
     return 0
 
 
@@ -167,8 +226,20 @@ COMMANDS = {"compare": cmd_compare, "simulate": cmd_simulate, "pretrain": cmd_pr
             "infer": cmd_infer, "evaluate": cmd_evaluate, "peft": cmd_peft}
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """`petite infer` takes inputs and overrides before and after its options (argparse alone
+    takes one run of positional arguments)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "infer" and not any(e.startswith("-") for e in extra):
+        args.items = [*args.items, *extra]
+    elif extra:
+        parser.parse_args(argv)  # argparse's own error
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     return run_cli(PROG, lambda: COMMANDS[args.command](args))
 
 

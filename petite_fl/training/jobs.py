@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -255,23 +256,35 @@ def write_metrics(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any]
 
 def infer_file(cfg: DictConfig, input_path: Path, output_path: Path, backbone_path: Path,
                adapter_path: Path | None) -> Path:
-    """NIfTI in → NIfTI out, with the input's affine and header."""
+    """NIfTI in → NIfTI out with a backbone (+ adapter file) and the config's inference settings."""
+    device, amp = device_and_amp(cfg)
+    model, meta, adapter_meta = load_model(backbone_path, adapter_path, device)
+    # The window of the adapter's training (the target scanner), else of the pretraining.
+    roi = tuple((adapter_meta or {}).get("patch") or meta["provenance"].get("patch") or model.example_input().shape[2:])
+    return predict_file(model, input_path, output_path, inference_settings(cfg, roi), device=device, amp=amp)
+
+
+def predict_file(model: Backbone, input_path: Path, output_path: Path, settings: Mapping[str, Any], *,
+                 device: torch.device, amp: bool) -> Path:
+    """Predict one NIfTI file whole-volume and write the result with the input's affine and header.
+
+    `settings` is an adapter card's `inference` block (patch, scaling, overlap, sw_batch_size,
+    region): the settings a run's test metrics were measured with, so that they reproduce.
+    The prediction goes back to the input's intensity range and the file's own orientation.
+    """
     import nibabel as nib
 
     from petite_fl.data.nifti import load_volume
     from petite_fl.data.site import scale_volume
     from petite_fl.training.inference import predict_volume
 
-    device, amp = device_and_amp(cfg)
-    model, meta, adapter_meta = load_model(backbone_path, adapter_path, device)
     volume = load_volume(input_path, what="input")
-    scaled = scale_volume(volume.data, str(cfg.data.loader.scaling))
-    # The window of the adapter's training (the target scanner), else of the pretraining.
-    roi = tuple((adapter_meta or {}).get("patch") or meta["provenance"].get("patch") or model.example_input().shape[2:])
-    pred = predict_volume(model, scaled, roi, device=device, overlap=float(cfg.train.eval.overlap),
-                          sw_batch_size=int(cfg.train.eval.sw_batch_size), amp=amp,
-                          region=str(cfg.train.eval.region))
-    if str(cfg.data.loader.scaling) == "minmax":  # back to the input's intensity range
+    scaling = str(settings["scaling"])
+    pred = predict_volume(model, scale_volume(volume.data, scaling), tuple(int(p) for p in settings["patch"]),
+                          device=device, overlap=float(settings["overlap"]),
+                          sw_batch_size=int(settings["sw_batch_size"]), amp=amp,
+                          region=str(settings.get("region", "full")))
+    if scaling == "minmax":  # back to the input's intensity range
         lo, hi = float(volume.data.min()), float(volume.data.max())
         pred = pred * (hi - lo) + lo
     original = nib.load(input_path)
