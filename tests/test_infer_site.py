@@ -247,9 +247,29 @@ def test_usage_errors_are_one_line(federation_cache, site_root, runs, test_entri
     assert "needs --site" in error_line(capsys)
     assert infer("--site", SITE, scan, f"paths.cache={federation_cache}") == 2
     assert "--out DIR" in error_line(capsys)
+    (tmp_path / "file").write_text("")
+    assert infer("--site", SITE, scan, "--out", tmp_path / "file", "--site-root", site_root) == 2
+    assert "a file, not a folder" in error_line(capsys)
     if not torch.cuda.is_available():
         assert infer("--site", SITE, scan, "--out", tmp_path, "--device", "cuda", "--site-root", site_root) == 2
         assert "--device cuda: CUDA is not available" in error_line(capsys)
     with pytest.raises(SystemExit) as exc:
         infer("--site", SITE, scan, "--out", tmp_path, "--bogus")
     assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_mixed_precision_is_the_same_path_with_autocast_on(federation_cache, site_root, runs, test_entries, inferred,
+                                                           tmp_path):
+    # What `--device cuda` runs (train.amp=auto turns it on with CUDA), here forced on the CPU: bfloat16 autocast
+    entry = test_entries[0]
+    assert infer("--site", SITE, entry.input, "--out", tmp_path, "--device", "cpu", "train.amp=true",
+                 *ov(federation_cache, site_root)) == 0
+    sidecar = json.loads((tmp_path / entry.input.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["mixed_precision"] is True and sidecar["device"] == "cpu"
+    full = load_volume(inferred["latest"][0] / entry.input.name).data
+    half = load_volume(tmp_path / entry.input.name).data
+    assert not np.array_equal(full, half)  # autocast did run
+    target = torch.as_tensor(full / full.max())
+    psnr = compute_metrics(torch.as_tensor(half / full.max()), target)["psnr"]
+    print(f"bfloat16 vs float32 prediction: PSNR {psnr:.1f} dB")
+    assert psnr > 40
