@@ -123,6 +123,8 @@ def cmd_infer(args) -> int:
 
     overrides = [a for a in args.items if OVERRIDE.match(a)]
     inputs = [Path(a) for a in args.items if not OVERRIDE.match(a)]
+    if args.site is None and args.device:  # the -i form reads its device from the config
+        overrides.append(f"train.device={args.device}")
     cfg = compose(overrides=overrides)
     if args.site is None:
         from petite_fl.training.jobs import infer_file
