@@ -20,6 +20,7 @@ import pytest
 import torch
 from test_federation_run import NODES, federate, run_config
 
+from petite_fl.adapters.infer import collect_inputs, nifti_stem
 from petite_fl.artifacts import load_backbone, save_backbone
 from petite_fl.cli.main import main
 from petite_fl.data.manifest import read_manifest
@@ -132,27 +133,37 @@ def test_the_sidecar_names_the_adapter_and_backbone_by_their_hashes(site_root, r
     assert f"1/{len(test_entries)} {scan.name}" in printed and "infer-fedavg" in printed  # plain lines in a pipe
 
 
-def test_a_folder_of_scans_keeps_each_affine_orientation_and_bids_units(federation_cache, site_root, runs,
-                                                                       test_entries, tmp_path):
+def test_a_folder_gives_its_nifti_files_in_name_order_each_once(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("b.nii.gz", "a.nii", "c.NII.GZ", "b.json", "notes.txt", ".nii"):
+        (folder / name).write_bytes(b"")
+    assert [p.name for p in collect_inputs([folder, folder / "a.nii"])] == ["a.nii", "b.nii.gz", "c.NII.GZ"]
+    assert nifti_stem(folder / "c.NII.GZ") == "c" and nifti_stem(folder / "notes.txt") is None
+
+
+def test_a_scan_in_another_orientation_comes_back_in_it_with_its_bids_units(federation_cache, site_root, runs,
+                                                                           test_entries, inferred, tmp_path):
     img = nib.load(test_entries[0].input)
     folder = tmp_path / "scans"
     folder.mkdir()
-    nib.save(img, folder / "b_scan.nii.gz")
-    (folder / "b_scan.json").write_text(json.dumps({"Units": "Bq/mL", "TracerName": "FDG"}))
-    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # the same scan stored left-right flipped (LAS), uncompressed
     flip[0, 3] = img.shape[0] - 1
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine @ flip), folder / "a_scan.nii")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1].copy(), img.affine @ flip), folder / "scan.nii")
+    (folder / "scan.json").write_text(json.dumps({"Units": "Bq/mL", "TracerName": "FDG"}))
     (folder / "notes.txt").write_text("not a scan")
     out = tmp_path / "out"
     assert infer("--site", SITE, folder, "--out", out, "--site-root", site_root, "--device", "cpu",
                  f"paths.cache={federation_cache}") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_scan.json", "a_scan.nii", "b_scan.json", "b_scan.nii.gz"]
-    plain, flipped = nib.load(out / "b_scan.nii.gz"), nib.load(out / "a_scan.nii")
-    np.testing.assert_array_equal(plain.affine, img.affine)
+    assert sorted(p.name for p in out.iterdir()) == ["scan.json", "scan.nii"]
+    flipped = nib.load(out / "scan.nii")
+    plain = nib.load(inferred["latest"][0] / test_entries[0].input.name)  # the same adapter on the RAS file
+    np.testing.assert_array_equal(flipped.affine, nib.load(folder / "scan.nii").affine)  # the input file's own
     assert nib.aff2axcodes(flipped.affine) == ("L", "A", "S") and flipped.get_data_dtype() == np.float32
     np.testing.assert_allclose(flipped.get_fdata()[::-1], plain.get_fdata(), rtol=1e-4, atol=1e-2)
-    assert json.loads((out / "b_scan.json").read_text())["Units"] == "Bq/mL"
-    assert "Units" not in json.loads((out / "a_scan.json").read_text())  # its input had no sidecar
+    assert json.loads((out / "scan.json").read_text())["Units"] == "Bq/mL"
+    stem = test_entries[0].input.name.removesuffix(".nii.gz")
+    assert "Units" not in json.loads((inferred["latest"][0] / f"{stem}.json").read_text())  # its input has no sidecar
 
 
 @pytest.fixture
