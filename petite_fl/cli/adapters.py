@@ -88,6 +88,8 @@ def cmd_list(args) -> int:
                                      "unreadable": [str(p) for p in bad]}, indent=2) + "\n")
         return 0
     where = f"site {args.site}" if args.site else f"sites under {root}"
+    if cache is not None:
+        where += f" (+ single-site fine-tunings in {cache / 'runs' / 'finetune'})"
     if not entries:
         console.print(f"{where}: no adapters (a federated run writes one per site when it finishes)", markup=False)
     else:
