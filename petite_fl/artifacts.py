@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from petite_fl.atomic import atomic_path, write_json
 from petite_fl.errors import PetiteError
-from petite_fl.models.base import Backbone
+from petite_fl.models.base import Backbone, add_merge_slots
 from petite_fl.models.registry import build_backbone
 
 KEY = "petite_fl"
@@ -62,6 +62,9 @@ def save_backbone(model: Backbone, path: str | Path, provenance: dict[str, Any] 
     sha = tensors_sha256(state, model.config)
     meta = {"kind": "backbone", "model": model.name, "config": model.config, "sha256": sha,
             "provenance": provenance or {}}
+    slots = getattr(model, "merge_slots", None)
+    if slots:  # a merged standalone model (`models.base.add_merge_slots`)
+        meta["merge_slots"] = slots
     _write(Path(path), state, meta)
     return json.loads(json.dumps(meta))  # as a reader of the file will see it
 
@@ -88,7 +91,12 @@ def load_backbone(path: str | Path, device: str | torch.device = "cpu") -> tuple
             _VERIFIED[key] = (tensors, meta)
     meta = json.loads(json.dumps(meta))  # the caller's own copy
     model = build_backbone(meta["model"], "paper", **meta["config"])
-    model.load_state_dict(tensors)
+    try:
+        add_merge_slots(model, meta.get("merge_slots"))
+        model.load_state_dict(tensors)
+    except (ValueError, RuntimeError) as exc:
+        raise PetiteError(f"{path}: its tensors do not fit a {meta['model']} of its config "
+                          f"({str(exc).splitlines()[0]})") from None
     return model.to(device), meta
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from petite_fl.cli import adapters as adapters_cli
 from petite_fl.cli.common import console, run_cli
 from petite_fl.config import compose, expand_path
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     peft_sub = p.add_subparsers(dest="peft_command", required=True)
     lst = peft_sub.add_parser("list", help="every feasible combination with its trainable share")
     lst.add_argument("--preset", default="paper", choices=["paper", "tiny"])
+
+    adapters_cli.add_parser(sub)
     return parser
 
 
@@ -225,7 +228,7 @@ def cmd_peft(args) -> int:
 
 
 COMMANDS = {"compare": cmd_compare, "simulate": cmd_simulate, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
-            "infer": cmd_infer, "evaluate": cmd_evaluate, "peft": cmd_peft}
+            "infer": cmd_infer, "evaluate": cmd_evaluate, "peft": cmd_peft, "adapters": adapters_cli.cmd_adapters}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -114,3 +114,59 @@ class Backbone(nn.Module):
         """A random input of a valid size (tests, parameter counting)."""
         size = size or (self.size_multiple * 2,) * 3
         return torch.rand(batch, 1, *size)
+
+
+#: kinds of merge slot a standalone (merged) backbone file may name (`add_merge_slots`)
+MERGE_SLOTS = ("bias", "affine")
+
+
+def add_merge_slots(model: nn.Module, slots: dict[str, list[str]] | None) -> None:
+    """Give named modules the parameters a merged model needs and the plain architecture lacks.
+
+    A merged export (`petite adapters export --merged`) folds a fine-tuning into the weights.
+    Two foldings need a parameter the plain network does not have: a shift folded into a layer
+    built without a bias (`bias`: a zero bias is added), and a per-channel scale and shift after
+    a norm without affine parameters (`affine`: the norm becomes affine, weight 1 and bias 0;
+    `norm(x)·s + b` is exactly an affine norm with weight s and bias b). The file's tensors then
+    fill them; their names are in the backbone's SHA-256, so the slots are covered by it.
+    Generic model code, no PEFT: a merged file loads with `load_backbone` alone.
+    """
+    if not slots:
+        return
+    unknown = sorted(set(slots) - set(MERGE_SLOTS))
+    if unknown:
+        raise ValueError(f"unknown merge slot kind(s) {unknown} (known: {', '.join(MERGE_SLOTS)})")
+    modules = dict(model.named_modules())
+    for kind in MERGE_SLOTS:
+        for name in slots.get(kind, []):
+            if name not in modules:
+                raise ValueError(f"merge slot '{kind}': the network has no module '{name}'")
+            module = modules[name]
+            ref = module.weight if getattr(module, "weight", None) is not None else None
+            if kind == "bias":
+                if ref is None or getattr(module, "bias", None) is not None:
+                    raise ValueError(f"merge slot 'bias': module '{name}' has no weight or already a bias")
+                out = getattr(module, "out_channels", None) or getattr(module, "out_features", None)
+                module.bias = nn.Parameter(torch.zeros(int(out), dtype=ref.dtype))
+            else:
+                if ref is not None:
+                    raise ValueError(f"merge slot 'affine': module '{name}' already has affine parameters")
+                shape = _norm_shape(module)
+                if shape is None:
+                    raise ValueError(f"merge slot 'affine': module '{name}' ({type(module).__name__}) is no norm")
+                module.weight = nn.Parameter(torch.ones(shape))
+                module.bias = nn.Parameter(torch.zeros(shape))
+                for flag in ("affine", "elementwise_affine"):
+                    if hasattr(module, flag):
+                        setattr(module, flag, True)
+    model.merge_slots = {k: sorted(slots.get(k, [])) for k in MERGE_SLOTS if slots.get(k)}
+
+
+def _norm_shape(module: nn.Module) -> tuple[int, ...] | None:
+    if isinstance(module, nn.LayerNorm):
+        return tuple(module.normalized_shape)
+    if isinstance(module, nn.GroupNorm):
+        return (module.num_channels,)
+    if isinstance(module, nn.modules.batchnorm._NormBase):  # BatchNorm*, InstanceNorm*
+        return (module.num_features,)
+    return None
