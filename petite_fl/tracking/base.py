@@ -1,0 +1,80 @@
+"""What every tracker offers a job: its config once, scalars per step or round, final metrics.
+
+The names a job records (one scheme for every tracker, so TensorBoard and MLflow show the same):
+
+- pretrain / finetune (step = optimiser step): `train/<loss term>` (`train/loss`, a GAN's terms
+  too), `train/lr`; final: `final/loss` (mean of the last 10 steps), `final/steps`, `final/seconds`,
+  and for fine-tuning `final/trainable_percent`.
+- a federated run's coordinator (step = round; what it received from each site):
+  `val_<metric>/<site>` (the model after round r, as `metrics.csv` has it: round 0 is no
+  fine-tuning, round R the final validation), `train_loss/<site>`, `bytes_up/<site>`,
+  `bytes_down/<site>` (the round's messages, as `transfer.csv`), `site_seconds/<site>`;
+  per round `val_<metric>/mean` (weighted by validation subjects), `round/seconds`,
+  `round/rejected` (updates left out); final: `final/test_<metric>/<site>`, `final/test_<metric>/mean`.
+- a site (step = round; its own view, kept at the site): `train_loss`, `train/step_loss`
+  (step = step of the run's schedule), `val_<metric>` (the model the round starts from),
+  `upload_bytes` (the uploaded tensors at the transport precision), `seconds`;
+  final: `final/val_<metric>`, `final/test_<metric>`.
+- `petite compare` (no step): `final/<arm>/test_<metric>` (mean over seeds and sites) and per
+  difference `diff/<arm>-<baseline>/<metric>/<site>/{mean,low,high}` (the report's intervals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+#: tags every tracker attaches to a job (MLflow: run tags; TensorBoard: in the config text)
+TAG_KEYS = ("job", "run", "site")
+
+
+class Tracker:
+    """A job's tracking destination. This base records nothing (`tracking=none`)."""
+
+    name = "none"
+
+    def config(self, resolved: Mapping[str, Any]) -> None:
+        """The job's resolved configuration, once per job (or per start of a resumed job)."""
+
+    def scalars(self, values: Mapping[str, float | int | None], step: int) -> None:
+        """Scalars at one step (an optimiser step or a round); None and non-numbers are skipped."""
+
+    def final(self, values: Mapping[str, float | int | None]) -> None:
+        """The job's final metrics (recorded under `final/…`)."""
+
+    def close(self) -> None:
+        """Flush and release the writer; the tracker records nothing afterwards."""
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite-or-NaN real numbers of `values` as floats (bools, None, strings and lists left out)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        value = float(value)
+        if not math.isinf(value):
+            out[str(key)] = value
+    return out
+
+
+def final_keys(values: Mapping[str, Any]) -> dict[str, float]:
+    """Final metrics under `final/` (a key that already says so is kept)."""
+    return {k if k.startswith("final/") else f"final/{k}": v for k, v in numbers(values).items()}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as dotted keys → text (MLflow params; lists as their JSON-like text)."""
+    if isinstance(tree, Mapping):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: "null" if tree is None else str(tree)}
