@@ -8,15 +8,16 @@ The names a job records (one scheme for every tracker, so TensorBoard and MLflow
 - a federated run's coordinator (step = round; what it received from each site):
   `val_<metric>/<site>` (the model after round r, as `metrics.csv` has it: round 0 is no
   fine-tuning, round R the final validation), `train_loss/<site>`, `bytes_up/<site>`,
-  `bytes_down/<site>` (the round's messages, as `transfer.csv`), `site_seconds/<site>`;
+  `bytes_down/<site>` (the round's messages, as `transfer.csv`), `site_seconds/<site>`,
+  `backbone_bytes/<site>` (step 0, when it was sent);
   per round `val_<metric>/mean` (weighted by validation subjects), `round/seconds`,
   `round/rejected` (updates left out); final: `final/test_<metric>/<site>`, `final/test_<metric>/mean`.
 - a site (step = round; its own view, kept at the site): `train_loss`, `train/step_loss`
   (step = step of the run's schedule), `val_<metric>` (the model the round starts from),
   `upload_bytes` (the uploaded tensors at the transport precision), `seconds`;
   final: `final/val_<metric>`, `final/test_<metric>`.
-- `petite compare` (no step): `final/<arm>/test_<metric>` (mean over seeds and sites) and per
-  difference `diff/<arm>-<baseline>/<metric>/<site>/{mean,low,high}` (the report's intervals).
+- `petite compare` (step 0): `final/<arm>/test_<metric>/<site|mean>` (mean over seeds) and per
+  difference `diff/<arm>-<baseline>/<metric>/<site|pooled>/{mean,low,high}` (the report's intervals).
 """
 
 from __future__ import annotations
@@ -78,3 +79,8 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
             out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: "null" if tree is None else str(tree)}
+
+
+def step_recorder(tracker: Tracker):
+    """The trainer's `on_step` callback recording the step's losses and learning rate as `train/…`."""
+    return lambda step, logs: tracker.scalars({f"train/{k}": v for k, v in logs.items()}, step)
