@@ -23,8 +23,12 @@ The names a job records (one scheme for every tracker, so TensorBoard and MLflow
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from petite_fl.atomic import is_private, private_dir
 
 #: tags every tracker attaches to a job (MLflow: run tags; TensorBoard: in the config text)
 TAG_KEYS = ("job", "run", "site")
@@ -52,6 +56,26 @@ class Tracker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tracking_folder(path: Path) -> Path:
+    """The tracker's folder in a job folder, made; 0700 inside a private folder (a site's or the
+    server's state), so that another local user cannot read the curves while they are written."""
+    if is_private(path):
+        return private_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def keep_private(path: Path) -> None:
+    """After the writer closed: its files 0600 and folders 0700 where the job folder is private
+    (the writers create them with the process's umask)."""
+    if not is_private(path):
+        return
+    for folder, _, files in os.walk(path):
+        os.chmod(folder, 0o700)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o600)
 
 
 def numbers(values: Mapping[str, Any]) -> dict[str, float]:

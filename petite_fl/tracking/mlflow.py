@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from petite_fl.errors import ConfigError
-from petite_fl.tracking.base import TAG_KEYS, Tracker, final_keys, flatten, numbers
+from petite_fl.tracking.base import TAG_KEYS, Tracker, final_keys, flatten, keep_private, numbers, tracking_folder
 from petite_fl.tracking.registry import register_tracker
 
 FOLDER = "mlflow"
@@ -49,11 +49,11 @@ class MlflowTracker(Tracker):
     name = "mlflow"
 
     def __init__(self, settings: Mapping[str, Any], folder: Path, name: str, tags: Mapping[str, str]) -> None:
-        local = Path(folder) / FOLDER
+        self.local = local = Path(folder) / FOLDER
         if settings.get("uri"):
             self.uri, artifacts = str(settings["uri"]), None
         else:
-            local.mkdir(parents=True, exist_ok=True)
+            tracking_folder(local)
             self.uri, artifacts = f"sqlite:///{local.resolve() / 'mlflow.db'}", (local.resolve() / "artifacts").as_uri()
         self.client = _client(self.uri)
         experiment = str(settings.get("experiment") or "petite-fl")
@@ -100,3 +100,5 @@ class MlflowTracker(Tracker):
         if self.client is not None:
             self.client.set_terminated(self.run_id)
             self.client = None
+            if self.local.is_dir():
+                keep_private(self.local)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from petite_fl.tracking.base import TAG_KEYS, Tracker, final_keys, numbers
+from petite_fl.tracking.base import TAG_KEYS, Tracker, final_keys, keep_private, numbers, tracking_folder
 from petite_fl.tracking.registry import register_tracker
 
 FOLDER = "tensorboard"
@@ -28,7 +28,7 @@ class TensorBoardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.tags = {k: tags[k] for k in TAG_KEYS if k in tags}
-        self.folder = Path(folder) / FOLDER
+        self.folder = tracking_folder(Path(folder) / FOLDER)
         self.writer: Any = SummaryWriter(log_dir=str(self.folder))
         self.last_step = 0
 
@@ -50,3 +50,4 @@ class TensorBoardTracker(Tracker):
         if self.writer is not None:
             self.writer.close()  # flushes and stops the writer's thread
             self.writer = None
+            keep_private(self.folder)
