@@ -122,7 +122,6 @@ def test_a_federated_run_with_tracking_none_writes_nothing(federation_cache):
         assert not tracked_files(run_folder(federation_cache / "sites", site, "track-none"))
 
 
-@pytest.mark.slow  # two starts of a run (~40 s); the tracker-level test above covers continuing by default
 def test_a_federated_run_with_mlflow_is_one_run_that_a_resumed_start_continues(federation_cache):
     for rounds in (1, 2):  # the second start resumes after round 1
         rc = run_config(federation_cache, strategy="fedavg", **{"federation.rounds": rounds, "overrides": (
