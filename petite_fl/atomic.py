@@ -21,6 +21,11 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def is_private(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is (or would be) inside a `private_dir`: what is written there must stay 0600."""
+    return _under_private(Path(path))
+
+
 def _under_private(folder: Path) -> bool:
     for f in (folder, *folder.parents):
         try:

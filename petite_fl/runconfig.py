@@ -11,6 +11,7 @@ config (`site_config`).
 
 from __future__ import annotations
 
+import json
 import shlex
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -30,9 +31,13 @@ EXTRA_OVERRIDES = "overrides"
 APP_DIR = Path(__file__).resolve().parent / "experiments" / "flower-app"
 
 #: the parts of a run's configuration a site trains and evaluates with
-SITE_SECTIONS = ("seed", "data", "train", "peft", "strategy", "federation")
+SITE_SECTIONS = ("seed", "data", "train", "peft", "strategy", "federation", "tracking")
 #: node-config key → the setting it gives the site (set by `petite-client`; over the server's value)
 NODE_SETTINGS = {"site-root": "federation.site_root", "device": "train.device", "data-root": "data.root"}
+#: node-config key of a deployed site's own `tracking` section (JSON, from its site YAML)
+NODE_TRACKING = "tracking"
+#: a deployed site's tracking when its node config names none: TensorBoard files at the site
+SITE_TRACKING = {"name": "tensorboard"}
 
 
 def app_dir() -> Path:
@@ -103,15 +108,32 @@ def site_sections(cfg: DictConfig) -> dict[str, Any]:
             for k in SITE_SECTIONS}
 
 
+def node_tracking(node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A deployed site's own `tracking` section from its node config (default: TensorBoard at the site)."""
+    if not node_config.get(NODE_TRACKING):
+        return dict(SITE_TRACKING)
+    try:
+        data = json.loads(str(node_config[NODE_TRACKING]))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"node config '{NODE_TRACKING}' is not JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or not data.get("name"):
+        raise ConfigError(f"node config '{NODE_TRACKING}' must be a mapping with a 'name' (tensorboard, mlflow, none)")
+    return data
+
+
 def site_config(sections: Mapping[str, Any], node_config: Mapping[str, Any]) -> DictConfig:
     """The sections the server sent, with this site's own settings from its node config on top.
 
     A deployed site's node config (written by `petite-client`) names its folders and device;
-    a simulated site (a partition of one machine) has none and uses the run's."""
+    a simulated site (a partition of one machine) has none and uses the run's. Where a deployed
+    site's curves go is its own decision: its `tracking` section replaces whatever the server sent
+    (a coordinator-chosen MLflow server would receive the site's curves)."""
     unknown = sorted(set(sections) - set(SITE_SECTIONS))
     if unknown:
         raise ConfigError(f"the run's site settings hold sections a site does not take: {unknown}")
     cfg = OmegaConf.create(dict(sections))
+    if node_config.get("site"):
+        cfg["tracking"] = node_tracking(node_config)
     for key, setting in NODE_SETTINGS.items():
         if node_config.get(key):
             OmegaConf.update(cfg, setting, str(node_config[key]))

@@ -12,6 +12,7 @@ from flower_grid import InProcessGrid
 from flwr.app import Context, RecordDict
 from scipy import stats
 from test_federation_run import NODES, SITES, run_config
+from tracking_readers import config_text, curve, events
 
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.pooled import run_pooled
@@ -142,3 +143,17 @@ def test_a_failed_seed_is_left_out_and_named_never_replaced_by_another(compared,
     row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"])
                if r["site"] == "pooled" and r["metric"] == "psnr_fg")
     assert row["seeds_left_out"] == "1"
+
+
+def test_the_comparison_tracks_each_arms_means_and_its_paired_intervals(compared):
+    folder = compared[0]
+    acc = events(folder / "tensorboard")
+    fedavg = [float(r["psnr_fg"]) for r in rows(folder / "results.csv") if r["arm"] == "fedavg"]
+    assert len(fedavg) == 4 and curve(acc, "final/fedavg/test_psnr_fg/mean") == pytest.approx({0: np.mean(fedavg)})
+    diff = [r for r in rows(folder / "differences.csv") if r["arm"] == "fedavg" and r["metric"] == "psnr_fg"]
+    assert diff
+    for row in diff:
+        for end in ("mean", "low", "high"):
+            tag = f"diff/fedavg-{row['baseline']}/psnr_fg/{row['site']}/{end}"
+            assert curve(acc, tag) == pytest.approx({0: float(row[end])})
+    assert "job: compare" in config_text(acc) and "baselines:" in config_text(acc)

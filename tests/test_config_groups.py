@@ -23,6 +23,7 @@ from petite_fl.models.registry import available_backbones, build_backbone, resol
 from petite_fl.peft.registry import available_methods
 from petite_fl.peft.spec import PETITE_CHOICE, spec_from_config
 from petite_fl.scanners import available_scanners, get_scanner
+from petite_fl.tracking import available_trackers
 
 #: `peft.name` values that are spec keywords (petite_fl.peft.spec.spec_from_config), not methods
 SPEC_KEYWORDS = ("mix", "petite")
@@ -100,6 +101,12 @@ def check_compare(cfg: DictConfig, entry: str) -> None:
             assert algorithm_of(strategy) in available_strategies(), f"compare={entry}: arm {arm}"
 
 
+def check_tracking(cfg: DictConfig, entry: str) -> None:
+    name = str(cfg.tracking.name)
+    assert name in available_trackers(), f"tracking={entry} names tracker '{name}', not registered"
+    assert name == entry, f"tracking={entry} is named '{name}'"
+
+
 def check_train(cfg: DictConfig, entry: str) -> None:
     """No registry: composing is the check."""
 
@@ -114,6 +121,7 @@ GROUPS: dict[str, tuple[str, Callable[[DictConfig, str], None]]] = {
     "data": ("data", check_data),
     "compare": ("compare", check_compare),
     "train": ("train", check_train),
+    "tracking": ("tracking", check_tracking),
 }
 
 
@@ -137,7 +145,8 @@ def test_every_entry_composes_and_names_registered_entries(group, entry):
     ("peft", "name: mix\nencoder: dora\ndecoder: ssf\nbitfit: true\nlr: 1e-3\nargs: {}\n", r"\['dora'\]"),
     ("strategy", "name: ghost\nalgorithm: fedsgd\nsharing: {share: ['*']}\n", "algorithm 'fedsgd'"),
     ("data", "defaults: [default, _self_]\nsynth: {scanners: [scanner1, scanner9]}\n", r"\['scanner9'\]"),
-], ids=["model", "peft", "strategy", "data"])
+    ("tracking", "name: wandb\n", "tracker 'wandb'"),
+], ids=["model", "peft", "strategy", "data", "tracking"])
 def test_an_entry_naming_an_unregistered_one_fails(tmp_path, monkeypatch, group, text, fragment):
     (tmp_path / group).mkdir()
     (tmp_path / group / "ghost.yaml").write_text(text)

@@ -9,12 +9,14 @@ import pytest
 import torch
 from flower_grid import InProcessGrid
 from safetensors.torch import load_file
+from tracking_readers import config_text, curve, events, rows, tracked_files
 
 from petite_fl.artifacts import load_adapter, load_backbone
 from petite_fl.errors import PetiteError
 from petite_fl.federation.coordinator import Coordinator
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.transport import FlowerTransport
+from petite_fl.federation.site import run_folder
 from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 
@@ -286,3 +288,40 @@ def test_a_node_is_accepted_only_under_the_site_name_it_was_registered_with(cach
     assert "node 1001 left out: registered as site 'scanner3' but says it is 'scanner5'" in lines
     monkeypatch.delenv(registry.ENV)  # simulation: no table, names checked against federation.sites only
     assert len(coordinator.hello("bound-names")) == 2
+
+
+# -- tracking (default: TensorBoard), read back with TensorBoard's own reader ----------------------------------
+
+
+def test_the_coordinator_tracks_per_site_what_it_received_as_the_run_csvs_hold_it(runs):
+    summary, _ = runs["fedavg"]
+    run_dir = Path(summary["run_dir"])
+    acc = events(run_dir / "tensorboard")
+    for site in SITES:
+        val = {int(r["round"]): float(r["psnr"]) for r in rows(run_dir / "metrics.csv")
+               if r["site"] == site and r["split"] == "val"}
+        assert curve(acc, f"val_psnr/{site}") == pytest.approx(val) and sorted(val) == [0, 1, 2]
+        loss = {int(r["round"]): float(r["train_loss"]) for r in rows(run_dir / "train.csv") if r["site"] == site}
+        assert curve(acc, f"train_loss/{site}") == pytest.approx(loss) and sorted(loss) == [1, 2]
+        peft = [r for r in rows(run_dir / "transfer.csv") if r["site"] == site and r["what"] == "peft"]
+        assert curve(acc, f"bytes_up/{site}") == {int(r["round"]): float(r["bytes_up"]) for r in peft}
+        assert curve(acc, f"bytes_down/{site}") == {int(r["round"]): float(r["bytes_down"]) for r in peft}
+        assert curve(acc, f"final/test_psnr/{site}")[2] == pytest.approx(summary["sites"][site]["test"]["psnr"])
+    assert sorted(curve(acc, "val_psnr/mean")) == [0, 1, 2] and sorted(curve(acc, "round/seconds")) == [1, 2]
+    assert curve(acc, "round/rejected") == {1: 0.0, 2: 0.0}
+    assert curve(acc, "final/test_psnr/mean")[2] == pytest.approx(summary["test_mean"]["psnr"])
+    assert "upload_bytes" not in acc.Tags()["scalars"]  # a site's own curves are not the coordinator's
+    assert all(p.parent == run_dir / "tensorboard" for p in tracked_files(run_dir))
+
+
+def test_each_site_keeps_its_own_curves_in_its_own_folder(cache, runs):
+    summary, _ = runs["fedavg"]
+    for site in SITES:
+        acc = events(run_folder(cache / "sites", site, summary["run"]) / "tensorboard")
+        loss = {int(r["round"]): float(r["train_loss"]) for r in rows(Path(summary["run_dir"]) / "train.csv")
+                if r["site"] == site}
+        assert curve(acc, "train_loss") == pytest.approx(loss)  # what it sent is what the coordinator received
+        assert sorted(curve(acc, "val_psnr")) == [0, 1, 2] and sorted(curve(acc, "upload_bytes")) == [1, 2]
+        assert sorted(curve(acc, "train/step_loss")) == [1, 2, 3, 4]  # two local steps per round, one schedule
+        assert curve(acc, "final/test_psnr")[2] == pytest.approx(summary["sites"][site]["test"]["psnr"])
+        assert "site: " + site in config_text(acc)

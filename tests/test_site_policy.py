@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from petite_fl.artifacts import load_backbone, save_backbone
 from petite_fl.config import compose
@@ -285,3 +286,30 @@ def test_the_policy_travels_in_the_node_config_from_the_site_yaml(tmp_path):
 def test_a_bad_policy_is_refused_in_one_line(policy, message):
     with pytest.raises(PetiteError, match=message):
         SitePolicy.from_mapping(policy)
+
+
+# -- where a site's curves go -----------------------------------------------------------------------
+
+
+def test_a_deployed_site_keeps_its_own_tracking_whatever_tracking_the_server_sends(site, tmp_path):
+    """The attack: a coordinator names its own MLflow server in the hello, to receive every site's curves."""
+    config = {**sections(), "tracking": {"name": "mlflow", "uri": "http://coordinator.example/", "experiment": "x"}}
+    site().hello(config=config)
+    folder = tmp_path / "state" / "hospital" / "runs" / "run-a"
+    assert OmegaConf.to_container(OmegaConf.load(folder / "config.yaml").tracking) == {"name": "tensorboard"}
+    assert list((folder / "tensorboard").glob("events.out.tfevents.*")) and not (folder / "mlflow").exists()
+
+
+def test_a_sites_own_tracking_travels_in_its_node_config_from_the_site_yaml(tmp_path, manifest):
+    yaml = tmp_path / "hospital.yaml"
+    yaml.write_text((Path(__file__).resolve().parent.parent / "client" / "sites" / "scanner3.yaml").read_text()
+                    + "tracking: {name: none}\n")
+    node = site_deployment(str(yaml)).node_config()
+    hospital = Site(tmp_path / "state", manifest)
+    hospital.endpoint = SiteEndpoint({**hospital.node, "tracking": node["tracking"]}, {})
+    hospital.hello(config={**sections(), "tracking": {"name": "tensorboard"}})
+    assert not list((tmp_path / "state").rglob("events.out.tfevents.*"))
+    assert site_deployment("scanner3").tracking == {"name": "tensorboard"}  # the shipped examples: the default
+    yaml.write_text(yaml.read_text().replace("tracking: {name: none}", "tracking: {name: wandb}"))
+    with pytest.raises(ConfigError, match=r"site config '.*hospital.yaml': tracking.name: unknown tracker 'wandb'"):
+        site_deployment(str(yaml))

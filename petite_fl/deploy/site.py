@@ -5,6 +5,7 @@ server is a one-line message and not a SuperNode that fails later.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -17,11 +18,14 @@ from petite_fl.config import compose, config_dirs, expand_path
 from petite_fl.deploy.approval import approved_apps
 from petite_fl.errors import ConfigError, DataError
 from petite_fl.federation.policy import NODE_KEY, SitePolicy
+from petite_fl.runconfig import NODE_TRACKING, SITE_TRACKING
+from petite_fl.tracking import tracker_name
 
 FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_key", "port")
 #: fields a site config may leave out, with their default
 OPTIONAL_FIELDS = {"approved_apps": None,   # app hashes this site runs besides petite-fl's own (deploy.approval)
-                   "policy": None}          # the site's own policy; None: its safe defaults (federation.policy)
+                   "policy": None,          # the site's own policy; None: its safe defaults (federation.policy)
+                   "tracking": None}        # where its own curves go; None: TensorBoard at the site
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,12 @@ class SiteDeployment:
     port: int
     approved_apps: tuple[str, ...] = ()  # besides petite-fl's own app as installed here
     policy: SitePolicy = field(default_factory=SitePolicy)
+    tracking: dict[str, Any] = field(default_factory=lambda: dict(SITE_TRACKING))
 
     def node_config(self) -> dict[str, Any]:
         # The policy travels in the node config: set by the site, out of the coordinator's reach.
         out: dict[str, Any] = {"site": self.name, "site-root": str(self.cache), "device": self.device,
-                               NODE_KEY: self.policy.to_json()}
+                               NODE_KEY: self.policy.to_json(), NODE_TRACKING: json.dumps(self.tracking)}
         if self.manifest is not None:
             out["manifest"] = str(self.manifest)
         return out
@@ -82,7 +87,24 @@ def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ())
         ca_cert=None if insecure else expand_path(d["ca_cert"]),
         private_key=None if insecure or not d["private_key"] else expand_path(d["private_key"]),
         port=int(d["port"]), approved_apps=approved_apps(d["approved_apps"], f"site config '{ref}'"),
-        policy=SitePolicy.from_mapping(d["policy"], f"site {d['name']}: policy"))
+        policy=SitePolicy.from_mapping(d["policy"], f"site {d['name']}: policy"),
+        tracking=site_tracking(d["tracking"], f"site config '{ref}'"))
+
+
+def site_tracking(data: Any, where: str) -> dict[str, Any]:
+    """The site YAML's `tracking:` (its own; the coordinator's never applies), checked: a name the
+    installation knows, as `tracking=` takes it (a mapping with `name`, or just the name)."""
+    if data is None:
+        return dict(SITE_TRACKING)
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict) or not data.get("name"):
+        raise ConfigError(f"{where}: tracking must be a mapping with a 'name' (tensorboard, mlflow, none)")
+    try:
+        tracker_name(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: tracking.name: {exc}") from None
+    return dict(data)
 
 
 def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeout: float = 5.0) -> list[str]:

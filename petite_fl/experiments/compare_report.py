@@ -11,6 +11,7 @@ table says so.
 from __future__ import annotations
 
 import csv
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from petite_fl.experiments.compare_results import ArmRuns, all_differences, load
 from petite_fl.federation.flower.payload import upload_share
 from petite_fl.federation.site import site_list
 from petite_fl.training.inference import METRICS
+from petite_fl.training.jobs import job_tracker
 
 
 def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], backbone: Path,
@@ -37,6 +39,7 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     write_csv(folder / "results.csv", means)
     write_csv(folder / "subjects.csv", _subject_rows(data, sites))
     write_csv(folder / "differences.csv", diffs)
+    track(folder, cfg, means, diffs)
     curves = _curves(data)
     write_csv(folder / "convergence.csv", curves)
     payload = _payload(cfg)
@@ -51,6 +54,24 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     print_tables(diffs, arms, sites, baselines)
     console.print(f"report: {folder / 'report.md'}", markup=False)
     return folder / "report.md"
+
+
+def track(folder: Path, cfg: DictConfig, means: list[dict[str, Any]], diffs: list[dict[str, Any]]) -> None:
+    """The comparison in the folder's tracker (`cfg.tracking`): per arm its test means (over seeds, per
+    site and over sites) as `final/<arm>/test_<metric>/<site|mean>`, and every paired difference with
+    its interval as `diff/<arm>-<baseline>/<metric>/<site|pooled>/{mean,low,high}`. The arms' own runs
+    track into their run folders."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in means:
+        for k in METRICS:
+            if row.get(k) is not None:
+                values[f"final/{row['arm']}/test_{k}/{row['site']}"].append(float(row[k]))
+                values[f"final/{row['arm']}/test_{k}/mean"].append(float(row[k]))
+    for row in diffs:
+        for end in ("mean", "low", "high"):
+            values[f"diff/{row['arm']}-{row['baseline']}/{row['metric']}/{row['site']}/{end}"].append(float(row[end]))
+    with job_tracker(cfg, folder, "compare", folder.name, "coordinator") as tracker:
+        tracker.scalars({k: sum(v) / len(v) for k, v in values.items()}, 0)
 
 
 def _mean_rows(data: dict[str, ArmRuns], sites: list[str]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config
 from petite_fl.profiling import peak_rss_bytes
 from petite_fl.runconfig import site_sections
-from petite_fl.training.jobs import backbone_for, config_hash
+from petite_fl.tracking import Tracker
+from petite_fl.training.inference import METRICS
+from petite_fl.training.jobs import backbone_for, config_hash, job_tracker
 from petite_fl.training.trainer import ADAMW_BETAS, cosine_with_warmup
 
 #: relative rounding of a value sent at each transport precision (unit roundoff)
@@ -108,6 +111,7 @@ class Coordinator:
         self.log = RunLog()
         self.round_rows: list[dict[str, Any]] = []
         self.phases: dict[str, float] = {}  # seconds of this start of the run, per phase
+        self.tracker = Tracker()  # the run's, once its folder is known (`cfg.tracking`)
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -185,6 +189,11 @@ class Coordinator:
 
     # -- the run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """The whole run; its tracker (what the coordinator received) is closed whatever happens."""
+        with ExitStack() as self._stack:
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         path = backbone_for(cfg, quiet=self.quiet)
         clock = time.perf_counter()
@@ -196,11 +205,14 @@ class Coordinator:
         private_dir(run_dir)  # the server's state of the run (checkpoint, adapters): 0700, files 0600
         with atomic_path(run_dir / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg))
+        self.tracker = self._stack.enter_context(job_tracker(cfg, run_dir, "federated", run_name, "coordinator"))
         clock = time.perf_counter()
         infos = self.hello(run_name)
         self.phases["hello"] = time.perf_counter() - clock
         self.backbone_payload = self.distribute(infos, run_name, model, meta)
         self.phases["backbone"] = time.perf_counter() - clock - self.phases["hello"] + loading
+        self.tracker.scalars({f"backbone_bytes/{r['site']}": r["bytes_down"] for r in self.backbone_rows
+                              if r["bytes_down"]}, 0)
 
         torch.manual_seed(int(cfg.seed))  # the sites initialise the same way
         state = apply_peft(model, spec_from_config(cfg.peft, model))
@@ -244,6 +256,7 @@ class Coordinator:
                                 else "the whole global adapter"})
         self.phases["final_evaluation"] = time.perf_counter() - clock
         summary = self._summary(run_name, run_dir, sha, state, shared, {i.site for i in infos.values()}, adapters)
+        self._track_final()
         self.log.write(run_dir, summary)
         if not self.quiet:
             print_summary(summary)
@@ -282,11 +295,36 @@ class Coordinator:
         self.round_rows.append({"round": rnd, "sites": len(result.accepted), "seconds": time.perf_counter() - begin,
                                 "aggregate_seconds": None if result.aggregated
                                 else time.perf_counter() - aggregate_begin})
+        self._track_round(ctx, rnd, result, validate)
         spent = self.strategy.privacy_spent()
         self.say(f"round {rnd}/{self.rounds} done in {time.perf_counter() - begin:.0f} s"
                  + (f"; privacy spent ε={spent['epsilon']:.3g} at δ={spent['delta']:g}" if spent else "")
                  + (self.log.val_line(rnd - 1) if validate else ""))
         return global_tensors
+
+    def _track_round(self, ctx: RoundContext, rnd: int, result: Any, validate: bool) -> None:
+        """What the round's replies brought, per site (see petite_fl.tracking.base for the names)."""
+        per_round: dict[str, Any] = {"round/seconds": self.round_rows[-1]["seconds"],
+                                     "round/rejected": len(result.rejected)}
+        for node, m in result.accepted.items():
+            site = ctx.infos[node].site
+            per_round.update({f"train_loss/{site}": m.get("train_loss"), f"site_seconds/{site}": m.get("seconds")})
+        for row in result.transfer:
+            per_round.update({f"bytes_up/{row['site']}": row["bytes_up"],
+                              f"bytes_down/{row['site']}": row["bytes_down"]})
+        self.tracker.scalars(per_round, rnd)
+        if validate:  # the model the round started from: the round before's, as metrics.csv has it
+            self._track_eval(rnd - 1, "val")
+
+    def _track_eval(self, rnd: int, split: str, prefix: str = "") -> None:
+        rows = [r for r in self.log.eval_rows if r["round"] == rnd and r["split"] == split]
+        values = {f"{prefix}{split}_{k}/{r['site']}": r.get(k) for r in rows for k in METRICS}
+        values.update({f"{prefix}{split}_{k}/mean": v for k, v in self.log.weighted_mean(rnd, split).items()})
+        self.tracker.scalars(values, rnd)
+
+    def _track_final(self) -> None:
+        self._track_eval(self.rounds, "val")  # the final model's validation ends the curves
+        self._track_eval(self.rounds, "test", prefix="final/")
 
     def update_bound(self, rnd: int, global_tensors: dict[str, torch.Tensor]) -> float:
         """federation.robust.max_update_norm for round `rnd`: by default, the farthest an honest

@@ -113,6 +113,8 @@ class SiteEndpoint:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg))
+        with worker.tracker(ins.run) as tracker:  # the site's own tracking of the run starts with its settings
+            tracker.config(OmegaConf.to_container(cfg, resolve=True))
         self.state[_STATE_PREFIX + ins.run] = str(path)
         return worker.hello()
 

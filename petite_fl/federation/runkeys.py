@@ -2,7 +2,7 @@
 
 The hello carries the run's resolved sections (`runconfig.SITE_SECTIONS`) as JSON. A site
 takes only the keys its *own* petite-fl configs define — every option of the `data`,
-`train`, `peft` and `strategy` groups and the root config's `seed` and `federation` —
+`train`, `peft`, `strategy` and `tracking` groups and the root config's `seed` and `federation` —
 and no string OmegaConf would read as an interpolation: `${oc.env:SECRET}` would be resolved
 at the site, and a failing value puts the secret in the error text that goes back to the
 server. The check walks the plain mapping, so OmegaConf never sees a refused value.
@@ -25,7 +25,7 @@ from petite_fl.config import config_dirs
 from petite_fl.errors import ConfigError
 
 #: the config groups that fill a site section, one folder each
-GROUPS = ("data", "train", "peft", "strategy")
+GROUPS = ("data", "train", "peft", "strategy", "tracking")
 #: sections that come from the root config.yaml
 ROOT_SECTIONS = ("seed", "federation")
 #: subtrees whose keys are names, not settings: PEFT method arguments (each method's

@@ -38,6 +38,7 @@ from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import PeftModelState, adapter_state_dict, apply_peft, load_adapter_state
 from petite_fl.peft.spec import spec_from_config
+from petite_fl.tracking import Tracker, open_tracker
 from petite_fl.training.inference import METRICS, evaluate_patches, evaluate_site, summarise
 from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
 from petite_fl.training.objectives import make_objective
@@ -45,6 +46,8 @@ from petite_fl.training.trainer import train
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 KEEP_ROUNDS = 2  # personal state of the last rounds kept (a resumed round re-reads round r-1)
+#: bytes per value of the uploaded tensors at each transport precision (the site's own tracking)
+WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def site_list(cfg: DictConfig) -> list[str]:
@@ -162,6 +165,12 @@ class SiteWorker:
     def run_dir(self, run_name: str) -> Path:
         return run_folder(expand_path(self.cfg.federation.site_root), self.site, run_name)
 
+    def tracker(self, run_name: str) -> Tracker:
+        """This site's own tracking of a run, in its run folder: the site's `tracking` section (a deployed
+        site's own choice, `runconfig.site_config`). Opened and closed per message (`with`)."""
+        return open_tracker(self.cfg.get("tracking"), self.run_dir(run_name), run_name,
+                            {"job": "site", "run": run_name, "site": self.site})
+
     def _prepare(self, sha256: str):
         model, meta = self.cache.load(sha256, self.device)  # verified against its content hash
         self.backbone_sha256 = str(meta["sha256"])  # reported with the update: the backbone it was made on
@@ -257,15 +266,17 @@ class SiteWorker:
         patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
         dataset = site_patch_dataset(site, "train", self.cfg.data.loader,
                                      seed=round_seed(int(self.cfg.seed), self.site, rnd) % 2**31, patch=patch)
-        calls = [0]
+        calls, step_losses = [0], {}
 
         def train_steps(n: int, penalty, offset: int, total: int) -> float:
             calls[0] += 1
             torch.manual_seed(round_seed(int(self.cfg.seed), self.site, rnd, f"train{calls[0]}") % 2**31)
             objective.penalty = penalty
+            tag = "train/step_loss" + (f"_{calls[0]}" if calls[0] > 1 else "")  # Ditto's second pass apart
             result = train(model, dataset, objective, steps=n, lr=float(self.cfg.peft.lr), train_cfg=self.cfg.train,
                            device=self.device, amp=self.amp, quiet=True,
-                           schedule_offset=offset, schedule_total=total)
+                           schedule_offset=offset, schedule_total=total,
+                           on_step=lambda i, logs: step_losses.setdefault(offset + i, {}).update({tag: logs["loss"]}))
             objective.penalty = None
             return result.final_loss
 
@@ -280,6 +291,14 @@ class SiteWorker:
         seconds = time.perf_counter() - begin
         metrics.update(update.logs)
         metrics["seconds"] = seconds
+        with self.tracker(run_name) as tracker:
+            for step, losses in sorted(step_losses.items()):
+                tracker.scalars(losses, step)
+            if validate:  # the model the round started from: round r-1's, as the coordinator's curves
+                tracker.scalars({k: v for k, v in metrics.items() if k.startswith("val_")}, rnd - 1)
+            tracker.scalars({"train_loss": update.logs.get("train_loss"), "seconds": seconds,
+                             "upload_bytes": sum(t.numel() for t in update.upload.values()) * WIRE_BYTES[transport]},
+                            rnd)
         console.print(f"site {self.site} · round {rnd}/{total_rounds}: {steps} steps, "
                       f"loss {update.logs.get('train_loss', float('nan')):.4g}, {seconds:.0f} s",
                       markup=False, highlight=False)
@@ -304,4 +323,7 @@ class SiteWorker:
         save_adapter(path, adapter, state.spec.to_dict(), meta, extra={
             "site": self.site, "run": run_name, "strategy": strategy.name, "rounds": rnd, "patch": list(patch),
             "card": card})
+        with self.tracker(run_name) as tracker:
+            tracker.scalars({k: v for k, v in metrics.items() if k.startswith("val_")}, rnd)  # the curve's end
+            tracker.final(metrics)
         return metrics, path

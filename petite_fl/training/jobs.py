@@ -42,6 +42,7 @@ from petite_fl.peft.apply import (
 )
 from petite_fl.peft.spec import PeftSpec, spec_from_config
 from petite_fl.scanners import available_scanners, get_scanner
+from petite_fl.tracking import Tracker, open_tracker, step_recorder
 from petite_fl.training.device import resolve_device, use_amp
 from petite_fl.training.inference import evaluate_site, summarise
 from petite_fl.training.objectives import Adversarial, make_objective
@@ -98,6 +99,17 @@ def _dataset(cfg: DictConfig, manifest: Path, model: Backbone, seed: int):
     return site_patch_dataset(site, "train", cfg.data.loader, seed=seed, patch=patch), patch
 
 
+def job_tracker(cfg: DictConfig, folder: Path, job: str, run: str, site: str) -> Tracker:
+    """The job's tracker (`cfg.tracking`) in `folder`, its resolved config recorded (close it: `with`)."""
+    tracker = open_tracker(cfg.get("tracking"), folder, run, {"job": job, "run": run, "site": site})
+    try:
+        tracker.config(OmegaConf.to_container(cfg, resolve=True))
+    except BaseException:
+        tracker.close()
+        raise
+    return tracker
+
+
 # -- pretrain --------------------------------------------------------------------------
 
 
@@ -138,10 +150,14 @@ def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> t
     model = build_from_config(cfg.model).to(device)
     objective = make_objective(cfg.train, model.name, str(cfg.model.preset), device)
     dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed))
-    result = train(model, dataset, objective,
-                   steps=int(cfg.train.pretrain.steps), lr=float(cfg.train.pretrain.lr), train_cfg=cfg.train,
-                   device=device, amp=amp, checkpoint=path.with_suffix(".ckpt"),
-                   label=f"pretraining {model.name} on {Path(str(cfg.source)).stem}", quiet=quiet)
+    folder = expand_path(cfg.paths.cache) / "runs" / "pretrain" / path.stem  # tracking only
+    with job_tracker(cfg, folder, "pretrain", path.stem, Path(str(cfg.source)).stem) as tracker:
+        result = train(model, dataset, objective,
+                       steps=int(cfg.train.pretrain.steps), lr=float(cfg.train.pretrain.lr), train_cfg=cfg.train,
+                       device=device, amp=amp, checkpoint=path.with_suffix(".ckpt"),
+                       label=f"pretraining {model.name} on {Path(str(cfg.source)).stem}", quiet=quiet,
+                       on_step=step_recorder(tracker))
+        tracker.final({"loss": result.final_loss, "steps": result.steps, "seconds": result.seconds})
     meta = save_backbone(model, path, provenance={"source": str(cfg.source), "preset": str(cfg.model.preset),
                                            "steps": result.steps, "patch": list(patch),
                                            "final_loss": result.final_loss, "seconds": result.seconds})
@@ -190,10 +206,14 @@ def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]
         objective.d.load_state_dict(torch.load(disc, map_location=device, weights_only=True))
     steps = int(cfg.train.finetune.steps) if spec.kind != "none" else 0
     dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed) + 1)
-    result = train(model, dataset, objective, steps=steps,
-                   lr=float(cfg.peft.lr), train_cfg=cfg.train, device=device, amp=amp,
-                   checkpoint=out / "checkpoint.pt", label=f"fine-tuning {spec.label} on {Path(str(cfg.target)).stem}",
-                   quiet=quiet)
+    with job_tracker(cfg, out, "finetune", out.name, Path(str(cfg.target)).stem) as tracker:
+        result = train(model, dataset, objective, steps=steps,
+                       lr=float(cfg.peft.lr), train_cfg=cfg.train, device=device, amp=amp,
+                       checkpoint=out / "checkpoint.pt",
+                       label=f"fine-tuning {spec.label} on {Path(str(cfg.target)).stem}", quiet=quiet,
+                       on_step=step_recorder(tracker))
+        tracker.final({"loss": result.final_loss, "steps": result.steps, "seconds": result.seconds,
+                       "trainable_percent": 100.0 * trainable / total})
     save_adapter(adapter_path, adapter_state_dict(model, state), spec.to_dict(), meta, extra={
         "target": str(cfg.target), "patch": list(patch), "trainable_percent": 100.0 * trainable / total,
         "trainable_parameters": trainable, "steps": result.steps,

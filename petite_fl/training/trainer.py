@@ -68,6 +68,7 @@ def train(
     schedule_offset: int = 0,
     schedule_total: int | None = None,
     batch_sampler: Sampler[list[int]] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad for `steps` optimiser steps.
 
@@ -75,6 +76,8 @@ def train(
     `steps`), starting at `schedule_offset`: a federated site trains round r as steps
     [(r-1)·S, r·S) of one schedule over all rounds, as a single-site run would.
     `batch_sampler` replaces shuffled batches of `train.batch_size` (pooled sites: one site per batch).
+    `on_step(step, logs)` is called after every optimiser step (1-based, within this call) with the
+    objective's logs and the learning rate used (`lr`): the jobs' experiment tracking.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -101,9 +104,12 @@ def train(
         task = progress.add_task(label, total=steps, completed=start, loss="–")
         for step in range(start, steps):
             logs = objective.step(model, next(batches), optimizer, scaler, amp)
+            used_lr = scheduler.get_last_lr()[0]
             scheduler.step()
             history.append({"step": step + 1, **logs})
             progress.update(task, advance=1, loss=f"{logs['loss']:.4g}")
+            if on_step is not None:
+                on_step(step + 1, {**logs, "lr": used_lr})
             if log_lines and ((step + 1) % log_every == 0 or step + 1 == steps):
                 console.print(f"{label}: step {step + 1}/{steps} loss {logs['loss']:.4g} "
                               f"({time.perf_counter() - begin:.0f} s)")

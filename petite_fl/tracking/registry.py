@@ -1,0 +1,50 @@
+"""Trackers by name (one file each in this package) and the one way a job opens its tracker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from petite_fl.registry import Registry
+from petite_fl.tracking.base import Tracker
+
+TRACKERS: Registry[type[Tracker]] = Registry("tracker", "petite_fl.tracking", order=("tensorboard", "mlflow", "none"))
+#: the tracker of a config without a `tracking` section (the group's default)
+DEFAULT = "tensorboard"
+
+
+def register_tracker(cls: type[Tracker]) -> type[Tracker]:
+    """Class decorator: register a Tracker subclass under its `name`."""
+    return TRACKERS.register(cls.name, cls)
+
+
+def available_trackers() -> list[str]:
+    return TRACKERS.names()
+
+
+def _settings(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {"name": DEFAULT}
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg) if isinstance(cfg, Mapping) else {"name": str(cfg)}
+
+
+def tracker_name(cfg: Any) -> str:
+    """The tracker a `tracking` section names (a missing section: the default), checked."""
+    name = str(_settings(cfg).get("name") or DEFAULT)
+    TRACKERS.get(name)  # an unknown name is one line naming the known ones
+    return name
+
+
+def open_tracker(cfg: Any, folder: Path, name: str, tags: Mapping[str, str]) -> Tracker:
+    """The tracker `cfg` (a `tracking` section) names, writing for the job `name` under `folder`.
+
+    `tags`: `job` (pretrain, finetune, federated, site, compare), `run` (the job's name, by which
+    a resumed job finds its MLflow run) and `site`. Use it as a context manager: it closes its writer.
+    """
+    settings = _settings(cfg)
+    return TRACKERS.get(tracker_name(settings))(settings, Path(folder), name, dict(tags))
