@@ -56,3 +56,15 @@ def test_peft_list_shows_the_21_combinations_at_paper_size(capsys):
     assert "12 Mix-PEFT combinations" in text and "9 Mix-PEFT combinations" in text
     assert "lora+ssf+bitfit ← PETITE" in text and "vpt+lora+bitfit ← PETITE" in text
     assert "101,670,049" in text  # UNETR at paper size
+
+
+def test_an_error_line_keeps_its_brackets(capsys):
+    """rich would read `[sub-01]` or `[a,b]` as markup tags and drop them from the one line the user gets."""
+    from petite_fl.cli.common import run_cli
+    from petite_fl.errors import DataError
+
+    def body():
+        raise DataError("/data/[sub-01]/scan.nii: not a NIfTI file; data.synth.scanners=[scanner4,scanner5]")
+
+    assert run_cli("petite", body) == 2
+    assert "/data/[sub-01]/scan.nii: not a NIfTI file; data.synth.scanners=[scanner4,scanner5]" in _text(capsys)

@@ -16,7 +16,7 @@ from tracking_readers import config_text, curve, events, history, mlflow_runs, t
 from petite_fl.artifacts import load_adapter
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError
-from petite_fl.federation.site import run_folder
+from petite_fl.federation.site import run_folder, site_dir
 from petite_fl.runconfig import site_config, site_sections
 from petite_fl.tracking import available_trackers, open_tracker, tracker_name
 from petite_fl.training.jobs import default_backbone_path, finetune
@@ -44,7 +44,7 @@ def test_every_tracker_has_its_config_file_and_records_what_a_job_gives_it(name,
         assert curve(acc, "final/loss") == {3: 0.25} and "skipped" not in acc.Tags()["scalars"]
         assert "name: lora" in config_text(acc) and "job: finetune" in config_text(acc)
     else:
-        client, runs = mlflow_runs(tmp_path)
+        client, runs = mlflow_runs(tmp_path / "mlflow")
         assert len(runs) == 1 and runs[0].data.params["peft.name"] == "lora"
         assert runs[0].data.tags["petite.job"] == "finetune" and runs[0].info.status == "FINISHED"
         assert history(client, runs[0], "train/loss") == pytest.approx({1: 1.0, 2: 0.5, 3: 1 / 3})
@@ -61,7 +61,7 @@ def test_a_long_param_value_is_cut_to_mlflows_limit_and_a_second_start_continues
         with open_tracker({"name": "mlflow"}, tmp_path, "job", TAGS) as tracker:
             tracker.config({"note": "x" * 7000, "start": start})
             tracker.scalars({"loss": float(start)}, start)
-    client, runs = mlflow_runs(tmp_path)
+    client, runs = mlflow_runs(tmp_path / "mlflow")
     assert len(runs) == 1 and len(runs[0].data.params["note"]) == 6000
     assert runs[0].data.params["start"] == "1"  # the first start's settings stay
     assert history(client, runs[0], "loss") == {1: 1.0, 2: 2.0}
@@ -101,8 +101,9 @@ def test_a_fine_tuning_job_with_mlflow_is_one_run_with_its_config_artifact(finet
     cache = finetuned[0]
     out = tmp_path / "ft"
     adapter, _ = finetune(compose(overrides=job_overrides(cache, "tracking=mlflow", f"out={out}")), quiet=True)
-    client, runs = mlflow_runs(out)
-    assert len(runs) == 1 and runs[0].data.tags["petite.run"] == "ft"
+    assert not (out / "mlflow").exists()  # the machine's one store, where `mlflow ui` compares jobs
+    client, runs = mlflow_runs(cache / "mlflow", run="ft")
+    assert len(runs) == 1 and runs[0].data.tags["petite.job"] == "finetune"
     assert sorted(history(client, runs[0], "train/loss")) == [1, 2, 3]
     assert history(client, runs[0], "final/loss")[3] == pytest.approx(load_adapter(adapter)[1]["final_loss"])
     config = client.download_artifacts(runs[0].info.run_id, "config.yaml", str(tmp_path))
@@ -128,13 +129,15 @@ def test_a_federated_run_with_mlflow_is_one_run_that_a_resumed_start_continues(f
             "federation.val.patches=4 tracking=mlflow federation.run_name=track-mlflow")})
         summary, _ = federate(rc)
     run_dir = Path(summary["run_dir"])
-    client, found = mlflow_runs(run_dir)
+    assert not (run_dir / "mlflow").exists()
+    client, found = mlflow_runs(federation_cache / "mlflow", run="track-mlflow")
     assert len(found) == 1 and found[0].data.tags["petite.job"] == "federated"
     assert sorted(history(client, found[0], f"train_loss/{SITES[0]}")) == [1, 2]
     assert client.list_artifacts(found[0].info.run_id)[0].path == "config.yaml"
     for site in SITES:  # simulated sites follow the run's choice, each in its own store
-        client, found = mlflow_runs(run_folder(federation_cache / "sites", site, "track-mlflow"))
+        client, found = mlflow_runs(site_dir(federation_cache / "sites", site) / "mlflow", run="track-mlflow")
         assert len(found) == 1 and found[0].data.tags["petite.site"] == site
+        assert found[0].data.tags["petite.job"] == "site"
         assert sorted(history(client, found[0], "train_loss")) == [1, 2]
 
 

@@ -25,10 +25,12 @@ def config_text(acc: EventAccumulator) -> str:
     return acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
 
 
-def mlflow_runs(folder: Path) -> tuple[MlflowClient, list]:
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow' / 'mlflow.db'}")
+def mlflow_runs(store: Path, **tags: str) -> tuple[MlflowClient, list]:
+    """The runs of a local MLflow store (the folder holding mlflow.db) with these `petite.<tag>` values."""
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("petite-fl")
-    return client, client.search_runs([experiment.experiment_id])
+    query = " and ".join(f"tags.`petite.{k}` = '{v}'" for k, v in tags.items())
+    return client, client.search_runs([experiment.experiment_id], filter_string=query)
 
 
 def history(client: MlflowClient, run, key: str) -> dict[int, float]:

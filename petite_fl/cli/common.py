@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rich.markup import escape
+
 from petite_fl.console import console, err_console
 from petite_fl.errors import PetiteError
 
@@ -19,9 +21,10 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         return int(body() or 0)
     except PetiteError as exc:
         lines = str(exc).splitlines() or [type(exc).__name__]
-        err_console.print(f"[bold red]{prog}: error:[/] {lines[0]}", soft_wrap=True)
+        # The message is text, not markup: `[sub-01]` in a path or `[a,b]` in an override must survive.
+        err_console.print(f"[bold red]{prog}: error:[/] {escape(lines[0])}", soft_wrap=True)
         for line in lines[1:]:
-            err_console.print(f"  {line}", soft_wrap=True)
+            err_console.print(f"  {escape(line)}", soft_wrap=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         err_console.print(f"{prog}: interrupted")

@@ -169,7 +169,7 @@ class SiteWorker:
         """This site's own tracking of a run, in its run folder: the site's `tracking` section (a deployed
         site's own choice, `runconfig.site_config`). Opened and closed per message (`with`)."""
         return open_tracker(self.cfg.get("tracking"), self.run_dir(run_name), run_name,
-                            {"job": "site", "run": run_name, "site": self.site})
+                            {"job": "site", "run": run_name, "site": self.site}, store=self.dir / "mlflow")
 
     def _prepare(self, sha256: str):
         model, meta = self.cache.load(sha256, self.device)  # verified against its content hash

@@ -1,10 +1,11 @@
 """`tracking=mlflow`: one MLflow run per job, through MLflow's own `MlflowClient`.
 
 Optional (`pip install 'petite-fl[mlflow]'`). With `tracking.uri: null` the store is local and
-needs no server: SQLite at `<job folder>/mlflow/mlflow.db`, artifacts in `<job folder>/mlflow/artifacts`
-(MLflow 3 refuses its plain file store by default and recommends SQLite); `mlflow ui
---backend-store-uri sqlite:///<job folder>/mlflow/mlflow.db` shows it. `tracking.uri` may name a
-tracking server or any MLflow URI; runs go to the experiment `tracking.experiment`.
+needs no server: SQLite at `<store>/mlflow.db`, artifacts in `<store>/artifacts` (MLflow 3 refuses
+its plain file store by default and recommends SQLite), where the store is one per machine for
+jobs and coordinators (`<paths.cache>/mlflow`) and one per site in the site's own folder
+(`<site root>/<site>/mlflow`); `mlflow ui --backend-store-uri sqlite:///<store>/mlflow.db` shows it.
+`tracking.uri` may name a tracking server or any MLflow URI; runs go to the experiment `tracking.experiment`.
 
 Per job: the flattened resolved config as params (values cut to MLflow's length limit), the
 config YAML as the artifact `config.yaml`, metrics per step or round, final metrics, and the tags
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from petite_fl.atomic import private_dir
 from petite_fl.errors import ConfigError
 from petite_fl.tracking.base import TAG_KEYS, Tracker, final_keys, flatten, keep_private, numbers, tracking_folder
 from petite_fl.tracking.registry import register_tracker
@@ -48,12 +50,13 @@ def _quoted(text: str) -> str:
 class MlflowTracker(Tracker):
     name = "mlflow"
 
-    def __init__(self, settings: Mapping[str, Any], folder: Path, name: str, tags: Mapping[str, str]) -> None:
-        self.local = local = Path(folder) / FOLDER
+    def __init__(self, settings: Mapping[str, Any], folder: Path, name: str, tags: Mapping[str, str],
+                 store: Path | None = None) -> None:
+        self.local = local = Path(store) if store is not None else Path(folder) / FOLDER
         if settings.get("uri"):
             self.uri, artifacts = str(settings["uri"]), None
         else:
-            tracking_folder(local)
+            private_dir(local) if store is not None else tracking_folder(local)  # a shared store: the owner's only
             self.uri, artifacts = f"sqlite:///{local.resolve() / 'mlflow.db'}", (local.resolve() / "artifacts").as_uri()
         self.client = _client(self.uri)
         experiment = str(settings.get("experiment") or "petite-fl")

@@ -15,5 +15,5 @@ class NoTracking(Tracker):
     name = "none"
 
     def __init__(self, settings: Mapping[str, Any] | None = None, folder: Path | None = None, name: str = "",
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, store: Path | None = None) -> None:
         pass

@@ -40,11 +40,14 @@ def tracker_name(cfg: Any) -> str:
     return name
 
 
-def open_tracker(cfg: Any, folder: Path, name: str, tags: Mapping[str, str]) -> Tracker:
+def open_tracker(cfg: Any, folder: Path, name: str, tags: Mapping[str, str], store: Path | None = None) -> Tracker:
     """The tracker `cfg` (a `tracking` section) names, writing for the job `name` under `folder`.
 
     `tags`: `job` (pretrain, finetune, federated, site, compare), `run` (the job's name, by which
-    a resumed job finds its MLflow run) and `site`. Use it as a context manager: it closes its writer.
+    a resumed job finds its MLflow run) and `site`. `store`: the folder of a local store shared by
+    many jobs (MLflow's SQLite file: one per machine, one per site, so that its UI compares runs);
+    None = in `folder`. Use it as a context manager: it closes its writer.
     """
     settings = _settings(cfg)
-    return TRACKERS.get(tracker_name(settings))(settings, Path(folder), name, dict(tags))
+    return TRACKERS.get(tracker_name(settings))(settings, Path(folder), name, dict(tags),
+                                                Path(store) if store is not None else None)

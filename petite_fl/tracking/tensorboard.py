@@ -24,7 +24,9 @@ FOLDER = "tensorboard"
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
 
-    def __init__(self, settings: Mapping[str, Any], folder: Path, name: str, tags: Mapping[str, str]) -> None:
+    def __init__(self, settings: Mapping[str, Any], folder: Path, name: str, tags: Mapping[str, str],
+                 store: Path | None = None) -> None:
+        """`store` is for trackers with a shared store (MLflow): event files always go in the job's folder."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.tags = {k: tags[k] for k in TAG_KEYS if k in tags}

@@ -101,7 +101,8 @@ def _dataset(cfg: DictConfig, manifest: Path, model: Backbone, seed: int):
 
 def job_tracker(cfg: DictConfig, folder: Path, job: str, run: str, site: str) -> Tracker:
     """The job's tracker (`cfg.tracking`) in `folder`, its resolved config recorded (close it: `with`)."""
-    tracker = open_tracker(cfg.get("tracking"), folder, run, {"job": job, "run": run, "site": site})
+    tracker = open_tracker(cfg.get("tracking"), folder, run, {"job": job, "run": run, "site": site},
+                           store=expand_path(cfg.paths.cache) / "mlflow")
     try:
         tracker.config(OmegaConf.to_container(cfg, resolve=True))
     except BaseException:
