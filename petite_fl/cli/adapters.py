@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -56,7 +57,7 @@ def _site_root(args) -> tuple[Path, Path | None]:
 def listed(site_root: Path, site: str | None, cache: Path | None) -> tuple[list[Any], list[Path]]:
     """(entries, unreadable files): a site's federated adapters (and single-site fine-tunings)."""
     from petite_fl.adapters.catalog import entry, site_adapters, site_names, unreadable
-    from petite_fl.federation.site import site_dir
+    from petite_fl.federation.sitepaths import site_dir
 
     federated = not site or site_dir(site_root, site).is_dir()
     entries, bad = (site_adapters(site_root, site), unreadable(site_root, site)) if federated else ([], [])
@@ -93,7 +94,10 @@ def cmd_list(args) -> int:
     if not entries:
         console.print(f"{where}: no adapters (a federated run writes one per site when it finishes)", markup=False)
     else:
-        console.print(_table(entries, f"{len(entries)} adapter(s) of {where}, newest last"))
+        table = _table(entries, f"{len(entries)} adapter(s) of {where}, newest last")
+        # piped into a file or a log: whole cells (rich clamps a print to its console's width, 160 when piped)
+        out = console if console.is_terminal else Console(file=console.file, width=400, highlight=False)
+        out.print(table)
     for path in bad:
         console.print(f"unreadable adapter file (left out): {path}", markup=False)
     return 0

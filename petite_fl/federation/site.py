@@ -34,6 +34,7 @@ from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.backbone_cache import BackboneCache
 from petite_fl.federation.messages import HelloRes
 from petite_fl.federation.policy import SIMULATION, SitePolicy, spec_methods
+from petite_fl.federation.sitepaths import run_folder, site_dir
 from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import PeftModelState, adapter_state_dict, apply_peft, load_adapter_state
@@ -44,7 +45,6 @@ from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
 from petite_fl.training.objectives import make_objective
 from petite_fl.training.trainer import train
 
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 KEEP_ROUNDS = 2  # personal state of the last rounds kept (a resumed round re-reads round r-1)
 #: bytes per value of the uploaded tensors at each transport precision (the site's own tracking)
 WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -73,22 +73,6 @@ def site_for_node(cfg: DictConfig, node_config: Mapping[str, Any]) -> str:
         raise ConfigError(f"node partition {pid} has no site: federation.sites lists {len(sites)} ({sites}); "
                           "run as many supernodes as sites")
     return sites[pid]
-
-
-def _folder(name: str) -> str:
-    """A name as one folder name: never a separator, never '.' or '..' (a site may be a manifest path)."""
-    safe = _SAFE.sub("_", name)
-    return safe.replace(".", "_") if set(safe) <= {"."} else safe
-
-
-def site_dir(site_root: Path, site: str) -> Path:
-    """A site's own folder under its root (backbone cache, per-run state)."""
-    return site_root / _folder(site)
-
-
-def run_folder(site_root: Path, site: str, run_name: str) -> Path:
-    """Where a site keeps one run's settings and personal state."""
-    return site_dir(site_root, site) / "runs" / _folder(run_name)
 
 
 def round_seed(seed: int, site: str, rnd: int, salt: str = "") -> int:
