@@ -103,9 +103,15 @@ def command_config(overrides: Sequence[str]) -> DictConfig:
 
 
 def site_sections(cfg: DictConfig) -> dict[str, Any]:
-    """What a site needs of the run's configuration, as plain resolved values."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-            for k in SITE_SECTIONS}
+    """What a site needs of the run's configuration, as plain resolved values.
+
+    The tracking section travels without its `uri`: a tracking server's address may hold
+    credentials, which never leave the coordinator (simulated sites write their own local stores)."""
+    sections = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                for k in SITE_SECTIONS}
+    if isinstance(sections.get("tracking"), dict):
+        sections["tracking"] = {k: v for k, v in sections["tracking"].items() if k != "uri"}
+    return sections
 
 
 def node_tracking(node_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ federated runs through the real apps in process (tests/test_federation_run.py's 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,8 +146,10 @@ def test_a_federated_run_with_mlflow_is_one_run_that_a_resumed_start_continues(f
 
 
 def test_a_simulated_partition_follows_the_run_and_a_deployed_site_its_own_node_config():
-    sections = site_sections(compose(overrides=["tracking=mlflow", "tracking.uri=http://coordinator.example/"]))
-    assert site_config(sections, {"partition-id": 0, "num-partitions": 2}).tracking.uri == "http://coordinator.example/"
+    sections = site_sections(compose(overrides=["tracking=mlflow", "tracking.uri=http://user:token@mlflow.example/"]))
+    assert "token" not in json.dumps(sections)  # a tracking server's address (and credentials) stays home
+    simulated = site_config(sections, {"partition-id": 0, "num-partitions": 2}).tracking
+    assert simulated.name == "mlflow" and "uri" not in simulated  # the run's tracker, the site's own local store
     assert OmegaConf.to_container(site_config(sections, {"site": "a", "site-root": "/x"}).tracking) == {
         "name": "tensorboard"}
     own = site_config(sections, {"site": "a", "tracking": '{"name": "mlflow", "uri": null}'}).tracking
