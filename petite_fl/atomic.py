@@ -31,6 +31,8 @@ def _under_private(folder: Path) -> bool:
         try:
             if f.stat().st_mode & 0o077 == 0:
                 return True
+        except FileNotFoundError:
+            continue  # not made yet: what it will be under decides
         except OSError:
             return False
     return False

@@ -297,7 +297,8 @@ def test_a_deployed_site_keeps_its_own_tracking_whatever_tracking_the_server_sen
     site().hello(config=config)
     folder = tmp_path / "state" / "hospital" / "runs" / "run-a"
     assert OmegaConf.to_container(OmegaConf.load(folder / "config.yaml").tracking) == {"name": "tensorboard"}
-    assert list((folder / "tensorboard").glob("events.out.tfevents.*")) and not (folder / "mlflow").exists()
+    assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "state" / "hospital" / "mlflow").exists()  # where the site's own MLflow store would be
 
 
 def test_a_sites_own_tracking_travels_in_its_node_config_from_the_site_yaml(tmp_path, manifest):

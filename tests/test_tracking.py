@@ -16,7 +16,7 @@ from tracking_readers import config_text, curve, events, history, mlflow_runs, t
 
 from petite_fl.artifacts import load_adapter
 from petite_fl.config import compose
-from petite_fl.errors import ConfigError
+from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.site import run_folder, site_dir
 from petite_fl.runconfig import site_config, site_sections
 from petite_fl.tracking import available_trackers, open_tracker, tracker_name
@@ -50,6 +50,39 @@ def test_every_tracker_has_its_config_file_and_records_what_a_job_gives_it(name,
         assert runs[0].data.tags["petite.job"] == "finetune" and runs[0].info.status == "FINISHED"
         assert history(client, runs[0], "train/loss") == pytest.approx({1: 1.0, 2: 0.5, 3: 1 / 3})
         assert history(client, runs[0], "final/loss") == {3: 0.25}
+
+
+def test_mlflow_takes_a_manifest_path_site_marks_a_failed_job_and_never_records_credentials(tmp_path):
+    """A site named by its manifest path makes `val_psnr//data/…`, which MLflow refuses as a name; a job
+    that raises is FAILED, not FINISHED; a tracking server's user and password reach no tracker."""
+    uri = "http://alice:s3cret@mlflow.example:5000/"
+    with pytest.raises(RuntimeError), open_tracker({"name": "mlflow"}, tmp_path, "job", TAGS) as tracker:
+        tracker.config({"tracking": {"name": "mlflow", "uri": uri}, "seed": 0})
+        tracker.scalars({"val_psnr//data/site-a/manifest.json": 30.0, "val_psnr/../x": 1.0}, 1)
+        raise RuntimeError("the job failed")
+    client, runs = mlflow_runs(tmp_path / "mlflow")
+    assert runs[0].info.status == "FAILED"
+    assert history(client, runs[0], "val_psnr/data/site-a/manifest.json") == {1: 30.0}
+    assert runs[0].data.params["tracking.uri"] == "http://mlflow.example:5000/"
+    config = client.download_artifacts(runs[0].info.run_id, "config.yaml", str(tmp_path))
+    assert "s3cret" not in Path(config).read_text()
+    with open_tracker({"name": "tensorboard"}, tmp_path, "job", TAGS) as tracker:
+        tracker.config({"tracking": {"name": "tensorboard", "uri": uri}})
+    assert "s3cret" not in config_text(events(tmp_path / "tensorboard"))
+
+
+def test_an_unreachable_mlflow_store_is_one_line_and_a_store_failing_mid_job_costs_only_the_curves(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(PetiteError, match=r"^tracking=mlflow: cannot open the MLflow store sqlite:///.*; fix "):
+        open_tracker({"name": "mlflow", "uri": f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"}, tmp_path, "job",
+                     TAGS)
+    with open_tracker({"name": "mlflow"}, tmp_path, "job", TAGS) as tracker:
+        tracker.scalars({"loss": 1.0}, 1)
+        (tmp_path / "mlflow" / "mlflow.db").write_bytes(b"not a database")  # the store breaks mid-job
+        tracker.scalars({"loss": 0.5}, 2)
+        tracker.scalars({"loss": 0.25}, 3)  # nothing more is tried, nothing raises
+    out = capsys.readouterr().out
+    assert out.count("tracking=mlflow: writing to sqlite:///") == 1 and "the job goes on" in out
 
 
 def test_an_unknown_tracker_is_one_line_naming_the_known_ones(tmp_path):

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from petite_fl.artifacts import KEY
 from petite_fl.errors import PetiteError
-from petite_fl.federation.sitepaths import site_dir
+from petite_fl.federation.sitepaths import folder_name, site_dir
 
 ADAPTER = "adapter.safetensors"
 
@@ -99,7 +99,8 @@ def site_adapters(site_root: Path, site: str | None = None) -> list[AdapterEntry
                 out.append(entry(path, name))
             except PetiteError:
                 continue
-    return sorted(out, key=lambda e: (e.created, str(e.path)))
+    # `created` has whole seconds: two runs finished in one second are ordered by their files' times
+    return sorted(out, key=lambda e: (e.created, e.path.stat().st_mtime_ns, str(e.path)))
 
 
 def unreadable(site_root: Path, site: str | None = None) -> list[Path]:
@@ -122,7 +123,7 @@ def pick(site_root: Path, site: str, run: str = "latest") -> AdapterEntry:
         raise PetiteError(f"site {site}: no folder {folder} (federation.site_root={root}); "
                           "the site has not taken part in a run on this machine")
     if run != "latest":
-        path = folder / "runs" / run / ADAPTER
+        path = folder / "runs" / folder_name(run) / ADAPTER  # as the site named the run's folder
         if not path.is_file():
             held = ", ".join(e.run for e in site_adapters(root, site)) or "none"
             raise PetiteError(f"site {site}: no adapter of run '{run}' ({path} not found); runs with an adapter: "

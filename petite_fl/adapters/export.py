@@ -75,6 +75,15 @@ def _cached_backbone(root: Path, site: str, meta: dict[str, Any], adapter: Path)
                       f"(<site>/backbones/{sha[:12]}….safetensors); give it with --backbone FILE")
 
 
+def output_folder(out: Path) -> Path:
+    """--out, made; a file there is one line, not a traceback."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise PetiteError(f"--out {out}: a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _copy(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -83,8 +92,7 @@ def _copy(src: Path, dst: Path) -> None:
 def export_bundle(source: Source, out: Path) -> list[Path]:
     """`out/adapter.safetensors` + its JSON + `card.json` + `backbone.safetensors`: what
     `petite infer --backbone out/backbone.safetensors --adapter out/adapter.safetensors` runs."""
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     paths = [out / BUNDLE_ADAPTER, out / "adapter.json", out / CARD, out / BUNDLE_BACKBONE]
     _copy(source.adapter, paths[0])
     write_json(paths[1], source.meta)
@@ -107,8 +115,7 @@ def export_merged(source: Source, out: Path) -> tuple[list[Path], Any]:
                   "source_backbone_sha256": source.backbone_meta["sha256"],
                   "patch": patch, "petite_fl": __version__,
                   "check": {"max_abs_diff": merged.max_abs_diff, "output_range": merged.output_range}}
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     meta = save_backbone(merged.model, out / MODEL, provenance)
     config = {"model": meta["model"], "config": meta["config"], "sha256": meta["sha256"],
               "merge_slots": merged.slots, "inference": inference, "provenance": provenance}

@@ -5,6 +5,7 @@ server is a one-line message and not a SuperNode that fails later.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import ssl
@@ -101,9 +102,12 @@ def site_tracking(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not data.get("name"):
         raise ConfigError(f"{where}: tracking must be a mapping with a 'name' (tensorboard, mlflow, none)")
     try:
-        tracker_name(data)
+        name = tracker_name(data)
     except ConfigError as exc:
         raise ConfigError(f"{where}: tracking.name: {exc}") from None
+    if name == "mlflow" and importlib.util.find_spec("mlflow") is None:  # found at the check, not at a hello
+        raise ConfigError(f"{where}: tracking.name is mlflow, which is not installed here: "
+                          "pip install 'petite-fl[mlflow]'")
     return dict(data)
 
 

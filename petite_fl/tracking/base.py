@@ -27,6 +27,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from petite_fl.atomic import is_private, private_dir
 
@@ -48,14 +49,15 @@ class Tracker:
     def final(self, values: Mapping[str, float | int | None]) -> None:
         """The job's final metrics (recorded under `final/…`)."""
 
-    def close(self) -> None:
-        """Flush and release the writer; the tracker records nothing afterwards."""
+    def close(self, failed: bool = False) -> None:
+        """Flush and release the writer; the tracker records nothing afterwards. `failed`: the job
+        ended with an error (MLflow marks its run FAILED)."""
 
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=kind is not None)
 
 
 def tracking_folder(path: Path) -> Path:
@@ -76,6 +78,24 @@ def keep_private(path: Path) -> None:
         os.chmod(folder, 0o700)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o600)
+
+
+def recorded_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration as a tracker records it: `tracking.uri` without the user name and password
+    an MLflow server's address may hold (every reader of the tracker would see them)."""
+    out = dict(resolved)
+    tracking = out.get("tracking")
+    if isinstance(tracking, Mapping) and tracking.get("uri"):
+        out["tracking"] = {**tracking, "uri": without_credentials(str(tracking["uri"]))}
+    return out
+
+
+def without_credentials(uri: str) -> str:
+    """`https://user:token@host/x` → `https://host/x`; any other URI as it is."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def numbers(values: Mapping[str, Any]) -> dict[str, float]:

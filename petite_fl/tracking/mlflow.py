@@ -15,16 +15,28 @@ config YAML as the artifact `config.yaml`, metrics per step or round, final metr
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from petite_fl.atomic import private_dir
-from petite_fl.errors import ConfigError
-from petite_fl.tracking.base import TAG_KEYS, Tracker, final_keys, flatten, keep_private, numbers, tracking_folder
+from petite_fl.console import console
+from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.tracking.base import (
+    TAG_KEYS,
+    Tracker,
+    final_keys,
+    flatten,
+    keep_private,
+    numbers,
+    recorded_config,
+    tracking_folder,
+    without_credentials,
+)
 from petite_fl.tracking.registry import register_tracker
 
 FOLDER = "mlflow"
@@ -58,7 +70,18 @@ class MlflowTracker(Tracker):
         else:
             private_dir(local) if store is not None else tracking_folder(local)  # a shared store: the owner's only
             self.uri, artifacts = f"sqlite:///{local.resolve() / 'mlflow.db'}", (local.resolve() / "artifacts").as_uri()
-        self.client = _client(self.uri)
+        self.client = None
+        try:
+            self.client = _client(self.uri)
+            self._open(settings, name, tags, artifacts)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a server that does not answer, a locked or foreign store: one line, no run
+            raise PetiteError(f"tracking=mlflow: cannot open the MLflow store {_shown(self.uri)} "
+                              f"({one_line(exc)}); fix tracking.uri or use tracking=tensorboard") from None
+        self.last_step = 0
+
+    def _open(self, settings: Mapping[str, Any], name: str, tags: Mapping[str, str], artifacts: str | None) -> None:
         experiment = str(settings.get("experiment") or "petite-fl")
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(
@@ -74,34 +97,74 @@ class MlflowTracker(Tracker):
         else:
             self.run_id = self.client.create_run(experiment_id, run_name=name, tags=self.tags).info.run_id
             self.params = {}
-        self.last_step = 0
 
     def config(self, resolved: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = {k[:250]: v[:MAX_PARAM_VALUE] for k, v in flatten(resolved).items()}
+        resolved = recorded_config(resolved)
+        flat = {_key(k)[:250]: v[:MAX_PARAM_VALUE] for k, v in flatten(resolved).items()}
         # a resumed job may differ in settings that do not change what it computes: the first start's stay
         new = [Param(k, v) for k, v in flat.items() if k not in self.params]
-        for i in range(0, len(new), MAX_BATCH):
-            self.client.log_batch(self.run_id, params=new[i:i + MAX_BATCH])
-        self.params.update({p.key: p.value for p in new})
-        self.client.log_text(self.run_id, yaml.safe_dump(dict(resolved), sort_keys=False), "config.yaml")
+
+        def write() -> None:
+            for i in range(0, len(new), MAX_BATCH):
+                self.client.log_batch(self.run_id, params=new[i:i + MAX_BATCH])
+            self.params.update({p.key: p.value for p in new})
+            self.client.log_text(self.run_id, yaml.safe_dump(resolved, sort_keys=False), "config.yaml")
+
+        self._guarded(write)
 
     def scalars(self, values: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, int(step)) for k, v in numbers(values).items()]
-        for i in range(0, len(metrics), MAX_BATCH * 10):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH * 10])
+        metrics = [Metric(_key(k), v, now, int(step)) for k, v in numbers(values).items()]
+
+        def write() -> None:
+            for i in range(0, len(metrics), MAX_BATCH * 10):
+                self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH * 10])
+
+        self._guarded(write)
         self.last_step = max(self.last_step, int(step))
 
     def final(self, values: Mapping[str, Any]) -> None:
         self.scalars(final_keys(values), self.last_step)
 
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.set_terminated(self.run_id)
+    def _guarded(self, write: Callable[[], None]) -> None:
+        """A tracking store that fails mid-job (a server gone, a full disk) costs the curves, never the
+        job: one line, and this job's tracking stops."""
+        if self.client is None:
+            return
+        try:
+            write()
+        except Exception as exc:
+            console.print(f"tracking=mlflow: writing to {_shown(self.uri)} failed ({one_line(exc)}); this job's "
+                          "MLflow curves stop here, the job goes on", markup=False, highlight=False, soft_wrap=True)
             self.client = None
-            if self.local.is_dir():
-                keep_private(self.local)
+
+    def close(self, failed: bool = False) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            try:
+                client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+            except Exception as exc:
+                console.print(f"tracking=mlflow: could not close run {self.run_id} at {_shown(self.uri)} "
+                              f"({one_line(exc)})", markup=False, highlight=False, soft_wrap=True)
+        if self.local.is_dir():
+            keep_private(self.local)
+
+
+def _key(name: str) -> str:
+    """A metric or param name MLflow takes: letters, digits and `_-. :/` only, no empty, `.` or `..`
+    segment (a site named by its manifest path makes `val_psnr//data/site.json`)."""
+    parts = [re.sub(r"[^\w\-. :]", "_", part) for part in str(name).split("/")]
+    return "/".join("_" if part in (".", "..") else part for part in parts if part) or "_"
+
+
+def _shown(uri: str) -> str:
+    """A tracking URI as messages show it: without the credentials it may hold."""
+    return without_credentials(uri)
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__

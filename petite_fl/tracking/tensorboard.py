@@ -14,7 +14,15 @@ from typing import Any
 
 import yaml
 
-from petite_fl.tracking.base import TAG_KEYS, Tracker, final_keys, keep_private, numbers, tracking_folder
+from petite_fl.tracking.base import (
+    TAG_KEYS,
+    Tracker,
+    final_keys,
+    keep_private,
+    numbers,
+    recorded_config,
+    tracking_folder,
+)
 from petite_fl.tracking.registry import register_tracker
 
 FOLDER = "tensorboard"
@@ -35,7 +43,7 @@ class TensorBoardTracker(Tracker):
         self.last_step = 0
 
     def config(self, resolved: Mapping[str, Any]) -> None:
-        text = yaml.safe_dump({"petite": self.tags, **dict(resolved)}, sort_keys=False)
+        text = yaml.safe_dump({"petite": self.tags, **recorded_config(resolved)}, sort_keys=False)
         # four-space indent: TensorBoard renders text as Markdown, a code block keeps the YAML as it is
         self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), self.last_step)
 
@@ -48,7 +56,7 @@ class TensorBoardTracker(Tracker):
         for key, value in final_keys(values).items():
             self.writer.add_scalar(key, value, self.last_step)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.writer is not None:
             self.writer.close()  # flushes and stops the writer's thread
             self.writer = None
