@@ -42,16 +42,21 @@ class AdapterEntry:
         return dict(self.meta.get("card") or {})
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """An adapter file's petite-fl metadata, without reading its tensors."""
+def read_header(path: Path, kind: str) -> dict[str, Any]:
+    """A petite-fl file's metadata (`kind`: adapter or backbone), without reading its tensors."""
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get(KEY, "null"))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise PetiteError(f"{path}: not a readable adapter file ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("kind") != "adapter":
-        raise PetiteError(f"{path}: not a petite-fl adapter file (no 'adapter' metadata)")
+        raise PetiteError(f"{path}: not a readable {kind} file ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        raise PetiteError(f"{path}: not a petite-fl {kind} file (no '{kind}' metadata)")
     return meta
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """An adapter file's petite-fl metadata, without reading its tensors."""
+    return read_header(path, "adapter")
 
 
 def _label(peft: Any) -> str:

@@ -21,12 +21,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors import SafetensorError, safe_open
 
 from petite_fl import __version__
 from petite_fl.adapters.card import inference_settings
-from petite_fl.adapters.catalog import AdapterEntry, file_sha256, pick, site_names
-from petite_fl.artifacts import KEY
+from petite_fl.adapters.catalog import AdapterEntry, file_sha256, pick, read_header, site_names
 from petite_fl.atomic import write_json
 from petite_fl.console import console
 from petite_fl.data.nifti import load_volume
@@ -119,14 +117,7 @@ def plan(inputs: Sequence[Path], out: Path) -> list[InferenceJob]:
 
 
 def _recorded_sha256(path: Path) -> str:
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {}).get(KEY, "null"))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PetiteError(f"{path}: not a readable backbone file ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("kind") != "backbone":
-        raise PetiteError(f"{path}: not a petite-fl backbone file (no 'backbone' metadata)")
-    return str(meta.get("sha256"))
+    return str(read_header(path, "backbone").get("sha256"))
 
 
 def backbone_of(adapter: AdapterEntry, site_root: Path, site: str, backbone: Path | None = None) -> Path:
