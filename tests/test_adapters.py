@@ -31,13 +31,14 @@ PEFT_MARKS = ("lora_", "base_layer", "ssf_", "bitfit_delta", "ln_tuning_layers",
 
 
 def _cases(name: str) -> list:
-    """Every single method of the registry, PETITE, and every other feasible Mix-PEFT of a backbone
-    (37 cases, ≈ 20 s together on an idle 2-core machine)."""
+    """Every single method of the registry and PETITE (default suite), and every other feasible Mix-PEFT
+    of a backbone (`-m slow`: 37 cases in all, ≈ 20 s together on an idle 2-core machine)."""
     model = build_backbone(name, "tiny")
     petite = spec_from_config({"name": "petite"}, model)
     cases = [pytest.param(name, m, spec_from_config({"name": m}, model), id=f"{name}-{m}") for m in available_methods()]
     cases.append(pytest.param(name, "petite", petite, id=f"{name}-petite"))
-    cases += [pytest.param(name, s.label, s, id=f"{name}-{s.label}") for s in feasible_mixes(model) if s != petite]
+    cases += [pytest.param(name, s.label, s, id=f"{name}-{s.label}", marks=pytest.mark.slow)
+              for s in feasible_mixes(model) if s != petite]
     return cases
 
 
