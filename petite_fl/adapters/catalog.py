@@ -91,33 +91,24 @@ def site_names(site_root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "runs").is_dir()) if root.is_dir() else []
 
 
-def site_adapters(site_root: Path, site: str | None = None) -> list[AdapterEntry]:
-    """Every adapter of one site (or of every site under the root), oldest first.
-
-    An unreadable file is skipped here (the listing names it); `pick` refuses it."""
+def scan(site_root: Path, site: str | None = None) -> tuple[list[AdapterEntry], list[Path]]:
+    """(every adapter of one site, or of every site under the root, oldest first; the adapter
+    files whose header cannot be read), each header read once."""
     root = Path(site_root).expanduser()
-    sites = [site] if site else site_names(root)
-    out = []
-    for name in sites:
+    out, bad = [], []
+    for name in [site] if site else site_names(root):
         for path in sorted((site_dir(root, name) / "runs").glob(f"*/{ADAPTER}")):
             try:
                 out.append(entry(path, name))
             except PetiteError:
-                continue
-    # `created` has whole seconds: two runs finished in one second are ordered by their files' times
-    return sorted(out, key=lambda e: (e.created, e.path.stat().st_mtime_ns, str(e.path)))
-
-
-def unreadable(site_root: Path, site: str | None = None) -> list[Path]:
-    root = Path(site_root).expanduser()
-    bad = []
-    for name in ([site] if site else site_names(root)):
-        for path in sorted((site_dir(root, name) / "runs").glob(f"*/{ADAPTER}")):
-            try:
-                read_meta(path)
-            except PetiteError:
                 bad.append(path)
-    return bad
+    # `created` has whole seconds: two runs finished in one second are ordered by their files' times
+    return sorted(out, key=lambda e: (e.created, e.path.stat().st_mtime_ns, str(e.path))), bad
+
+
+def site_adapters(site_root: Path, site: str | None = None) -> list[AdapterEntry]:
+    """Every readable adapter, oldest first (an unreadable file is skipped: the listing names it, `pick` refuses it)."""
+    return scan(site_root, site)[0]
 
 
 def pick(site_root: Path, site: str, run: str = "latest") -> AdapterEntry:
@@ -125,8 +116,9 @@ def pick(site_root: Path, site: str, run: str = "latest") -> AdapterEntry:
     root = Path(site_root).expanduser()
     folder = site_dir(root, site)
     if not folder.is_dir():
-        raise PetiteError(f"site {site}: no folder {folder} (federation.site_root={root}); "
-                          "the site has not taken part in a run on this machine")
+        held = ", ".join(site_names(root)) or "none"
+        raise PetiteError(f"site {site}: no folder under the site root {root} (sites there: {held}); "
+                          "give the site's folder with --site-root")
     if run != "latest":
         path = folder / "runs" / folder_name(run) / ADAPTER  # as the site named the run's folder
         if not path.is_file():

@@ -19,7 +19,7 @@ from petite_fl.adapters.catalog import pick as pick_adapter
 from petite_fl.artifacts import load_adapter, load_backbone, save_backbone
 from petite_fl.atomic import atomic_path, write_json
 from petite_fl.errors import PetiteError
-from petite_fl.federation.sitepaths import site_dir
+from petite_fl.federation.sitepaths import cached_backbone
 
 MODEL, CONFIG, CARD = "model.safetensors", "config.json", "card.json"
 BUNDLE_ADAPTER, BUNDLE_BACKBONE = "adapter.safetensors", "backbone.safetensors"
@@ -63,9 +63,8 @@ def resolve(site_root: Path, site: str | None = None, run: str = "latest", adapt
 
 def _cached_backbone(root: Path, site: str, meta: dict[str, Any], adapter: Path) -> Path:
     sha = str(meta["backbone_sha256"])
-    places = [site_dir(root, site) / "backbones"] + [site_dir(root, s) / "backbones" for s in site_names(root)]
-    for folder in dict.fromkeys(places):
-        path = folder / f"{sha}.safetensors"
+    for name in dict.fromkeys([site, *site_names(root)]):  # its own site's cache first, then any other's
+        path = cached_backbone(root, name, sha)
         if path.is_file():
             return path
     trained_with = meta.get("backbone_file")  # a single-site fine-tuning names its backbone file

@@ -24,12 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from petite_fl import __version__
 from petite_fl.adapters.card import inference_settings
-from petite_fl.adapters.catalog import AdapterEntry, file_sha256, pick, read_header, site_names
+from petite_fl.adapters.catalog import AdapterEntry, file_sha256, pick, read_header
 from petite_fl.atomic import write_json
 from petite_fl.console import console
 from petite_fl.data.nifti import load_volume
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.sitepaths import site_dir
+from petite_fl.federation.sitepaths import cached_backbone
 from petite_fl.training.device import resolve_device, use_amp
 from petite_fl.training.jobs import load_model, predict_file
 
@@ -135,7 +135,7 @@ def backbone_of(adapter: AdapterEntry, site_root: Path, site: str, backbone: Pat
             raise PetiteError(f"--backbone {path} is backbone {held[:12]}…, but {what} was trained on {want[:12]}…: "
                               "give that backbone, or leave out --backbone to use the site's cached copy")
         return path
-    path = site_dir(site_root, site) / "backbones" / f"{want}.safetensors"
+    path = cached_backbone(site_root, site, want)
     if not path.is_file():
         raise PetiteError(f"site {site}: backbone {want[:12]}… that {what} was trained on is not in "
                           f"{path.parent}; give it with --backbone FILE")
@@ -144,15 +144,6 @@ def backbone_of(adapter: AdapterEntry, site_root: Path, site: str, backbone: Pat
         raise PetiteError(f"{path}: the cache entry for backbone {want[:12]}… holds backbone {held[:12]}…: refused; "
                           "delete it and give the right backbone with --backbone FILE")
     return path
-
-
-def pick_adapter(site_root: Path, site: str, run: str = "latest") -> AdapterEntry:
-    root = Path(site_root).expanduser()
-    if not site_dir(root, site).is_dir():
-        held = ", ".join(site_names(root)) or "none"
-        raise PetiteError(f"site {site}: no folder under the site root {root} (sites there: {held}); "
-                          "give the site's folder with --site-root")
-    return pick(root, site, run)
 
 
 def settings_of(adapter: AdapterEntry, cfg: DictConfig) -> tuple[dict[str, Any], str]:
@@ -183,7 +174,7 @@ def infer_site(cfg: DictConfig, site: str, items: Sequence[Path], out: Path, *, 
     """Predict every input with the site's adapter of `run`; returns the sidecars written (one per input)."""
     root = Path(site_root if site_root is not None else cfg.federation.site_root).expanduser()
     torch_device, amp = inference_device(device, cfg)
-    adapter = pick_adapter(root, site, run)
+    adapter = pick(root, site, run)
     backbone_path = backbone_of(adapter, root, site, backbone)
     settings, source = settings_of(adapter, cfg)
     jobs = plan(collect_inputs(items), out)

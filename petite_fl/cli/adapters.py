@@ -56,11 +56,11 @@ def _site_root(args) -> tuple[Path, Path | None]:
 
 def listed(site_root: Path, site: str | None, cache: Path | None) -> tuple[list[Any], list[Path]]:
     """(entries, unreadable files): a site's federated adapters (and single-site fine-tunings)."""
-    from petite_fl.adapters.catalog import entry, site_adapters, site_names, unreadable
+    from petite_fl.adapters.catalog import entry, scan, site_names
     from petite_fl.federation.sitepaths import site_dir
 
     federated = not site or site_dir(site_root, site).is_dir()
-    entries, bad = (site_adapters(site_root, site), unreadable(site_root, site)) if federated else ([], [])
+    entries, bad = scan(site_root, site) if federated else ([], [])
     for path in sorted((cache / "runs" / "finetune").glob("*/adapter.safetensors")) if cache else []:
         try:
             found = entry(path)

@@ -21,6 +21,11 @@ def site_dir(site_root: Path, site: str) -> Path:
     return Path(site_root) / folder_name(site)
 
 
+def cached_backbone(site_root: Path, site: str, sha256: str) -> Path:
+    """A backbone in a site's cache (`federation.backbone_cache.BackboneCache`, named by its SHA-256)."""
+    return site_dir(site_root, site) / "backbones" / f"{sha256}.safetensors"
+
+
 def run_folder(site_root: Path, site: str, run_name: str) -> Path:
     """Where a site keeps one run's settings and personal state."""
     return site_dir(site_root, site) / "runs" / folder_name(run_name)

@@ -26,6 +26,7 @@ import yaml
 from petite_fl.atomic import private_dir
 from petite_fl.console import console
 from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.federation.fields import one_line
 from petite_fl.tracking.base import (
     TAG_KEYS,
     Tracker,
@@ -77,8 +78,8 @@ class MlflowTracker(Tracker):
         except ConfigError:
             raise
         except Exception as exc:  # a server that does not answer, a locked or foreign store: one line, no run
-            raise PetiteError(f"tracking=mlflow: cannot open the MLflow store {_shown(self.uri)} "
-                              f"({one_line(exc)}); fix tracking.uri or use tracking=tensorboard") from None
+            raise PetiteError(f"tracking=mlflow: cannot open the MLflow store {without_credentials(self.uri)} "
+                              f"({_said(exc)}); fix tracking.uri or use tracking=tensorboard") from None
         self.last_step = 0
 
     def _open(self, settings: Mapping[str, Any], name: str, tags: Mapping[str, str], artifacts: str | None) -> None:
@@ -138,8 +139,9 @@ class MlflowTracker(Tracker):
         try:
             write()
         except Exception as exc:
-            console.print(f"tracking=mlflow: writing to {_shown(self.uri)} failed ({one_line(exc)}); this job's "
-                          "MLflow curves stop here, the job goes on", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"tracking=mlflow: writing to {without_credentials(self.uri)} failed ({_said(exc)}); "
+                          "this job's MLflow curves stop here, the job goes on",
+                          markup=False, highlight=False, soft_wrap=True)
             self.client = None
 
     def close(self, failed: bool = False) -> None:
@@ -148,8 +150,8 @@ class MlflowTracker(Tracker):
             try:
                 client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
             except Exception as exc:
-                console.print(f"tracking=mlflow: could not close run {self.run_id} at {_shown(self.uri)} "
-                              f"({one_line(exc)})", markup=False, highlight=False, soft_wrap=True)
+                console.print(f"tracking=mlflow: could not close run {self.run_id} at {without_credentials(self.uri)} "
+                              f"({_said(exc)})", markup=False, highlight=False, soft_wrap=True)
         if self.local.is_dir():
             keep_private(self.local)
 
@@ -161,10 +163,6 @@ def _key(name: str) -> str:
     return "/".join("_" if part in (".", "..") else part for part in parts if part) or "_"
 
 
-def _shown(uri: str) -> str:
-    """A tracking URI as messages show it: without the credentials it may hold."""
-    return without_credentials(uri)
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+def _said(exc: BaseException) -> str:
+    """An exception of the tracking library as one printable line."""
+    return one_line(str(exc) or type(exc).__name__, limit=200)
