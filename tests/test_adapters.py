@@ -161,7 +161,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def test_list_shows_both_sites_adapters_with_their_card(site_run, capsys, monkeypatch):
-    from petite_fl.cli.common import console
+    from petite_fl.console import console
 
     monkeypatch.setattr(console, "width", 220)  # other modules' runs in the same cache have longer names
     code, out, _ = _cli(capsys, "adapters", "list", f"paths.cache={site_run}")

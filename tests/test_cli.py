@@ -60,7 +60,7 @@ def test_peft_list_shows_the_21_combinations_at_paper_size(capsys):
 
 def test_an_error_line_keeps_its_brackets(capsys):
     """rich would read `[sub-01]` or `[a,b]` as markup tags and drop them from the one line the user gets."""
-    from petite_fl.cli.common import run_cli
+    from petite_fl.console import run_cli
     from petite_fl.errors import DataError
 
     def body():

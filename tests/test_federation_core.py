@@ -19,6 +19,8 @@ from test_federation_run import NODES, federate, run_config
 
 from petite_fl.errors import ConfigError
 from petite_fl.federation.coordinator import Coordinator
+from petite_fl.federation.fields import Unreadable
+from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.messages import (
     BackboneRes,
     EvaluateIns,
@@ -27,7 +29,6 @@ from petite_fl.federation.messages import (
     HelloRes,
     TrainIns,
     TrainRes,
-    Unreadable,
 )
 from petite_fl.federation.transport import LocalTransport
 from petite_fl.runconfig import compose_run, site_config
@@ -69,6 +70,25 @@ def test_the_core_imports_no_flower():
     assert out.stdout.strip() == "[]"
 
 
+def test_no_core_module_imports_flower_even_lazily():
+    """Not only at import time: no function of the core reaches for a record either (the codec is the edge's)."""
+    import ast
+
+    import petite_fl.federation as core
+
+    root = Path(core.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "flower" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names
+                      if n.split(".")[0] == "flwr" or n.startswith("petite_fl.federation.flower")]
+    assert found == []
+
+
 def _train_ins(**changes) -> TrainIns:
     base = {"run": "r", "round": 1, "rounds": 2, "steps": 3, "sha256": "a" * 64, "validate": True,
             "uniform_weight": False, "tensors": {"x.lora.A": torch.ones(2, 3)}}
@@ -81,7 +101,7 @@ def _train_ins(**changes) -> TrainIns:
     EvaluateIns("r", 2, "b" * 64, ("val", "test"), {"x": torch.zeros(4)}),
 ])
 def test_every_instruction_reads_back_as_it_was_sent(message):
-    back = type(message).from_record(message.to_record())
+    back = decode(type(message), encode(message))
     for field in message.__dataclass_fields__:
         sent, got = getattr(message, field), getattr(back, field)
         if field == "tensors":
@@ -94,14 +114,14 @@ def test_every_instruction_reads_back_as_it_was_sent(message):
 def test_replies_read_back_in_both_layouts():
     for ins in (_train_ins(), _train_ins(clipping_norm=0.5)):
         res = TrainRes({"x.lora.A": torch.full((2, 3), 0.25)}, 7, "c" * 64, {"train_loss": 0.5})
-        back = TrainRes.from_record(res.to_record(ins), ins)
+        back = decode(TrainRes, encode(res, ins), ins)
         assert (back.num_examples, back.backbone_sha256, back.metrics) == (7, "c" * 64, {"train_loss": 0.5})
         assert torch.equal(back.tensors["x.lora.A"], res.tensors["x.lora.A"])
     hello = HelloRes("scanner4", ("a" * 64,), 3, "cpu")
-    assert HelloRes.from_record(hello.to_record()) == hello
-    assert BackboneRes.from_record(BackboneRes("d" * 64).to_record()).stored == "d" * 64
+    assert decode(HelloRes, encode(hello)) == hello
+    assert decode(BackboneRes, encode(BackboneRes("d" * 64))).stored == "d" * 64
     ev = EvaluateRes({"test_psnr": 30.0, "test_subject_psnr": [29.0, 31.0]}, "/site/adapter.safetensors")
-    assert EvaluateRes.from_record(ev.to_record()) == ev
+    assert decode(EvaluateRes, encode(ev)) == ev
 
 
 @pytest.mark.parametrize(("config", "why"), [
@@ -112,28 +132,28 @@ def test_replies_read_back_in_both_layouts():
 ])
 def test_a_malformed_hello_reply_is_one_line_naming_the_field(config, why):
     with pytest.raises(Unreadable, match=why):
-        HelloRes.from_record(RecordDict({"config": ConfigRecord(config)}))
+        decode(HelloRes, RecordDict({"config": ConfigRecord(config)}))
 
 
 def test_a_train_reply_without_a_weight_a_hash_or_with_a_list_metric_is_unreadable():
     ins = _train_ins()
-    good = TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64).to_record(ins)
+    good = encode(TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64), ins)
     missing = RecordDict({"arrays": good.array_records["arrays"], "config": good.config_records["config"],
                           "metrics": MetricRecord({"train_loss": 1.0})})
     with pytest.raises(Unreadable, match="num-examples"):
-        TrainRes.from_record(missing, ins)
+        decode(TrainRes, missing, ins)
     bad = RecordDict({"arrays": good.array_records["arrays"], "metrics": good.metric_records["metrics"],
                       "config": ConfigRecord({"backbone_sha256": 5})})
     with pytest.raises(Unreadable, match="backbone_sha256"):
-        TrainRes.from_record(bad, ins)
+        decode(TrainRes, bad, ins)
     listed = RecordDict({"arrays": good.array_records["arrays"], "config": good.config_records["config"],
                          "metrics": MetricRecord({"num-examples": 4, "val_psnr": [1.0, 2.0]})})
     with pytest.raises(Unreadable, match="'val_psnr' is not a number"):
-        TrainRes.from_record(listed, ins)
+        decode(TrainRes, listed, ins)
     counted = RecordDict({"arrays": good.array_records["arrays"], "config": good.config_records["config"],
                           "metrics": MetricRecord({"num-examples": 4, "val_subjects": 0})})
     with pytest.raises(Unreadable, match="'val_subjects' must be a whole number"):
-        TrainRes.from_record(counted, ins)
+        decode(TrainRes, counted, ins)
 
 
 def test_a_site_keeps_its_own_node_settings_over_the_runs():
@@ -168,7 +188,7 @@ def test_a_sites_folder_stays_under_its_root_whatever_it_is_called(tmp_path, sit
 @pytest.mark.parametrize("run", ["../x", "..", "a/b", "run\n"])
 def test_a_site_refuses_a_run_name_that_is_not_a_name(run):
     with pytest.raises(Unreadable, match=r"'run' .* is not a name"):
-        Hello.from_record(Hello(run, {}).to_record())
+        decode(Hello, encode(Hello(run, {})))
 
 
 def _reply_to(ins, build):
@@ -179,7 +199,7 @@ def _reply_to(ins, build):
     from petite_fl.federation.flower.transport import read_reply
 
     outside_a_run()
-    sent = Message(content=ins.to_record(), dst_node_id=1000, message_type=ins.KIND, group_id="g")
+    sent = Message(content=encode(ins), dst_node_id=1000, message_type=ins.KIND, group_id="g")
     return read_reply(build(sent), ins)
 
 
@@ -207,5 +227,5 @@ def test_a_reply_of_another_kind_or_layout_is_unreadable_not_a_crash():
     hello = HelloRes("scanner4", (), 3, "cpu")
     with pytest.raises(Unreadable, match="hello reply: missing"):  # a train reply's content as a hello's
         _reply_to(Hello("r", {}), lambda sent: Message(
-            TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64).to_record(ins), reply_to=sent))
-    assert _reply_to(Hello("r", {}), lambda sent: Message(hello.to_record(), reply_to=sent)) == hello
+            encode(TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64), ins), reply_to=sent))
+    assert _reply_to(Hello("r", {}), lambda sent: Message(encode(hello), reply_to=sent)) == hello

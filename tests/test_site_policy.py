@@ -22,6 +22,7 @@ from petite_fl.config import compose
 from petite_fl.deploy.site import site_deployment
 from petite_fl.errors import ConfigError, PetiteError, PolicyError
 from petite_fl.federation.endpoint import SiteEndpoint
+from petite_fl.federation.flower.codec import encode
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, TrainIns
 from petite_fl.federation.policy import NODE_KEY, SIMULATION, SitePolicy, policy_for_node
 from petite_fl.federation.strategies import build_strategy
@@ -244,7 +245,7 @@ def test_a_train_message_that_skips_flowers_secagg_protocol_is_refused(tmp_path,
     grid = InProcessGrid(client_app, {}, [Site(tmp_path / "state", manifest, require_secagg=True).node])
 
     def send(ins, kind: str):
-        return next(iter(grid.send_and_receive([grid.create_message(ins.to_record(), kind, 1000, "g")])))
+        return next(iter(grid.send_and_receive([grid.create_message(encode(ins), kind, 1000, "g")])))
 
     assert not send(Hello("run-a", sections("federation.secagg.enabled=true")), "query.hello").has_error()
     tensors, shared = adapter(backbone)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from petite_fl import __version__
-from petite_fl.adapters.card import inference_settings
+from petite_fl.modelcard import inference_settings
 from petite_fl.adapters.catalog import AdapterEntry, file_sha256, pick, read_header
 from petite_fl.atomic import write_json
 from petite_fl.console import console

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from petite_fl.cli.common import console, err_console, run_cli
+from petite_fl.console import console, err_console, run_cli
 
 PROG = "petite-client"
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from petite_fl.cli.common import console, run_cli
+from petite_fl.console import console, run_cli
 from petite_fl.config import compose
 from petite_fl.console import human_bytes
 from petite_fl.data.check import SiteReport, check_site

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from petite_fl.artifacts import save_backbone
-from petite_fl.cli.common import console, run_cli
+from petite_fl.console import console, run_cli
 from petite_fl.experiments.flower_run import LocalSimulation
 from petite_fl.models.registry import build_backbone
 from petite_fl.runconfig import submitted

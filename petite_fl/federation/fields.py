@@ -27,24 +27,6 @@ class Unreadable(PetiteError):
     """A record that is not the message it claims to be."""
 
 
-#: How Flower reports an exception a ClientApp raised: "<class 'module.Name'>:<'text'>"
-_WRAPPED = re.compile(r"<class '[\w.]+'>:<'(.*)'>", re.S)
-
-
-def one_line(value: Any, limit: int = 400) -> str:
-    """What a site sent as text, made one printable line of at most `limit` characters.
-
-    It ends up in the server's terminal and logs: newlines, escape sequences and other
-    control characters are blanked, Flower's exception wrapper is taken off, length is capped.
-    """
-    text = value if isinstance(value, str) else repr(value)
-    wrapped = _WRAPPED.fullmatch(text.strip())
-    if wrapped:
-        text = wrapped.group(1)
-    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 

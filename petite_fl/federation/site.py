@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from petite_fl.adapters.card import inference_settings, make_card
+from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.artifacts import save_adapter
 from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import expand_path

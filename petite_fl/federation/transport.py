@@ -17,7 +17,7 @@ import torch
 
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.aggregate import payload_bytes
-from petite_fl.federation.fields import one_line
+from petite_fl.console import one_line
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.strategies import Strategy
 

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
-from petite_fl.adapters.card import inference_settings, make_card
+from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.artifacts import load_adapter, load_backbone, save_adapter, save_backbone
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return run_worker(args.worker, json.loads(args.job))
 
-    from petite_fl.cli.common import console, run_cli
+    from petite_fl.console import console, run_cli
 
     def body() -> int:
         import datetime

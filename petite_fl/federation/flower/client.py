@@ -15,6 +15,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from petite_fl.errors import PetiteError
 from petite_fl.federation.endpoint import SiteEndpoint, for_coordinator
+from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.messages import BY_KIND, TrainIns
 
 #: Error code of a site that refused a message for a reason it states (bad data, config).
@@ -39,12 +40,12 @@ def handle(message: Message, context: Context) -> Message:
         kind = BY_KIND.get(message.metadata.message_type)
         if kind is None:
             raise PetiteError(f"unknown message type '{message.metadata.message_type}'")
-        ins = kind.from_record(message.content)
+        ins = decode(kind, message.content)
         if _STATE not in context.state.config_records:
             context.state.config_records[_STATE] = ConfigRecord()
         endpoint.state = context.state.config_records[_STATE]
         reply = endpoint.answer(ins, _carried(message) if isinstance(ins, TrainIns) else None)
-        return Message(reply.to_record(ins), reply_to=message)
+        return Message(encode(reply, ins), reply_to=message)
     except PetiteError as exc:
         line = f"site {endpoint.name()}: {exc}"
         print(line, file=sys.stderr, flush=True)  # the site's log: the whole line, paths included

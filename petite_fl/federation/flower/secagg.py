@@ -35,6 +35,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from petite_fl.errors import PetiteError
 from petite_fl.federation.checks import check_update
 from petite_fl.federation.fields import Unreadable, number_metrics
+from petite_fl.federation.flower import codec
 from petite_fl.federation.flower.records import content_bytes, from_parameters
 from petite_fl.federation.messages import TrainIns
 from petite_fl.federation.protected import Protected
@@ -179,7 +180,7 @@ class _Collect(LegacyStrategy):
 def secure_round(grid: Grid, nodes: Sequence[int], ins: TrainIns, protection: Protection, max_weight: float,
                  timeout: float | None) -> SecureRound:
     """One training round whose shared tensors are summed under SecAgg+; returns the weighted mean."""
-    fitins = ins.fitins()
+    fitins = codec.fitins(ins)
     counting = CountingGrid(grid)
     collect = _Collect({n: fitins for n in nodes}, counting)
     base = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})

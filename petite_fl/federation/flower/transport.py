@@ -1,7 +1,7 @@
 """The federation core's transport over a Flower `Grid` (simulation or deployment).
 
-Each typed instruction becomes one Flower message (its own `to_record`), each reply is
-read back and validated by its type's `from_record`: a reply that is not what it claims
+Each typed instruction becomes one Flower message (`codec.encode`), each reply is
+read back and validated by its type's decoder (`codec.decode`): a reply that is not what it claims
 is one line of error for that node, never an exception that ends the ServerApp.
 """
 
@@ -13,7 +13,9 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from petite_fl.federation.fields import Unreadable, one_line
+from petite_fl.console import one_line
+from petite_fl.federation.fields import Unreadable
+from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.flower.records import record_bytes
 from petite_fl.federation.messages import REPLIES
 from petite_fl.federation.protected import Protected, protect_plain
@@ -34,7 +36,7 @@ def read_reply(reply: Message, ins: Any) -> Any:
         raise SiteRefused(reason or f"error code {one_line(reply.error.code, 40)}")
     if reply.metadata.message_type != ins.KIND:
         raise Unreadable(f"a '{one_line(reply.metadata.message_type, 40)}' reply to a '{ins.KIND}' message")
-    return REPLIES[type(ins)].from_record(reply.content, ins)
+    return decode(REPLIES[type(ins)], reply.content, ins)
 
 
 class FlowerTransport:
@@ -45,7 +47,7 @@ class FlowerTransport:
         return list(self.grid.get_node_ids())
 
     def record_bytes(self, message: Any) -> int:
-        return record_bytes(message.to_record())
+        return record_bytes(encode(message))
 
     def registered_sites(self) -> dict[int, str] | None:
         """{node id: site} from `petite-server register`, where the coordinator keeps one."""
@@ -57,7 +59,7 @@ class FlowerTransport:
         out, encoded, sent = Exchange(), {}, []
         for node, ins in messages.items():
             if id(ins) not in encoded:  # one record (and one count) per distinct instruction: the backbone is large
-                record = ins.to_record()
+                record = encode(ins)
                 encoded[id(ins)] = (record, record_bytes(record))
             content, out.bytes_down[node] = encoded[id(ins)]
             sent.append(Message(content=content, dst_node_id=node, message_type=ins.KIND, group_id=group))
