@@ -23,13 +23,13 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from petite_fl import __version__
-from petite_fl.modelcard import inference_settings
 from petite_fl.adapters.catalog import AdapterEntry, file_sha256, pick, read_header
 from petite_fl.atomic import write_json
 from petite_fl.console import console
 from petite_fl.data.nifti import load_volume
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.sitepaths import cached_backbone
+from petite_fl.modelcard import inference_settings
 from petite_fl.training.device import resolve_device, use_amp
 from petite_fl.training.jobs import load_model, predict_file
 

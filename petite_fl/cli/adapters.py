@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from petite_fl.console import console
 from petite_fl.config import compose, expand_path
+from petite_fl.console import console
 from petite_fl.errors import PetiteError
 
 #: the metric columns of the listing, when some adapter has them

@@ -12,9 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from petite_fl.console import console, run_cli
 from petite_fl.config import compose
-from petite_fl.console import human_bytes
+from petite_fl.console import console, human_bytes, run_cli
 from petite_fl.data.check import SiteReport, check_site
 from petite_fl.data.importer import ImportReport, import_site, parse_splits
 from petite_fl.data.synthetic import SynthSpec, dataset_dir, disk_size, generate

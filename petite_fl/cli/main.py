@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from petite_fl.cli import adapters as adapters_cli
-from petite_fl.console import console, run_cli
 from petite_fl.config import compose, expand_path
+from petite_fl.console import console, run_cli
 
 PROG = "petite"
 

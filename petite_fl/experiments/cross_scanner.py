@@ -32,8 +32,8 @@ from omegaconf import OmegaConf
 from rich.table import Table
 
 from petite_fl.atomic import atomic_path, write_csv, write_json
-from petite_fl.console import console, run_cli
 from petite_fl.config import compose, expand_path, hydra_override
+from petite_fl.console import console, run_cli
 from petite_fl.data.site import load_site
 from petite_fl.metrics import compute_metrics, foreground_mask
 from petite_fl.scanners import available_scanners

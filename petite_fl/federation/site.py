@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.artifacts import save_adapter
 from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import expand_path
@@ -36,6 +35,7 @@ from petite_fl.federation.messages import HelloRes
 from petite_fl.federation.policy import SIMULATION, SitePolicy, spec_methods
 from petite_fl.federation.sitepaths import run_folder, site_dir
 from petite_fl.federation.strategies import LocalTraining, Strategy
+from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import PeftModelState, adapter_state_dict, apply_peft, load_adapter_state
 from petite_fl.peft.spec import spec_from_config

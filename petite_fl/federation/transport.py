@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import torch
 
+from petite_fl.console import one_line
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.aggregate import payload_bytes
-from petite_fl.console import one_line
 from petite_fl.federation.protection import Protection
 from petite_fl.federation.strategies import Strategy
 

@@ -24,9 +24,8 @@ from typing import Any
 import yaml
 
 from petite_fl.atomic import private_dir
-from petite_fl.console import console
+from petite_fl.console import console, one_line
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.console import one_line
 from petite_fl.tracking.base import (
     TAG_KEYS,
     Tracker,

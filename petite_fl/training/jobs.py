@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
-from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.artifacts import load_adapter, load_backbone, save_adapter, save_backbone
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import expand_path
@@ -29,6 +28,7 @@ from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.site import load_site
 from petite_fl.data.synthetic import GENERATOR_VERSION, SynthSpec, dataset_dir, generate, site_manifest
 from petite_fl.errors import ConfigError
+from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.models.ablation import transformer_ablated
 from petite_fl.models.base import Backbone
 from petite_fl.models.registry import build_from_config, resolve_model_config
