@@ -7,11 +7,14 @@ whether it comes from a command line, a Flower run-config or a test.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
@@ -112,3 +115,11 @@ def _first_line(exc: BaseException) -> str:
         exc = exc.__cause__
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def config_hash(*parts: Any) -> str:
+    """A short, stable key of config sections and values: the name of a folder that a changed
+    setting must not reuse (a cached backbone, a fine-tuning, a comparison)."""
+    blob = json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p
+                       for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]

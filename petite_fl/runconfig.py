@@ -145,3 +145,15 @@ def site_config(sections: Mapping[str, Any], node_config: Mapping[str, Any]) -> 
             OmegaConf.update(cfg, setting, str(node_config[key]))
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def site_list(cfg: DictConfig) -> list[str]:
+    """federation.sites as a list (a YAML list or a comma-separated string from a run-config)."""
+    sites = cfg.federation.sites
+    items = [s.strip() for s in sites.split(",")] if isinstance(sites, str) else [str(s) for s in sites]
+    items = [s for s in items if s]
+    if not items:
+        raise ConfigError("federation.sites is empty")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"federation.sites lists a site twice: {items}")
+    return items

@@ -193,9 +193,8 @@ def cmd_compare(args) -> int:
 
 def cmd_simulate(args) -> int:
     from petite_fl.experiments.flower_run import LocalSimulation, resources
-    from petite_fl.federation.site import site_list
     from petite_fl.federation.strategies import build_strategy
-    from petite_fl.runconfig import command_config, submitted
+    from petite_fl.runconfig import command_config, site_list, submitted
 
     cfg = command_config(args.overrides)  # what the ServerApp will run, checked before Flower starts
     build_strategy(cfg.strategy)

@@ -117,8 +117,8 @@ def preflight(site: SiteDeployment, cfg_overrides: list[str] = (), connect_timeo
     from cryptography.hazmat.primitives import serialization
 
     from petite_fl.data.check import check_site
+    from petite_fl.data.sites import resolve_site
     from petite_fl.training.device import resolve_device
-    from petite_fl.training.jobs import resolve_site
 
     notes = [f"policy: {site.policy.describe()}"]
     resolve_device(site.device)  # "CUDA requested but absent" is a ConfigError here

@@ -18,20 +18,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
 from petite_fl.atomic import write_json
-from petite_fl.config import expand_path, hydra_override
+from petite_fl.config import config_hash, expand_path, hydra_override
 from petite_fl.console import console
 from petite_fl.data.manifest import read_manifest
+from petite_fl.data.sites import resolve_site
 from petite_fl.data.synthetic import SynthSpec
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.flower_run import LocalSimulation, resources
 from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.arms import arm_dir, compare_seeds
-from petite_fl.federation.site import site_list
 from petite_fl.federation.strategies import build_strategy
-from petite_fl.runconfig import command_config, submitted
+from petite_fl.runconfig import command_config, site_list, submitted
 from petite_fl.scanners import available_scanners
-from petite_fl.training.jobs import backbone_for, config_hash, resolve_site
+from petite_fl.training.jobs import backbone_for
 
 #: subjects a site needs per split for a comparison: training, per-round validation, a paired interval
 MIN_SUBJECTS = {"train": 1, "val": 1, "test": 2}

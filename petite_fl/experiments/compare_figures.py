@@ -145,8 +145,10 @@ def _slices(folder, data, sites, cfg, backbone) -> list[str]:
     import matplotlib.pyplot as plt
 
     from petite_fl.data.site import load_site
+    from petite_fl.data.sites import resolve_site, training_patch
+    from petite_fl.training.device import device_and_amp
     from petite_fl.training.inference import predict_volume
-    from petite_fl.training.jobs import device_and_amp, load_model, resolve_site, training_patch
+    from petite_fl.training.jobs import load_model
 
     device, amp = device_and_amp(cfg)
     names = []

@@ -22,9 +22,9 @@ from petite_fl.console import console
 from petite_fl.experiments.compare_markdown import markdown, print_tables
 from petite_fl.experiments.compare_results import ArmRuns, all_differences, load_arms
 from petite_fl.federation.flower.payload import upload_share
-from petite_fl.federation.site import site_list
+from petite_fl.runconfig import site_list
+from petite_fl.tracking import job_tracker
 from petite_fl.training.inference import METRICS
-from petite_fl.training.jobs import job_tracker
 
 
 def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], backbone: Path,

@@ -35,11 +35,12 @@ from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.config import compose, expand_path, hydra_override
 from petite_fl.console import console, run_cli
 from petite_fl.data.site import load_site
+from petite_fl.data.sites import resolve_site
 from petite_fl.metrics import compute_metrics, foreground_mask
 from petite_fl.scanners import available_scanners
 from petite_fl.statistics import paired_interval
 from petite_fl.training.inference import METRICS, summarise
-from petite_fl.training.jobs import evaluate, finetune, pretrain, resolve_site
+from petite_fl.training.jobs import evaluate, finetune, pretrain
 
 METHODS = ["none", "full", "layernorm", "bitfit", "lora", "adapter", "ssf", "vpt", "petite"]
 LABELS = {"none": "no fine-tuning", "full": "full fine-tuning", "layernorm": "LayerNorm", "bitfit": "BitFit",

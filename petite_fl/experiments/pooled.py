@@ -21,13 +21,15 @@ from petite_fl.artifacts import load_backbone, save_adapter
 from petite_fl.atomic import write_csv, write_json
 from petite_fl.console import console
 from petite_fl.data.patches import pooled_patch_dataset, site_patch_dataset
-from petite_fl.data.site import load_site
+from petite_fl.data.sites import resolve_site, site_split
 from petite_fl.errors import ConfigError
 from petite_fl.federation.evaluation import read_final_metrics
-from petite_fl.federation.site import evaluate_split, round_seed, site_list
+from petite_fl.federation.site import round_seed
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config
-from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
+from petite_fl.runconfig import site_list
+from petite_fl.training.device import device_and_amp
+from petite_fl.training.inference import evaluate_split
 from petite_fl.training.objectives import make_objective
 from petite_fl.training.trainer import train
 
@@ -51,10 +53,7 @@ def run_pooled(cfg: DictConfig, backbone: Path, out: Path, quiet: bool = False) 
     manifests = {site: resolve_site(cfg, site) for site in sites}
     datasets = []
     for site, manifest in manifests.items():
-        data = load_site(manifest, splits=("train",), scaling=str(cfg.data.loader.scaling))
-        if not data.pairs["train"]:
-            raise ConfigError(f"site {site}: {manifest} has no 'train' subjects")
-        patch = training_patch(manifest, cfg.train, model.size_multiple)
+        data, patch = site_split(cfg, manifest, "train", model.size_multiple, site)
         datasets.append(site_patch_dataset(data, "train", cfg.data.loader,
                                            seed=round_seed(int(cfg.seed), site, 1) % 2**31, patch=patch))
     dataset, batches = pooled_patch_dataset(datasets, int(cfg.train.batch_size), seed=int(cfg.seed))

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from petite_fl import __version__
 from petite_fl.artifacts import load_backbone, save_adapter
 from petite_fl.atomic import atomic_path, private_dir
-from petite_fl.config import expand_path
+from petite_fl.config import config_hash, expand_path
 from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.checkpoint import load_checkpoint, save_checkpoint
@@ -35,15 +35,14 @@ from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, Hel
 from petite_fl.federation.protection import MIN_SECAGG_SITES, check_combination, protection_from_config
 from petite_fl.federation.rounds import RoundContext, group_id
 from petite_fl.federation.runlog import RunLog, print_summary
-from petite_fl.federation.site import site_list
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config
 from petite_fl.profiling import peak_rss_bytes
-from petite_fl.runconfig import site_sections
-from petite_fl.tracking import Tracker
+from petite_fl.runconfig import site_list, site_sections
+from petite_fl.tracking import Tracker, job_tracker
 from petite_fl.training.inference import METRICS
-from petite_fl.training.jobs import backbone_for, config_hash, job_tracker
+from petite_fl.training.jobs import backbone_for
 from petite_fl.training.trainer import ADAMW_BETAS, cosine_with_warmup
 
 #: relative rounding of a value sent at each transport precision (unit roundoff)

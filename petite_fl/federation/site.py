@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from petite_fl.config import expand_path
 from petite_fl.console import console
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.patches import site_patch_dataset
-from petite_fl.data.site import load_site
+from petite_fl.data.sites import resolve_site, site_split, training_patch
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.backbone_cache import BackboneCache
 from petite_fl.federation.messages import HelloRes
@@ -39,27 +38,16 @@ from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import PeftModelState, adapter_state_dict, apply_peft, load_adapter_state
 from petite_fl.peft.spec import spec_from_config
+from petite_fl.runconfig import site_list
 from petite_fl.tracking import Tracker, open_tracker
-from petite_fl.training.inference import METRICS, evaluate_patches, evaluate_site, summarise
-from petite_fl.training.jobs import device_and_amp, resolve_site, training_patch
+from petite_fl.training.device import device_and_amp
+from petite_fl.training.inference import evaluate_split
 from petite_fl.training.objectives import make_objective
 from petite_fl.training.trainer import train
 
 KEEP_ROUNDS = 2  # personal state of the last rounds kept (a resumed round re-reads round r-1)
 #: bytes per value of the uploaded tensors at each transport precision (the site's own tracking)
 WIRE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def site_list(cfg: DictConfig) -> list[str]:
-    """federation.sites as a list (a YAML list or a comma-separated string from a run-config)."""
-    sites = cfg.federation.sites
-    items = [s.strip() for s in sites.split(",")] if isinstance(sites, str) else [str(s) for s in sites]
-    items = [s for s in items if s]
-    if not items:
-        raise ConfigError("federation.sites is empty")
-    if len(set(items)) != len(items):
-        raise ConfigError(f"federation.sites lists a site twice: {items}")
-    return items
 
 
 def site_for_node(cfg: DictConfig, node_config: Mapping[str, Any]) -> str:
@@ -80,40 +68,6 @@ def round_seed(seed: int, site: str, rnd: int, salt: str = "") -> int:
     return int(hashlib.sha256(f"{seed}/{site}/{rnd}/{salt}".encode()).hexdigest()[:8], 16)
 
 
-def flat_metrics(prefix: str, summary: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    return {f"{prefix}_{k}": float(v["mean"]) for k, v in summary.items()}
-
-
-def evaluate_split(cfg: DictConfig, site_name: str, manifest: Path, model: torch.nn.Module, split: str,
-                   device: torch.device, amp: bool, per_round: bool = False,
-                   per_subject: bool = False) -> dict[str, Any]:
-    """Metrics of a site's split: the final test whole-volume, per-round validation per `federation.val`.
-
-    `per_subject`: also each subject's metrics as lists (`<split>_subject_<metric>`) in the
-    order of the split, so that the comparison can pair them across arms; by position
-    only, never by subject id or file name, which stay at the site.
-    """
-    site = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling))
-    if not site.pairs[split]:
-        raise ConfigError(f"site {site_name}: {manifest} has no '{split}' subjects to evaluate")
-    roi = training_patch(manifest, cfg.train, model.size_multiple)
-    threshold = float(cfg.data.loader.foreground_threshold)
-    val = cfg.federation.val
-    if per_round and str(val.mode) == "patches":
-        rows = evaluate_patches(model, site, split, roi, device=device, patches=int(val.patches),
-                                seed=int(cfg.seed), foreground_threshold=threshold, amp=amp)
-    else:
-        eval_cfg = dict(cfg.train.eval)
-        if per_round:
-            eval_cfg["overlap"] = float(val.overlap)
-        rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=SimpleNamespace(**eval_cfg),
-                             foreground_threshold=threshold, amp=amp, quiet=True)
-    out: dict[str, Any] = {**flat_metrics(split, summarise(rows)), f"{split}_subjects": len(rows)}
-    if per_subject:
-        out.update({f"{split}_subject_{k}": [float(r[k]) for r in rows] for k in METRICS})
-    return out
-
-
 class SiteWorker:
     """One site's data, caches and state; methods answer the server's messages."""
 
@@ -130,11 +84,8 @@ class SiteWorker:
 
     # -- handshake and backbone -------------------------------------------------------
     def hello(self) -> HelloRes:
-        site = load_site(self.manifest, splits=("train",), scaling=str(self.cfg.data.loader.scaling))
-        n_train = len(site.pairs["train"])
-        if not n_train:
-            raise ConfigError(f"site {self.site}: {self.manifest} has no 'train' subjects")
-        return HelloRes(self.site, tuple(self.cache.held()), n_train, str(self.device))
+        site, _ = site_split(self.cfg, self.manifest, "train", None, self.site)
+        return HelloRes(self.site, tuple(self.cache.held()), len(site.pairs["train"]), str(self.device))
 
     def receive_backbone(self, tensors: dict[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
         """Store a backbone sent by the server, after checking it hashes as announced."""
@@ -245,9 +196,8 @@ class SiteWorker:
                                    self.device)
         if "objective" in extra:
             objective.load_state_dict(extra["objective"])
-        site = load_site(self.manifest, splits=("train",), scaling=str(self.cfg.data.loader.scaling))
+        site, patch = site_split(self.cfg, self.manifest, "train", model.size_multiple, self.site)
         n_train = len(site.pairs["train"])  # the weight of this site's update
-        patch = training_patch(self.manifest, self.cfg.train, model.size_multiple)
         dataset = site_patch_dataset(site, "train", self.cfg.data.loader,
                                      seed=round_seed(int(self.cfg.seed), self.site, rnd) % 2**31, patch=patch)
         calls, step_losses = [0], {}

@@ -5,7 +5,14 @@ opens the one a config names. See `base.Tracker` for what a job records and wher
 """
 
 from petite_fl.tracking.base import Tracker, step_recorder
-from petite_fl.tracking.registry import TRACKERS, available_trackers, open_tracker, register_tracker, tracker_name
+from petite_fl.tracking.registry import (
+    TRACKERS,
+    available_trackers,
+    job_tracker,
+    open_tracker,
+    register_tracker,
+    tracker_name,
+)
 
-__all__ = ["TRACKERS", "Tracker", "available_trackers", "open_tracker", "register_tracker", "step_recorder",
-           "tracker_name"]
+__all__ = ["TRACKERS", "Tracker", "available_trackers", "job_tracker", "open_tracker", "register_tracker",
+           "step_recorder", "tracker_name"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from petite_fl.config import expand_path
 from petite_fl.registry import Registry
 from petite_fl.tracking.base import Tracker
 
@@ -51,3 +52,18 @@ def open_tracker(cfg: Any, folder: Path, name: str, tags: Mapping[str, str], sto
     settings = _settings(cfg)
     return TRACKERS.get(tracker_name(settings))(settings, Path(folder), name, dict(tags),
                                                 Path(store) if store is not None else None)
+
+
+def job_tracker(cfg: DictConfig, folder: Path, job: str, run: str, site: str) -> Tracker:
+    """A job's tracker (`cfg.tracking`) in `folder`, its resolved config recorded (close it: `with`).
+
+    MLflow's local store is one per machine (`<cache>/mlflow`), so that `mlflow ui` compares runs.
+    """
+    tracker = open_tracker(cfg.get("tracking"), folder, run, {"job": job, "run": run, "site": site},
+                           store=expand_path(cfg.paths.cache) / "mlflow")
+    try:
+        tracker.config(OmegaConf.to_container(cfg, resolve=True))
+    except BaseException:
+        tracker.close()
+        raise
+    return tracker

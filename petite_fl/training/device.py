@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+from omegaconf import DictConfig
 
 from petite_fl.errors import ConfigError
 
@@ -17,6 +18,12 @@ def resolve_device(setting: str = "auto") -> torch.device:
     if setting != "cpu" and not setting.startswith("cuda"):
         raise ConfigError(f"train.device must be auto, cpu or cuda[:N], got '{setting}'")
     return torch.device(setting)
+
+
+def device_and_amp(cfg: DictConfig) -> tuple[torch.device, bool]:
+    """The device `train.device` names and whether mixed precision (`train.amp`) is on there."""
+    device = resolve_device(str(cfg.train.device))
+    return device, use_amp(cfg.train.amp, device)
 
 
 def use_amp(setting: str | bool, device: torch.device) -> bool:

@@ -11,17 +11,21 @@ the time of an evaluation went mostly to 3D SSIM, which `petite_fl.metrics` now 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from omegaconf import DictConfig
 from rich.progress import Progress
 from scipy.ndimage import gaussian_filter, label, maximum_filter
 from torch import nn
 
 from petite_fl.data.site import SiteData
+from petite_fl.data.sites import site_split
 from petite_fl.metrics import compute_metrics, foreground_mask
 from petite_fl.training.device import autocast
 
@@ -151,6 +155,37 @@ def evaluate_patches(model: nn.Module, site: SiteData, split: str, roi: Sequence
         per_patch = [compute_metrics(p, torch.as_tensor(t)) for p, t in zip(torch.cat(preds), ys, strict=True)]
         rows.append({"subject": sid, **{k: float(np.mean([m[k] for m in per_patch])) for k in per_patch[0]}})
     return rows
+
+
+def flat_metrics(prefix: str, summary: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {f"{prefix}_{k}": float(v["mean"]) for k, v in summary.items()}
+
+
+def evaluate_split(cfg: DictConfig, site_name: str, manifest: Path, model: torch.nn.Module, split: str,
+                   device: torch.device, amp: bool, per_round: bool = False,
+                   per_subject: bool = False) -> dict[str, Any]:
+    """Metrics of a site's split: the final test whole-volume, per-round validation per `federation.val`.
+
+    `per_subject`: also each subject's metrics as lists (`<split>_subject_<metric>`) in the
+    order of the split, so that the comparison can pair them across arms; by position
+    only, never by subject id or file name, which stay at the site.
+    """
+    site, roi = site_split(cfg, manifest, split, model.size_multiple, site_name, "to evaluate")
+    threshold = float(cfg.data.loader.foreground_threshold)
+    val = cfg.federation.val
+    if per_round and str(val.mode) == "patches":
+        rows = evaluate_patches(model, site, split, roi, device=device, patches=int(val.patches),
+                                seed=int(cfg.seed), foreground_threshold=threshold, amp=amp)
+    else:
+        eval_cfg = dict(cfg.train.eval)
+        if per_round:
+            eval_cfg["overlap"] = float(val.overlap)
+        rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=SimpleNamespace(**eval_cfg),
+                             foreground_threshold=threshold, amp=amp, quiet=True)
+    out: dict[str, Any] = {**flat_metrics(split, summarise(rows)), f"{split}_subjects": len(rows)}
+    if per_subject:
+        out.update({f"{split}_subject_{k}": [float(r[k]) for r in rows] for k in METRICS})
+    return out
 
 
 def _pad_to(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:

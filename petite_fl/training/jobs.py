@@ -1,14 +1,13 @@
 """Single-site jobs as the CLIs and experiments run them: pretrain, fine-tune, evaluate, infer.
 
-Each job takes the composed config, works on a site (a synthetic scanner name, generated
-on first use, or a manifest path), writes its files atomically into a folder derived from
-the config (so that running the same command again resumes or reuses), and returns them.
+Each job takes the composed config, works on a site (`data.sites`: a synthetic scanner
+name, generated on first use, or a manifest path), writes its files atomically into a
+folder derived from the config (`config.config_hash`: running the same command again
+resumes or reuses), and returns them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -17,17 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from petite_fl import __version__
 from petite_fl.artifacts import load_adapter, load_backbone, save_adapter, save_backbone
 from petite_fl.atomic import atomic_path, write_csv, write_json
-from petite_fl.config import expand_path
+from petite_fl.config import config_hash, expand_path
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.patches import site_patch_dataset
-from petite_fl.data.site import load_site
-from petite_fl.data.synthetic import GENERATOR_VERSION, SynthSpec, dataset_dir, generate, site_manifest
-from petite_fl.errors import ConfigError
+from petite_fl.data.sites import resolve_site, site_split
+from petite_fl.data.synthetic import GENERATOR_VERSION, SynthSpec
 from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.models.ablation import transformer_ablated
 from petite_fl.models.base import Backbone
@@ -42,74 +40,11 @@ from petite_fl.peft.apply import (
 )
 from petite_fl.peft.spec import PeftSpec, spec_from_config
 from petite_fl.scanners import available_scanners, get_scanner
-from petite_fl.tracking import Tracker, open_tracker, step_recorder
-from petite_fl.training.device import resolve_device, use_amp
+from petite_fl.tracking import job_tracker, step_recorder
+from petite_fl.training.device import device_and_amp
 from petite_fl.training.inference import evaluate_site, summarise
 from petite_fl.training.objectives import Adversarial, make_objective
 from petite_fl.training.trainer import train
-
-
-def config_hash(*parts: Any) -> str:
-    blob = json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p
-                       for p in parts], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def resolve_site(cfg: DictConfig, ref: str) -> Path:
-    """A manifest path for a site: a scanner of the synthetic data set (made if needed) or a file."""
-    ref = str(ref)
-    if ref in available_scanners() and not Path(ref).is_file():
-        if ref not in cfg.data.synth.scanners:
-            raise ConfigError(f"site '{ref}' is not in data.synth.scanners {list(cfg.data.synth.scanners)}")
-        generate(SynthSpec.from_config(cfg.data.synth), dataset_dir(cfg.data), workers=int(cfg.data.synth.workers))
-        return site_manifest(cfg.data, ref)
-    path = expand_path(ref)
-    if not path.is_file():
-        raise ConfigError(f"site '{ref}' is neither a registered scanner ({', '.join(available_scanners())}) "
-                          "nor a manifest file")
-    return path
-
-
-def training_patch(manifest: Path, train_cfg: DictConfig, multiple: int) -> tuple[int, int, int]:
-    """The site's scanner patch × train.patch_scale, each side at the nearest multiple of the backbone's.
-
-    Snapped rather than refused: scanner 5's 64×64×32 at 0.75 is 48×48×24, and its 24
-    planes become 32 (a token grid of 3×3×2 for UNETR's 16³ patches).
-    """
-    scanner = read_manifest(manifest).scanner
-    if scanner is None:
-        raise ConfigError(f"{manifest}: no 'scanner' field, so petite-fl cannot pick the training patch size")
-    scale = float(train_cfg.patch_scale)
-    if scale <= 0:
-        raise ConfigError(f"train.patch_scale must be positive, got {scale}")
-    return tuple(max(multiple, multiple * round(p * scale / multiple)) for p in get_scanner(scanner).patch)
-
-
-def device_and_amp(cfg: DictConfig) -> tuple[torch.device, bool]:
-    device = resolve_device(str(cfg.train.device))
-    return device, use_amp(cfg.train.amp, device)
-
-
-def _dataset(cfg: DictConfig, manifest: Path, model: Backbone, seed: int):
-    """(training patches of the site, patch size)."""
-    site = load_site(manifest, splits=("train",), scaling=str(cfg.data.loader.scaling))
-    if not site.pairs["train"]:
-        raise ConfigError(f"{manifest}: the site has no 'train' subjects to learn from")
-    patch = training_patch(manifest, cfg.train, model.size_multiple)
-    return site_patch_dataset(site, "train", cfg.data.loader, seed=seed, patch=patch), patch
-
-
-def job_tracker(cfg: DictConfig, folder: Path, job: str, run: str, site: str) -> Tracker:
-    """The job's tracker (`cfg.tracking`) in `folder`, its resolved config recorded (close it: `with`)."""
-    tracker = open_tracker(cfg.get("tracking"), folder, run, {"job": job, "run": run, "site": site},
-                           store=expand_path(cfg.paths.cache) / "mlflow")
-    try:
-        tracker.config(OmegaConf.to_container(cfg, resolve=True))
-    except BaseException:
-        tracker.close()
-        raise
-    return tracker
-
 
 # -- pretrain --------------------------------------------------------------------------
 
@@ -150,7 +85,8 @@ def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> t
     device, amp = device_and_amp(cfg)
     model = build_from_config(cfg.model).to(device)
     objective = make_objective(cfg.train, model.name, str(cfg.model.preset), device)
-    dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed))
+    site, patch = site_split(cfg, manifest, "train", model.size_multiple, purpose="to learn from")
+    dataset = site_patch_dataset(site, "train", cfg.data.loader, seed=int(cfg.seed), patch=patch)
     folder = expand_path(cfg.paths.cache) / "runs" / "pretrain" / path.stem  # tracking only
     with job_tracker(cfg, folder, "pretrain", path.stem, Path(str(cfg.source)).stem) as tracker:
         result = train(model, dataset, objective,
@@ -206,7 +142,8 @@ def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]
     if isinstance(objective, Adversarial) and disc.is_file():
         objective.d.load_state_dict(torch.load(disc, map_location=device, weights_only=True))
     steps = int(cfg.train.finetune.steps) if spec.kind != "none" else 0
-    dataset, patch = _dataset(cfg, manifest, model, int(cfg.seed) + 1)
+    site, patch = site_split(cfg, manifest, "train", model.size_multiple, purpose="to learn from")
+    dataset = site_patch_dataset(site, "train", cfg.data.loader, seed=int(cfg.seed) + 1, patch=patch)
     with job_tracker(cfg, out, "finetune", out.name, Path(str(cfg.target)).stem) as tracker:
         result = train(model, dataset, objective, steps=steps,
                        lr=float(cfg.peft.lr), train_cfg=cfg.train, device=device, amp=amp,
@@ -256,10 +193,7 @@ def evaluate(cfg: DictConfig, site_ref: str, backbone_path: Path, adapter_path: 
     model, _, adapter_meta = load_model(backbone_path, adapter_path, device)
     manifest = resolve_site(cfg, site_ref)
     split = str(cfg.train.eval.split)
-    site = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling))
-    if not site.pairs[split]:
-        raise ConfigError(f"{manifest}: no '{split}' subjects to evaluate (train.eval.split)")
-    roi = training_patch(manifest, cfg.train, model.size_multiple)
+    site, roi = site_split(cfg, manifest, split, model.size_multiple, purpose="to evaluate (train.eval.split)")
     with transformer_ablated(model) if ablate else nullcontext():
         rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=cfg.train.eval,
                              foreground_threshold=float(cfg.data.loader.foreground_threshold), amp=amp, quiet=quiet)

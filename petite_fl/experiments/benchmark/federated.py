@@ -33,8 +33,8 @@ def untrained_backbone(home: Path, model: str, preset: str) -> Path:
 def prepare_data(overrides: list[str]) -> None:
     """Generate every site's data before the clock starts."""
     from petite_fl.config import compose
-    from petite_fl.federation.site import site_list
-    from petite_fl.training.jobs import resolve_site
+    from petite_fl.data.sites import resolve_site
+    from petite_fl.runconfig import site_list
 
     cfg = compose("config", overrides)
     for site in site_list(cfg):

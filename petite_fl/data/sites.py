@@ -1,0 +1,66 @@
+"""Which manifest a site name means, and one split of it ready for training or evaluation.
+
+Every job (pretraining, fine-tuning, a federated site's rounds, the pooled arm, evaluation)
+starts the same way: find the site's manifest (a synthetic scanner is generated on first
+use), load one split, refuse it if it is empty, and size the patch the backbone sees. That
+is `site_split`, in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from petite_fl.config import expand_path
+from petite_fl.data.manifest import read_manifest
+from petite_fl.data.site import SiteData, load_site
+from petite_fl.data.synthetic import SynthSpec, dataset_dir, generate, site_manifest
+from petite_fl.errors import ConfigError
+from petite_fl.scanners import available_scanners, get_scanner
+
+Patch = tuple[int, int, int]
+
+
+def resolve_site(cfg: DictConfig, ref: str) -> Path:
+    """A manifest path for a site: a scanner of the synthetic data set (made if needed) or a file."""
+    ref = str(ref)
+    if ref in available_scanners() and not Path(ref).is_file():
+        if ref not in cfg.data.synth.scanners:
+            raise ConfigError(f"site '{ref}' is not in data.synth.scanners {list(cfg.data.synth.scanners)}")
+        generate(SynthSpec.from_config(cfg.data.synth), dataset_dir(cfg.data), workers=int(cfg.data.synth.workers))
+        return site_manifest(cfg.data, ref)
+    path = expand_path(ref)
+    if not path.is_file():
+        raise ConfigError(f"site '{ref}' is neither a registered scanner ({', '.join(available_scanners())}) "
+                          "nor a manifest file")
+    return path
+
+
+def training_patch(manifest: Path, train_cfg: DictConfig, multiple: int) -> Patch:
+    """The site's scanner patch × train.patch_scale, each side at the nearest multiple of the backbone's.
+
+    Snapped rather than refused: scanner 5's 64×64×32 at 0.75 is 48×48×24, and its 24
+    planes become 32 (a token grid of 3×3×2 for UNETR's 16³ patches).
+    """
+    scanner = read_manifest(manifest).scanner
+    if scanner is None:
+        raise ConfigError(f"{manifest}: no 'scanner' field, so petite-fl cannot pick the training patch size")
+    scale = float(train_cfg.patch_scale)
+    if scale <= 0:
+        raise ConfigError(f"train.patch_scale must be positive, got {scale}")
+    return tuple(max(multiple, multiple * round(p * scale / multiple)) for p in get_scanner(scanner).patch)
+
+
+def site_split(cfg: DictConfig, manifest: Path, split: str, multiple: int | None, site: str | None = None,
+               purpose: str = "") -> tuple[SiteData, Patch | None]:
+    """One split of a site, validated and scaled as `data.loader` says, and the patch its backbone
+    (whose window sides are multiples of `multiple`; None: no patch needed) trains and predicts with.
+
+    An empty split is refused in one line naming the site, its manifest and `purpose`.
+    """
+    data = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling))
+    if not data.pairs[split]:
+        who = f"site {site}: " if site else ""
+        raise ConfigError(f"{who}{manifest} has no '{split}' subjects{' ' + purpose if purpose else ''}")
+    return data, None if multiple is None else training_patch(manifest, cfg.train, multiple)
