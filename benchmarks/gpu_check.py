@@ -163,7 +163,7 @@ def federated_part(out: Path) -> None:
     from petite_fl.config import expand_path
     from petite_fl.experiments.benchmark.federated import prepare_data
     from petite_fl.experiments.benchmark.plain_loop import plain_loop
-    from petite_fl.federation.coordinator import default_run_dir
+    from petite_fl.federation.server.coordinator import default_run_dir
     from petite_fl.runconfig import command_config
     from petite_fl.training.jobs import pretrain
 

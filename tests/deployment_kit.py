@@ -165,10 +165,10 @@ def _reference(link: Link, run_config: dict, name: str, fail=None):
     """The same run-config, uninterrupted and in process (the real apps over InProcessGrid)."""
     from flower_grid import InProcessGrid
 
-    from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.app import client_app
     from petite_fl.federation.flower.transport import FlowerTransport
-    from petite_fl.federation.policy import SitePolicy
+    from petite_fl.federation.server.coordinator import Coordinator
+    from petite_fl.federation.site.policy import SitePolicy
     from petite_fl.runconfig import compose_run
 
     rc = {**run_config, "overrides": run_config["overrides"] + f" federation.run_name={name} "

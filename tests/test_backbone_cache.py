@@ -7,7 +7,7 @@ import torch
 
 from petite_fl.artifacts import save_backbone
 from petite_fl.errors import PetiteError
-from petite_fl.federation.backbone_cache import BackboneCache
+from petite_fl.federation.site.backbone_cache import BackboneCache
 from petite_fl.models.registry import build_backbone
 
 

@@ -11,7 +11,7 @@ from petite_fl.adapters.catalog import pick, site_adapters
 from petite_fl.adapters.export import output_folder
 from petite_fl.artifacts import save_adapter
 from petite_fl.errors import PetiteError
-from petite_fl.federation.sitepaths import run_folder
+from petite_fl.federation.site.paths import run_folder
 
 BACKBONE = {"sha256": "ab" * 32, "model": "unetr", "config": {}}
 

@@ -16,9 +16,9 @@ from tracking_readers import config_text, curve, events
 
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.pooled import run_pooled
-from petite_fl.federation.arms import arm_dir
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.server import serve
+from petite_fl.federation.server.arms import arm_dir
 from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from petite_fl.models.base import PromptSlot, Site, SiteKind
-from petite_fl.models.cvtgan import PRESETS, CvTGAN, CvTGANDiscriminator, build_discriminator
+from petite_fl.models.cvtgan import PRESETS, CvTGAN
+from petite_fl.models.cvtgan_discriminator import CvTGANDiscriminator, build_discriminator
 from petite_fl.models.registry import build_backbone
 
 

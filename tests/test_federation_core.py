@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from test_federation_run import NODES, federate, run_config
 
 from petite_fl.errors import ConfigError
-from petite_fl.federation.coordinator import Coordinator
 from petite_fl.federation.fields import Unreadable
 from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.messages import (
@@ -30,6 +29,7 @@ from petite_fl.federation.messages import (
     TrainIns,
     TrainRes,
 )
+from petite_fl.federation.server.coordinator import Coordinator
 from petite_fl.federation.transport import LocalTransport
 from petite_fl.runconfig import compose_run, site_config
 
@@ -63,8 +63,8 @@ def test_the_plain_loop_refuses_flower_protocols(cache):
 
 
 def test_the_core_imports_no_flower():
-    code = ("import sys, petite_fl.federation.coordinator, petite_fl.federation.endpoint, "
-            "petite_fl.federation.transport, petite_fl.federation.arms, petite_fl.federation.messages; "
+    code = ("import sys, petite_fl.federation.server.coordinator, petite_fl.federation.site.endpoint, "
+            "petite_fl.federation.transport, petite_fl.federation.server.arms, petite_fl.federation.messages; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'flwr'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -177,7 +177,7 @@ def test_a_run_name_that_would_leave_its_folder_is_refused_before_any_work(run_n
 
 @pytest.mark.parametrize("site", ["..", ".", "../../etc", "/tmp/site/manifest.json"])
 def test_a_sites_folder_stays_under_its_root_whatever_it_is_called(tmp_path, site):
-    from petite_fl.federation.site import run_folder, site_dir
+    from petite_fl.federation.site.paths import run_folder, site_dir
 
     folder = site_dir(tmp_path, site)
     assert folder.parent == tmp_path and folder.name not in (".", "..")

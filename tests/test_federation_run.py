@@ -13,10 +13,10 @@ from tracking_readers import config_text, curve, events, rows, tracked_files
 
 from petite_fl.artifacts import load_adapter, load_backbone
 from petite_fl.errors import PetiteError
-from petite_fl.federation.coordinator import Coordinator
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.transport import FlowerTransport
-from petite_fl.federation.site import run_folder
+from petite_fl.federation.server.coordinator import Coordinator
+from petite_fl.federation.site.paths import run_folder
 from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 

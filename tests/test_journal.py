@@ -7,8 +7,8 @@ import json
 import pytest
 from flwr.app import Context, RecordDict
 
-from petite_fl.deploy import journal
 from petite_fl.errors import PetiteError
+from petite_fl.federation.flower import journal
 from petite_fl.federation.flower import server as apps
 
 

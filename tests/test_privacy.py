@@ -20,12 +20,12 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.coordinator import Coordinator
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.privacy import private_mean
 from petite_fl.federation.flower.records import ARRAYS, FITINS, FITRES, from_parameters, from_record
 from petite_fl.federation.flower.transport import FlowerTransport
-from petite_fl.federation.protection import Protection, check_combination, protection_from_config
+from petite_fl.federation.server.coordinator import Coordinator
+from petite_fl.federation.server.protections import Protection, check_combination, protection_from_config
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import compose_run
 
@@ -160,7 +160,7 @@ def test_a_site_dropping_out_mid_secagg_leaves_a_sum_of_two_that_is_discarded(ca
 
 
 def test_secagg_refuses_fewer_than_three_sites_as_min_sites():
-    from petite_fl.federation.coordinator import min_sites
+    from petite_fl.federation.server.coordinator import min_sites
 
     assert min_sites(None, 5, secagg=False) == 3 and min_sites(None, 2, secagg=False) == 1
     assert min_sites(None, 3, secagg=True) == 3 and min_sites(None, 5, secagg=True) == 3
@@ -199,8 +199,8 @@ def test_the_dp_noise_cannot_be_replayed_from_the_run_config():
     """The attack: every site knows the run's seed; if the noise came from it, regenerating it and
     subtracting it from the release would give back the true mean (to 4e-9 before this fix)."""
     from petite_fl.federation.flower.privacy import CentralDP
-    from petite_fl.federation.protected import Protected
-    from petite_fl.federation.site import round_seed
+    from petite_fl.federation.server.protections import Protected
+    from petite_fl.federation.site.worker import round_seed
     from petite_fl.federation.strategies import build_strategy
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1

@@ -61,8 +61,8 @@ def cache(federation_cache) -> Path:
 
 @pytest.mark.parametrize("kind", ["nan", "shape", "extra", "norm", "scaled", "dtype", "backbone", "garbage"])
 def test_a_poisoned_update_is_rejected_and_the_global_is_the_honest_average(cache, kind):
-    from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.federation.server.coordinator import Coordinator
     from petite_fl.runconfig import compose_run
 
     rc = run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.min_sites": 1,
@@ -81,7 +81,7 @@ def test_a_poisoned_update_is_rejected_and_the_global_is_the_honest_average(cach
 def test_no_adamw_step_moves_a_coordinate_farther_than_the_bound(t):
     """The honest bound's premise, against torch's own AdamW: random gradients never exceed it, and
     the gradients that make Cauchy–Schwarz an equality reach it (so it is not loose)."""
-    from petite_fl.federation.checks import adam_step_bound
+    from petite_fl.federation.server.checks import adam_step_bound
     from petite_fl.training.trainer import ADAMW_BETAS
 
     def last_step(grads: torch.Tensor) -> torch.Tensor:
@@ -116,8 +116,8 @@ def test_the_norm_bound_lets_honest_updates_through_and_is_configurable(cache):
 
 def test_a_site_claiming_a_huge_weight_weighs_what_it_declared_at_the_hello(cache):
     """The attack: num-examples is the averaging weight; claim 10⁹ and your update replaces the global."""
-    from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.federation.server.coordinator import Coordinator
     from petite_fl.runconfig import compose_run
 
     def inflate(message, context):
@@ -139,8 +139,8 @@ def test_a_site_claiming_a_huge_weight_weighs_what_it_declared_at_the_hello(cach
 def test_a_robust_aggregate_keeps_every_value_within_the_honest_sites_range(cache, how):
     """Beyond gross poisons: an update flipped around the global passes every check, and the mean
     follows it outside what the honest sites sent; a coordinate-wise median or trimmed mean does not."""
-    from petite_fl.federation.coordinator import Coordinator
     from petite_fl.federation.flower.transport import FlowerTransport
+    from petite_fl.federation.server.coordinator import Coordinator
     from petite_fl.runconfig import compose_run
 
     nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]

@@ -21,8 +21,8 @@ from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
 
 from petite_fl.cli.client import main as client
 from petite_fl.deploy.approval import AppNotApproved, app_hash, check_app
+from petite_fl.deploy.site_exec import ApprovedApp, ApprovedAppExecutor, app_folder_hash
 from petite_fl.errors import ConfigError
-from petite_fl.federation.flower.site_exec import ApprovedApp, ApprovedAppExecutor, app_folder_hash
 from petite_fl.runconfig import app_dir
 
 REFUSAL = ("site scanner4: refused app 'petite-fl/petite-fl' 0.1.0 with app hash {}: it is neither petite-fl's own "

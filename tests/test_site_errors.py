@@ -212,7 +212,7 @@ def test_a_single_frame_4d_image_is_accepted_as_3d(tmp_path: Path):
 @pytest.mark.parametrize("breaker, message", CASES, ids=IDS)
 def test_the_coordinator_reads_the_row_and_the_problem_but_no_path_or_subject(small_site: Path, breaker, message):
     """What an error reply carries: the site's own log keeps the whole line."""
-    from petite_fl.federation.endpoint import for_coordinator
+    from petite_fl.federation.site.endpoint import for_coordinator
 
     breaker(small_site)
     with pytest.raises(DataError) as exc:

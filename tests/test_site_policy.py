@@ -21,10 +21,10 @@ from petite_fl.artifacts import load_backbone, save_backbone
 from petite_fl.config import compose
 from petite_fl.deploy.site import site_deployment
 from petite_fl.errors import ConfigError, PetiteError, PolicyError
-from petite_fl.federation.endpoint import SiteEndpoint
 from petite_fl.federation.flower.codec import encode
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, TrainIns
-from petite_fl.federation.policy import NODE_KEY, SIMULATION, SitePolicy, policy_for_node
+from petite_fl.federation.site.endpoint import SiteEndpoint
+from petite_fl.federation.site.policy import NODE_KEY, SIMULATION, SitePolicy, policy_for_node
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import adapter_state_dict, apply_peft

@@ -17,7 +17,7 @@ from tracking_readers import config_text, curve, events, history, mlflow_runs, t
 from petite_fl.artifacts import load_adapter
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.site import run_folder, site_dir
+from petite_fl.federation.site.paths import run_folder, site_dir
 from petite_fl.runconfig import site_config, site_sections
 from petite_fl.tracking import available_trackers, open_tracker, tracker_name
 from petite_fl.training.jobs import default_backbone_path, finetune

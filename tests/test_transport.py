@@ -33,7 +33,7 @@ def test_a_tensor_sent_in_another_precision_is_refused_by_name():
 
 
 def test_bad_transport_settings_are_refused_naming_the_field():
-    from petite_fl.federation.coordinator import Coordinator
+    from petite_fl.federation.server.coordinator import Coordinator
 
     with pytest.raises(ConfigError, match=r"federation\.transport: 'int8' is not one of"):
         Coordinator(compose("config", ["federation.transport=int8"]), transport=None)

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from petite_fl.artifacts import KEY
 from petite_fl.errors import PetiteError
-from petite_fl.federation.sitepaths import folder_name, site_dir
+from petite_fl.federation.site.paths import folder_name, site_dir
 
 ADAPTER = "adapter.safetensors"
 

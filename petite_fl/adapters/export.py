@@ -19,7 +19,7 @@ from petite_fl.adapters.catalog import pick as pick_adapter
 from petite_fl.artifacts import load_adapter, load_backbone, save_backbone
 from petite_fl.atomic import atomic_path, write_json
 from petite_fl.errors import PetiteError
-from petite_fl.federation.sitepaths import cached_backbone
+from petite_fl.federation.site.paths import cached_backbone
 
 MODEL, CONFIG, CARD = "model.safetensors", "config.json", "card.json"
 BUNDLE_ADAPTER, BUNDLE_BACKBONE = "adapter.safetensors", "backbone.safetensors"

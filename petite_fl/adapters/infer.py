@@ -28,7 +28,7 @@ from petite_fl.atomic import write_json
 from petite_fl.console import console
 from petite_fl.data.nifti import load_volume
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.sitepaths import cached_backbone
+from petite_fl.federation.site.paths import cached_backbone
 from petite_fl.modelcard import inference_settings
 from petite_fl.training.device import resolve_device, use_amp
 from petite_fl.training.jobs import load_model, predict_file

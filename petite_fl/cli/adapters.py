@@ -57,7 +57,7 @@ def _site_root(args) -> tuple[Path, Path | None]:
 def listed(site_root: Path, site: str | None, cache: Path | None) -> tuple[list[Any], list[Path]]:
     """(entries, unreadable files): a site's federated adapters (and single-site fine-tunings)."""
     from petite_fl.adapters.catalog import entry, scan, site_names
-    from petite_fl.federation.sitepaths import site_dir
+    from petite_fl.federation.site.paths import site_dir
 
     federated = not site or site_dir(site_root, site).is_dir()
     entries, bad = scan(site_root, site) if federated else ([], [])

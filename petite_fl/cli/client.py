@@ -84,7 +84,7 @@ def build_approve_parser() -> argparse.ArgumentParser:
 
 
 def cmd_approve(args) -> int:
-    from petite_fl.federation.flower.site_exec import app_folder_hash
+    from petite_fl.deploy.site_exec import app_folder_hash
 
     digest = app_folder_hash(args.app)
     print(digest)  # alone on stdout, for scripts
@@ -135,7 +135,7 @@ def cmd_join(args) -> int:
         console.print(f"site {escape(site.name)}: ready to join {escape(site.server)}")
         return 0
     from petite_fl.config import compose, expand_path
-    from petite_fl.federation.flower.site_exec import app_folder_hash
+    from petite_fl.deploy.site_exec import app_folder_hash
 
     approved = tuple(dict.fromkeys([app_folder_hash(), *site.approved_apps]))
     console.print(f"site {escape(site.name)}: runs only approved apps: petite-fl's own ({approved[0][:12]}…)"

@@ -102,8 +102,8 @@ def site_superexec_command(*, site: str, port: int, approved: Sequence[str], sup
                            parent_pid: int) -> list[str]:
     """The site's SuperExec for the SuperNode whose Runtime API is on 127.0.0.1:`port`: it runs
     ClientApp tasks only, and only apps whose hash is in `approved`
-    (`petite_fl.federation.flower.site_exec`). It exits with `parent_pid` (petite-client)."""
-    return [sys.executable, "-m", "petite_fl.federation.flower.site_exec", "superexec",
+    (`petite_fl.deploy.site_exec`). It exits with `parent_pid` (petite-client)."""
+    return [sys.executable, "-m", "petite_fl.deploy.site_exec", "superexec",
             "--runtime-api-address", f"127.0.0.1:{port}", "--superexec-auth-secret-file", str(superexec_secret),
             "--parent-pid", str(parent_pid), "--site", site, *[a for h in approved for a in ("--approve", h)]]
 

@@ -18,14 +18,14 @@ from omegaconf import OmegaConf
 from petite_fl.config import compose, config_dirs, expand_path
 from petite_fl.deploy.approval import approved_apps
 from petite_fl.errors import ConfigError, DataError
-from petite_fl.federation.policy import NODE_KEY, SitePolicy
+from petite_fl.federation.site.policy import NODE_KEY, SitePolicy
 from petite_fl.runconfig import NODE_TRACKING, SITE_TRACKING
 from petite_fl.tracking import tracker_name
 
 FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_key", "port")
 #: fields a site config may leave out, with their default
 OPTIONAL_FIELDS = {"approved_apps": None,   # app hashes this site runs besides petite-fl's own (deploy.approval)
-                   "policy": None,          # the site's own policy; None: its safe defaults (federation.policy)
+                   "policy": None,          # the site's own policy; None: its safe defaults (federation.site.policy)
                    "tracking": None}        # where its own curves go; None: TensorBoard at the site
 
 

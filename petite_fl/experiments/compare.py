@@ -27,7 +27,7 @@ from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.flower_run import LocalSimulation, resources
 from petite_fl.experiments.pooled import run_pooled
-from petite_fl.federation.arms import arm_dir, compare_seeds
+from petite_fl.federation.server.arms import arm_dir, arm_overrides, check_arms, compare_seeds
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import command_config, site_list, submitted
 from petite_fl.scanners import available_scanners
@@ -44,15 +44,6 @@ def compare_overrides(overrides: list[str]) -> list[str]:
 
 #: The config of a Flower run of these overrides, as the ServerApp composes it.
 compare_config = command_config
-
-
-def check_arms(cfg: DictConfig, arms: list[str]) -> None:
-    unknown = [a for a in arms if a not in cfg.compare.arms]
-    if unknown:
-        raise ConfigError(f"unknown arm(s) {', '.join(unknown)}; "
-                          f"defined in compare.arms: {', '.join(cfg.compare.arms)}")
-    if not arms:
-        raise ConfigError("no arms to compare (--arms or compare.default_arms)")
 
 
 def split_counts(cfg: DictConfig, site: str) -> tuple[dict[str, int], str]:
@@ -88,7 +79,7 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
     sites = site_list(cfg)
     check_sites(cfg, sites)
     # Every arm's own config, composed now: a bad arm fails before anything is trained.
-    arm_cfgs = {arm: compare_config([*overrides, *[str(o) for o in cfg.compare.arms[arm]]]) for arm in arms}
+    arm_cfgs = {arm: compare_config([*overrides, *arm_overrides(cfg, arm)]) for arm in arms}
     pooled = [a for a in arms if str(arm_cfgs[a].strategy.name) == "pooled"]
     federated = [a for a in arms if a not in pooled]
     for arm in federated:  # the strategy's own refusals (e.g. fedavg-ft with one round), before any data
@@ -119,7 +110,7 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
             failed.append(str(exc))
     for arm in pooled:
         for seed in seeds:
-            arm_cfg = compare_config([*overrides, *[str(o) for o in cfg.compare.arms[arm]], f"seed={seed}"])
+            arm_cfg = compare_config([*overrides, *arm_overrides(cfg, arm, seed)])
             try:
                 run_pooled(arm_cfg, backbone, arm_dir(folder, arm, seed))
             except PetiteError as exc:  # like a failed Flower arm: kept out of the report, named, then fail

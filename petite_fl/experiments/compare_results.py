@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from petite_fl.errors import PetiteError
-from petite_fl.federation.arms import arm_dir
+from petite_fl.federation.server.arms import arm_dir
 from petite_fl.statistics import Interval, paired_interval
 
 VERDICT_METRIC = "psnr_fg"

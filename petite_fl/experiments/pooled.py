@@ -23,8 +23,8 @@ from petite_fl.console import console
 from petite_fl.data.patches import pooled_patch_dataset, site_patch_dataset
 from petite_fl.data.sites import resolve_site, site_split
 from petite_fl.errors import ConfigError
-from petite_fl.federation.evaluation import read_final_metrics
-from petite_fl.federation.site import round_seed
+from petite_fl.federation.server.evaluation import read_final_metrics
+from petite_fl.federation.site.worker import round_seed
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config
 from petite_fl.runconfig import site_list

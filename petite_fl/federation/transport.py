@@ -18,7 +18,7 @@ import torch
 from petite_fl.console import one_line
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.aggregate import payload_bytes
-from petite_fl.federation.protection import Protection
+from petite_fl.federation.server.protections import Protection
 from petite_fl.federation.strategies import Strategy
 
 
@@ -74,7 +74,7 @@ class LocalTransport:
     """Sites answered in this process, one after another, by the same code as a ClientApp's."""
 
     def __init__(self, node_configs: list[Mapping[str, Any]]) -> None:
-        from petite_fl.federation.endpoint import SiteEndpoint
+        from petite_fl.federation.site.endpoint import SiteEndpoint
 
         self.sites = {1000 + i: SiteEndpoint(dict(c), {}) for i, c in enumerate(node_configs)}
 
@@ -82,7 +82,7 @@ class LocalTransport:
         return list(self.sites)
 
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
-        from petite_fl.federation.endpoint import for_coordinator
+        from petite_fl.federation.site.endpoint import for_coordinator
 
         out = Exchange()
         for node, message in messages.items():
@@ -103,8 +103,8 @@ class LocalTransport:
     def protect(self, strategy: Strategy, protection: Protection, n_sites: int) -> tuple[Strategy, Any]:
         if protection.secagg or protection.dp != "off":
             raise ConfigError("SecAgg+ and DP are Flower's protocols: run them through Flower (petite simulate)")
-        from petite_fl.federation.protected import protect_plain
-        from petite_fl.federation.rounds import plain_round
+        from petite_fl.federation.server.protections import protect_plain
+        from petite_fl.federation.server.rounds import plain_round
 
         return protect_plain(strategy, protection), plain_round
 

@@ -102,7 +102,7 @@ def make_objective(train_cfg: Any, model_name: str, model_preset: str, device: t
     if kind in ("mse", "l1"):
         return Supervised(kind)
     if kind == "gan":
-        from petite_fl.models.cvtgan import build_discriminator
+        from petite_fl.models.cvtgan_discriminator import build_discriminator
 
         disc = build_discriminator(model_preset if model_preset in ("paper", "tiny") else "tiny").to(device)
         return Adversarial(disc, float(train_cfg.gan.l1_weight), float(train_cfg.gan.d_lr))

@@ -19,7 +19,7 @@ from petite_fl.atomic import atomic_path
 from petite_fl.console import console
 from petite_fl.training.objectives import Objective
 
-#: AdamW's (β1, β2): the server's bound on an honest update (federation/checks.py) assumes them.
+#: AdamW's (β1, β2): the server's bound on an honest update (federation/server/checks.py) assumes them.
 ADAMW_BETAS = (0.9, 0.999)
 
 

@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from petite_fl.experiments.benchmark.workers import run_worker
+from petite_fl.experiments.benchmark.workers import RESULT
 
 SECTIONS = ("comm", "overhead", "train", "inference", "scaling")
 PROG = "python -m petite_fl.experiments.benchmark"
@@ -115,3 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_cli("benchmark", body)
+
+
+def run_worker(name: str, job: dict[str, Any]) -> int:
+    """The child's side of `workers.run_child`: run one measurement and print its result on one line."""
+    if name == "train":
+        from petite_fl.experiments.benchmark.training import train_speed
+
+        result = train_speed(*job["args"])
+    elif name == "local":
+        from petite_fl.experiments.benchmark.plain_loop import plain_loop
+
+        result = plain_loop(job["overrides"])
+    else:
+        raise SystemExit(f"unknown worker {name}")
+    print(RESULT + json.dumps(result), flush=True)
+    return 0

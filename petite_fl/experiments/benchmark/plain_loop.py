@@ -15,7 +15,7 @@ from typing import Any
 def plain_loop(overrides: list[str], quiet: bool = True) -> dict[str, Any]:
     """Run the job of `overrides` in this process; its test PSNR and phase times (`quiet=False`:
     the coordinator's lines as `flwr run` prints them, for a run someone watches)."""
-    from petite_fl.federation.coordinator import Coordinator
+    from petite_fl.federation.server.coordinator import Coordinator
     from petite_fl.federation.transport import LocalTransport
     from petite_fl.runconfig import command_config, site_list
 

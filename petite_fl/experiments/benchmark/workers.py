@@ -1,4 +1,8 @@
-"""Timed measurements in fresh interpreters, so that one arm's peak memory never counts for another."""
+"""Timed measurements in fresh interpreters, so that one arm's peak memory never counts for another.
+
+The parent's side (`run_child`); the child is this benchmark's own command with `--worker`
+(`cli.run_worker`), which prints its result on one line after `RESULT`.
+"""
 
 from __future__ import annotations
 
@@ -23,19 +27,3 @@ def run_child(worker: str, job: dict[str, Any]) -> dict[str, Any]:
     from petite_fl.errors import PetiteError
 
     raise PetiteError(f"benchmark worker '{worker}' failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-
-
-def run_worker(name: str, job: dict[str, Any]) -> int:
-    """The child's side: run the measurement and print its result on one line."""
-    if name == "train":
-        from petite_fl.experiments.benchmark.training import train_speed
-
-        result = train_speed(*job["args"])
-    elif name == "local":
-        from petite_fl.experiments.benchmark.plain_loop import plain_loop
-
-        result = plain_loop(job["overrides"])
-    else:
-        raise SystemExit(f"unknown worker {name}")
-    print(RESULT + json.dumps(result), flush=True)
-    return 0

@@ -14,9 +14,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from petite_fl.errors import PetiteError
-from petite_fl.federation.endpoint import SiteEndpoint, for_coordinator
 from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.messages import BY_KIND, TrainIns
+from petite_fl.federation.site.endpoint import SiteEndpoint, for_coordinator
 
 #: Error code of a site that refused a message for a reason it states (bad data, config).
 SITE_REFUSED = 1001

@@ -31,8 +31,7 @@ from flwr.serverapp.strategy import (
 )
 
 from petite_fl.federation.flower.records import ARRAYS, from_record, to_record
-from petite_fl.federation.protected import Protected
-from petite_fl.federation.protection import Protection
+from petite_fl.federation.server.protections import Protected, Protection
 
 _WEIGHT = "dp-weight"  # every site weighs 1: the noise is calibrated for a plain mean
 

@@ -33,14 +33,13 @@ from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from petite_fl.errors import PetiteError
-from petite_fl.federation.checks import check_update
 from petite_fl.federation.fields import Unreadable, number_metrics
 from petite_fl.federation.flower import codec
 from petite_fl.federation.flower.records import content_bytes, from_parameters
 from petite_fl.federation.messages import TrainIns
-from petite_fl.federation.protected import Protected
-from petite_fl.federation.protection import MIN_SECAGG_SITES, Protection
-from petite_fl.federation.rounds import RoundContext, RoundResult
+from petite_fl.federation.server.checks import check_update
+from petite_fl.federation.server.protections import MIN_SECAGG_SITES, Protected, Protection
+from petite_fl.federation.server.rounds import RoundContext, RoundResult
 
 _FITINS_CONFIG = "fitins.config"
 

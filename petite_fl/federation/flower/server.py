@@ -7,10 +7,10 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid
 
-from petite_fl.deploy import journal
 from petite_fl.errors import PetiteError
-from petite_fl.federation.arms import run_all
+from petite_fl.federation.flower import journal
 from petite_fl.federation.flower.transport import FlowerTransport
+from petite_fl.federation.server.arms import run_all
 from petite_fl.runconfig import compose_run
 
 

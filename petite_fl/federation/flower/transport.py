@@ -18,9 +18,8 @@ from petite_fl.federation.fields import Unreadable
 from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.flower.records import record_bytes
 from petite_fl.federation.messages import REPLIES
-from petite_fl.federation.protected import Protected, protect_plain
-from petite_fl.federation.protection import Protection
-from petite_fl.federation.rounds import plain_round
+from petite_fl.federation.server.protections import Protected, Protection, protect_plain
+from petite_fl.federation.server.rounds import plain_round
 from petite_fl.federation.transport import Exchange
 
 
@@ -51,7 +50,7 @@ class FlowerTransport:
 
     def registered_sites(self) -> dict[int, str] | None:
         """{node id: site} from `petite-server register`, where the coordinator keeps one."""
-        from petite_fl.deploy.registry import sites_by_node
+        from petite_fl.federation.flower.sitetable import sites_by_node
 
         return sites_by_node()
 

@@ -29,10 +29,10 @@ from petite_fl.data.manifest import read_manifest
 from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.sites import resolve_site, site_split, training_patch
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.backbone_cache import BackboneCache
 from petite_fl.federation.messages import HelloRes
-from petite_fl.federation.policy import SIMULATION, SitePolicy, spec_methods
-from petite_fl.federation.sitepaths import run_folder, site_dir
+from petite_fl.federation.site.backbone_cache import BackboneCache
+from petite_fl.federation.site.paths import run_folder, site_dir
+from petite_fl.federation.site.policy import SIMULATION, SitePolicy, spec_methods
 from petite_fl.federation.strategies import LocalTraining, Strategy
 from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.models.registry import build_backbone

@@ -27,14 +27,14 @@ from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import config_hash, expand_path
 from petite_fl.console import console, human_bytes
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.checkpoint import load_checkpoint, save_checkpoint
-from petite_fl.federation.checks import honest_update_bound, max_update_norm
-from petite_fl.federation.evaluation import read_final_metrics
 from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
-from petite_fl.federation.protection import MIN_SECAGG_SITES, check_combination, protection_from_config
-from petite_fl.federation.rounds import RoundContext, group_id
-from petite_fl.federation.runlog import RunLog, print_summary
+from petite_fl.federation.server.checkpoint import load_checkpoint, save_checkpoint
+from petite_fl.federation.server.checks import honest_update_bound, max_update_norm
+from petite_fl.federation.server.evaluation import read_final_metrics
+from petite_fl.federation.server.protections import MIN_SECAGG_SITES, check_combination, protection_from_config
+from petite_fl.federation.server.rounds import RoundContext, group_id
+from petite_fl.federation.server.runlog import RunLog, print_summary
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config

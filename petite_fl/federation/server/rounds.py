@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from petite_fl.federation.checks import check_update
 from petite_fl.federation.messages import HelloRes, TrainIns
+from petite_fl.federation.server.checks import check_update
 
 Tensors = dict[str, torch.Tensor]
 

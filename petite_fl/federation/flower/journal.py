@@ -2,25 +2,22 @@
 
 `petite-server` points its ServerApps at a journal folder (an environment variable
 inherited through Flower's SuperLink); each run records its run-config when it starts and
-its outcome when it ends, atomically. A run still marked `running` was interrupted: the
-server was killed mid-run. `petite-server --resume` submits it again with the same
-run-config, and the coordinator continues from its last checkpointed round (the run's
-name, and so its checkpoint, follow from its configuration).
+its outcome when it ends, atomically (the hooks the ServerApp calls, here at the Flower
+edge). A run still marked `running` was interrupted: the server was killed mid-run.
+`petite-server --resume` (`deploy.resubmit`) submits it again with the same run-config, and
+the coordinator continues from its last checkpointed round (the run's name, and so its
+checkpoint, follow from its configuration).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from petite_fl.atomic import write_json
-from petite_fl.deploy.processes import BIN, write_toml
-from petite_fl.errors import PetiteError
 
 ENV = "PETITE_FL_SERVER_JOURNAL"
 
@@ -58,25 +55,3 @@ def interrupted(folder: Path) -> list[dict[str, Any]]:
         if entry.get("status") == "running":
             out.append(entry)
     return sorted(out, key=lambda e: e.get("started", 0))
-
-
-def resubmit(folder: Path, entry: dict[str, Any], app: Path, connection: str, timeout: float = 300) -> int:
-    """`flwr run <app> <connection>` with the interrupted run's run-config; returns the new run id.
-
-    `app` is normally the packaged Flower app (`petite_fl.experiments.flower_run.app_dir`):
-    the run continues with this installation's code whichever folder first submitted it.
-    """
-    fd, config = tempfile.mkstemp(suffix=".toml")
-    os.close(fd)
-    write_toml(Path(config), entry["run_config"])
-    try:
-        out = subprocess.run([str(BIN / "flwr"), "run", str(app), connection, "--run-config", config,
-                              "--format", "json"], capture_output=True, text=True, timeout=timeout)
-    finally:
-        os.unlink(config)
-    if out.returncode != 0:
-        raise PetiteError(f"resubmitting run {entry['run_id']} failed: {(out.stdout + out.stderr).strip()[-400:]}")
-    new_id = int(json.loads(out.stdout)["run-id"])
-    write_json(folder / f"{entry['run_id']}.json", {**entry, "status": "resumed", "resumed_as": new_id,
-                                                     "ended": time.time()})
-    return new_id

@@ -32,9 +32,10 @@ from petite_fl.federation.messages import (
     TrainIns,
     TrainRes,
 )
-from petite_fl.federation.policy import SitePolicy, policy_for_node
-from petite_fl.federation.runkeys import check_sections
-from petite_fl.federation.site import SiteWorker, run_folder, site_for_node
+from petite_fl.federation.site.paths import run_folder
+from petite_fl.federation.site.policy import SitePolicy, policy_for_node
+from petite_fl.federation.site.runkeys import check_sections
+from petite_fl.federation.site.worker import SiteWorker, site_for_node
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import site_config
 

@@ -37,7 +37,7 @@ from petite_fl.deploy.approval import AppNotApproved, app_hash, check_app
 from petite_fl.errors import ConfigError
 
 SUPEREXEC, CLIENTAPP = "superexec", "clientapp"
-MODULE = "petite_fl.federation.flower.site_exec"  # not __name__: that is "__main__" when run with -m
+MODULE = "petite_fl.deploy.site_exec"  # not __name__: that is "__main__" when run with -m
 
 
 def app_folder_hash(folder: Path | None = None) -> str:

@@ -15,7 +15,7 @@ import torch
 from petite_fl import __version__
 from petite_fl.atomic import atomic_path
 from petite_fl.errors import PetiteError
-from petite_fl.federation.runlog import RunLog
+from petite_fl.federation.server.runlog import RunLog
 
 
 @dataclass

@@ -17,7 +17,7 @@ from petite_fl.atomic import write_json
 from petite_fl.config import hydra_override
 from petite_fl.console import console
 from petite_fl.errors import ConfigError, PetiteError
-from petite_fl.federation.coordinator import Coordinator
+from petite_fl.federation.server.coordinator import Coordinator
 from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 
@@ -28,6 +28,23 @@ def compare_seeds(cfg: DictConfig) -> list[int]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"compare.seeds must be a whole number ≥ 1 (how many training seeds per arm), got {n!r}")
     return [int(cfg.seed) + i for i in range(n)]
+
+
+def check_arms(cfg: DictConfig, arms: list[str], where: str = "--arms or compare.default_arms") -> None:
+    """Every arm is defined in compare.arms, and there is at least one."""
+    if not arms:
+        raise ConfigError(f"no arms to compare ({where})")
+    unknown = [a for a in arms if a not in cfg.compare.arms]
+    if unknown:
+        raise ConfigError(f"unknown arm(s) {', '.join(unknown)} ({where}); "
+                          f"defined in compare.arms: {', '.join(cfg.compare.arms)}")
+
+
+def arm_overrides(cfg: DictConfig, arm: str, seed: int | None = None) -> list[str]:
+    """The Hydra overrides that make a comparison's config one arm's (compare.arms.<arm>), then its seed:
+    the one place an arm's config is built, for the simulation, a deployment and the pooled arms alike."""
+    check_arms(cfg, [arm])
+    return [*[str(o) for o in cfg.compare.arms[arm]], *([f"seed={seed}"] if seed is not None else [])]
 
 
 def arm_dir(folder: Path, arm: str, seed: int) -> Path:
@@ -41,15 +58,13 @@ def run_all(cfg: DictConfig, run_config: Mapping[str, Any], transport: Any) -> d
         return Coordinator(cfg, transport).run()
     if not cfg.compare.dir:
         raise ConfigError("compare.run is set but compare.dir is not")
-    unknown = [a for a in arms if a not in cfg.compare.arms]
-    if unknown:
-        raise ConfigError(f"compare.run: unknown arm(s) {unknown}; defined: {', '.join(cfg.compare.arms)}")
+    check_arms(cfg, arms, "compare.run")
     runs = [(arm, seed) for seed in compare_seeds(cfg) for arm in arms]
     backbone = backbone_for(cfg)  # one backbone for every arm and seed: seeds vary the fine-tuning only
     results, failed = {}, {}
     for i, (arm, seed) in enumerate(runs, 1):
         out = arm_dir(Path(str(cfg.compare.dir)), arm, seed)
-        overrides = [*[str(o) for o in cfg.compare.arms[arm]], f"seed={seed}", hydra_override("backbone", backbone),
+        overrides = [*arm_overrides(cfg, arm, seed), hydra_override("backbone", backbone),
                      hydra_override("out", out), "compare.run=null"]
         label = f"{arm}/seed-{seed}"
         try:
