@@ -1,1 +1,2 @@
-"""Deployment: certificates and keys, the coordinator (SuperLink) and site (SuperNode) launchers."""
+"""Deployment: certificates and keys, the coordinator (SuperLink + proxy) and site (SuperNode + its own
+app runner) launchers, app approval. Above the federation core, which never imports it."""

@@ -1,1 +1,3 @@
-"""Federated PEFT: a core without Flower (messages, coordinator, site, strategies) and its Flower adapter."""
+"""Federated PEFT: a core without Flower — `server/` (the coordinator's half), `site/` (a site's half),
+and what both speak at this level (messages, transport, strategies, sharing) — and its Flower edge
+(`flower/`: the apps and the wire codec)."""

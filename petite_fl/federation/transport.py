@@ -1,9 +1,9 @@
 """How the coordinator reaches its sites: a small interface, and an in-process carrier.
 
-The round loop (`coordinator`) only asks a `Transport` to deliver one typed instruction
+The round loop (`server.coordinator`) only asks a `Transport` to deliver one typed instruction
 per node and give back typed replies or one-line errors per node. `flower/transport.py`
 carries them as Flower messages (simulation or deployment); `LocalTransport` here calls
-the same site code (`endpoint.SiteEndpoint`) in this process, which is how the overhead
+the same site code (`site.endpoint.SiteEndpoint`) in this process, which is how the overhead
 benchmark's plain loop and fast tests run the very same algorithm without Flower.
 """
 

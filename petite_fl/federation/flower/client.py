@@ -1,7 +1,7 @@
 """The ClientApp's one handler: a Flower message in, the site's typed answer out.
 
 The site's run settings are remembered in the node's Flower state (`Context.state`,
-kept by the SuperNode across the messages of a run) by `endpoint.SiteEndpoint`. A refusal
+kept by the SuperNode across the messages of a run) by `site.endpoint.SiteEndpoint`. A refusal
 is one line in the site's own log and the error reply the coordinator gets.
 """
 
