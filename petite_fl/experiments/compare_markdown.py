@@ -25,7 +25,11 @@ def budget_text(summary: dict[str, Any]) -> str:
     b = summary.get("budget") or {}
     if not b:
         return f"{summary['rounds']} rounds × {summary['local_steps']} local steps"
-    if "total_steps" in b:
+    if "finetune_steps_per_site" in b:  # pooled-ft: centralised, then local fine-tuning (fedavg-ft's split)
+        head = (f"{b['centralised_steps']} steps in one place (= {b['centralised_rounds']} rounds × {b['local_steps']} "
+                f"local steps × sites), then {b['finetune_steps_per_site']} local steps per site "
+                f"(= {b['finetune_rounds']} × {b['local_steps']}, as fedavg-ft's local rounds)")
+    elif "total_steps" in b:
         head = (f"{b['total_steps']} steps in one place (= {b['rounds']} rounds × {b['local_steps']} local steps "
                 "× sites)")
     elif not b["rounds"]:
