@@ -224,3 +224,19 @@ def test_pooled_ft_is_refused_over_a_federation_in_one_line_before_anything_runs
                               "its sites")
     assert not grid.replies and not (tmp_path / "arms").exists()
 
+
+def test_the_report_shows_how_far_shared_lora_a_moved_in_the_arms_that_share_it(compared):
+    folder, _, _, md = compared
+    table = rows(folder / "lora_a_drift.csv")
+    assert {r["arm"] for r in table} == {"fedavg", "fedavg-ft"}  # local and the centralised arms share nothing
+    fedavg = [r for r in table if r["arm"] == "fedavg"]
+    assert {(r["seed"], r["round"], r["site"]) for r in fedavg} == {
+        (str(seed), str(rnd), site) for seed in (0, 1) for rnd in (1, 2) for site in [*SITES, "global"]}
+    own = rows(arm_dir(folder, "fedavg", 1) / "lora_a_drift.csv")
+    assert [r["a_from_init"] for r in own] == [r["a_from_init"] for r in fedavg if r["seed"] == "1"]
+    assert {r["round"] for r in table if r["arm"] == "fedavg-ft"} == {"1"}  # its second round is local
+    assert "## How far shared LoRA A moved" in md
+    lines = [line for line in md.splitlines() if line.startswith("| fedavg | ")]
+    assert [line.split(" | ")[1] for line in lines[-2:]] == ["1", "2"]
+    first = [float(r["a_from_init"]) for r in fedavg if r["round"] == "1" and r["site"] != "global"]
+    assert f"{min(first):.3g}–{max(first):.3g}" in lines[-2]

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.console import console
+from petite_fl.experiments.compare_drift import drift_markdown, drift_rows
 from petite_fl.experiments.compare_markdown import markdown, print_tables
 from petite_fl.experiments.compare_results import ArmRuns, all_differences, load_arms
 from petite_fl.federation.flower.payload import upload_share
@@ -49,6 +50,10 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone)
     md = markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, names,
                   overrides, seconds, backbone)
+    drift = drift_rows({a: data[a] for a in arms})  # how far shared LoRA A moved (split-lora, fedavg)
+    if drift:
+        write_csv(folder / "lora_a_drift.csv", drift)
+        md += "\n" + "\n".join(drift_markdown(drift)) + "\n"
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(md)
     print_tables(diffs, arms, sites, baselines)
