@@ -13,7 +13,9 @@ from petite_fl.statistics import BETTER, WORSE
 
 
 def figures(folder: Path, data: dict, arms: list[str], sites: list[str], curves: list[dict[str, Any]],
-            diffs: list[dict[str, Any]], baselines: list[str], cfg: DictConfig, backbone: Path) -> list[str]:
+            diffs: list[dict[str, Any]], baselines: list[str], cfg: DictConfig, backbone: Path,
+            slices: bool = True) -> list[str]:
+    """The report's figures; `slices`: predicted slices too (they need the sites' test scans and adapters)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +28,8 @@ def figures(folder: Path, data: dict, arms: list[str], sites: list[str], curves:
     names.append(_levels(folder, data, arms, sites, colors))
     names.append(_convergence(folder, arms, curves, colors))
     names.append(_bytes(folder, data, arms, colors))
-    names += _slices(folder, data, sites, cfg, backbone)
+    if slices:
+        names += _slices(folder, data, sites, cfg, backbone)
     return names
 
 

@@ -28,11 +28,14 @@ from petite_fl.training.inference import METRICS
 
 
 def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], backbone: Path,
-           overrides: list[str], seconds: float) -> Path:
-    """Every file of the report from the arms' runs in `folder`; returns report.md's path."""
+           overrides: list[str], seconds: float | None, deployed: str | None = None) -> Path:
+    """Every file of the report from the arms' runs in `folder`; returns report.md's path.
+
+    `deployed`: the connection of the deployed coordinator the arms ran at. Its sites are those that
+    answered, and the report shows no slices: the coordinator holds no site's scans."""
     data, missing = load_arms(folder, arms, seeds)
     arms = [a for a in arms if a in data]
-    sites = site_list(cfg)
+    sites = answered_sites(cfg, data) if deployed else site_list(cfg)
     baselines = [b for b in cfg.compare.baselines if b in data]
     means = _mean_rows(data, sites)
     diffs = all_differences(data, arms, seeds, sites, baselines)
@@ -46,14 +49,30 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     write_json(folder / "payload.json", payload)
     from petite_fl.experiments.compare_figures import figures
 
-    names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone)
+    names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone,
+                    slices=not deployed and backbone.is_file())
     md = markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, names,
-                  overrides, seconds, backbone)
+                  overrides, seconds, backbone, where=deployed_line(deployed, data, sites) if deployed else None)
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(md)
     print_tables(diffs, arms, sites, baselines)
     console.print(f"report: {folder / 'report.md'}", markup=False)
     return folder / "report.md"
+
+
+def answered_sites(cfg: DictConfig, data: dict[str, ArmRuns]) -> list[str]:
+    """The sites with results in some arm: those federation.sites lists first, in its order."""
+    found = {s for runs in data.values() for r in runs.runs.values() for s in r["sites"]}
+    return [s for s in site_list(cfg) if s in found] + sorted(found - set(site_list(cfg)))
+
+
+def deployed_line(connection: str, data: dict[str, ArmRuns], sites: list[str]) -> str:
+    """Where a deployed comparison ran and what each site evaluated (from the sites' own replies)."""
+    counts = {s: max(((runs.first["sites"].get(s) or {}).get("test") or {}).get("subjects") or 0
+                     for runs in data.values()) for s in sites}
+    return (f"Deployed federation `{connection}`: each site trained and evaluated on its own data; test subjects "
+            "per site (from their replies): " + ", ".join(f"{s} {n}" for s, n in counts.items())
+            + "; the coordinator never held a scan (no slices)")
 
 
 def track(folder: Path, cfg: DictConfig, means: list[dict[str, Any]], diffs: list[dict[str, Any]]) -> None:
