@@ -136,3 +136,152 @@ def test_evaluate_builds_one_zero_round_arm_whose_config_is_the_adapters_spec(ho
     assert (arm.peft.name, arm.peft.encoder, arm.peft.decoder, arm.peft.bitfit) == ("mix", "lora", "ssf", True)
     assert s.arm_cfgs["no-finetune"].get("adapter") is None
     assert prepare([f"backbone={backbone}"], evaluate="backbone").arms == ["no-finetune"]
+
+
+@pytest.mark.slow  # a one-round run, then two zero-round arms: 238 s on a shared 2-core machine
+def test_a_given_adapter_evaluated_at_every_site_reproduces_the_metrics_of_the_site_that_made_it(
+        federation_cache, tmp_path):
+    """--evaluate's arm through the real apps in process: scanner5's own adapter of a local run, evaluated at
+    both sites with zero rounds, scores exactly what scanner5 reported for it; at scanner4 it is another
+    model than scanner4's own; the bare backbone arm beside it."""
+    import json
+    import shlex
+
+    from flower_grid import InProcessGrid
+    from flwr.app import Context, RecordDict
+    from test_federation_run import NODES, federate, run_config
+
+    from petite_fl.experiments.compare_evaluate import evaluation
+    from petite_fl.federation.flower.app import client_app
+    from petite_fl.federation.flower.server import serve
+    from petite_fl.federation.server.arms import arm_dir
+    from petite_fl.runconfig import compose_run
+
+    rc = run_config(federation_cache, strategy="local", **{"federation.run_name": "given-source",
+                                                           "federation.rounds": 1})
+    source, _ = federate(rc)
+    given = evaluation(compose_run(rc), source["sites"]["scanner5"]["adapter"])
+    extra = [*given.overrides, "federation.run_name=null", f"compare.run=[{','.join(given.arms)}]",
+             f"compare.dir={tmp_path}"]
+    rc_eval = {**rc, "overrides": f"{rc['overrides']} {shlex.join(extra)}"}
+    serve(InProcessGrid(client_app, rc_eval, NODES),
+          Context(run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=rc_eval))
+    evaluated = json.loads((arm_dir(tmp_path, "adapter", 0) / "summary.json").read_text())
+    assert evaluated["rounds"] == 0 and evaluated["given_adapter"]["path"] == source["sites"]["scanner5"]["adapter"]
+    assert "evaluated at every site without training" in evaluated["describe"]
+
+    def psnr(summary, site):
+        return [r["psnr_fg"] for r in summary["sites"][site]["test_subjects"]]
+
+    assert psnr(evaluated, "scanner5") == pytest.approx(psnr(source, "scanner5"), abs=1e-6)
+    assert psnr(evaluated, "scanner4") != pytest.approx(psnr(source, "scanner4"), abs=1e-6)
+    bare = json.loads((arm_dir(tmp_path, "no-finetune", 0) / "summary.json").read_text())
+    assert bare["peft"] == "none" and sorted(bare["sites"]) == ["scanner4", "scanner5"]
+
+
+# -- a real deployment: petite-server (nginx, TLS, site keys) and three petite-client sites on 127.0.0.1 ----------
+
+THREE = "[scanner3,scanner4,scanner5]"
+#: the sites' synthetic data and the comparison's sizing: 1 round of 2 steps, 2 test subjects per site
+DATA = ["data=tiny", f"data.synth.scanners={THREE}", "data.synth.workers=1", "data.synth.subjects=4",
+        "data.synth.splits={train:1,val:1,test:2}"]
+SIZING = ["source=scanner4", "train.pretrain.steps=4", "train.patch_scale=0.5", "train.batch_size=1",
+          "data.loader.patches_per_volume=2", "train.eval.overlap=0", "federation.val.patches=2",
+          f"federation.sites={THREE}", "federation.rounds=1", "federation.local_steps=2",
+          "federation.wait_for_sites=120", "federation.timeout=600"]
+
+
+def _processes(folder):
+    import os
+
+    from deployment_kit import Processes
+
+    from petite_fl.deploy.processes import BIN
+
+    return Processes(folder, {**os.environ, "FLWR_HOME": str(folder / "flwr"), "PETITE_FL_HOME": str(folder / "cache"),
+                              "FLWR_DISABLE_UPDATE_CHECK": "1",
+                              "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+
+
+def _coordinator_with_three_sites(folder, procs) -> None:
+    """petite-server certs / keygen / petite-server / register / petite-client, as test_deployment does."""
+    import time
+
+    from deployment_kit import Link
+
+    from petite_fl.data.sites import resolve_site
+    from petite_fl.deploy.processes import BIN
+
+    link = Link(folder, procs)
+    # the sites' data, made once here (three sites starting together would each make it)
+    resolve_site(compose(overrides=[*DATA, f"paths.cache={link.cache}"]), "scanner3")
+    assert procs.run([str(BIN / "petite-server"), "certs", "--out", str(folder / "tls")], 60).returncode == 0
+    for site in ("scanner3", "scanner4", "scanner5"):
+        keys = procs.run([str(BIN / "petite-client"), "keygen", "--site", site, "--out", str(folder / "keys")], 60)
+        assert keys.returncode == 0, keys.stderr
+    link.start_server()
+    deadline = time.monotonic() + 120
+    for site in ("scanner3", "scanner4", "scanner5"):
+        while True:
+            reg = procs.run([str(BIN / "petite-server"), "register", "--site", site,
+                             "--key", str(folder / "keys" / f"{site}.key.pub")], 60)
+            if reg.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert reg.returncode == 0, reg.stdout + reg.stderr + procs.log("server0")
+        link.clients[site] = procs.start(site, [str(BIN / "petite-client"), "--site", str(link.yaml(site)),
+                                                "-o", f"paths.cache={link.cache}",
+                                                *[a for o in DATA for a in ("-o", o)]])
+
+
+@pytest.mark.slow
+def test_a_comparison_at_a_deployed_coordinator_with_three_sites_and_its_report_rebuilt(tmp_path):
+    """`petite compare --federation petite --arms no-finetune,local` against a real petite-server and three
+    real sites: the report is written at the coordinator with each site's paired differences (from the
+    per-subject metrics the sites returned), without slices; `--report DIR` rebuilds it from the folder."""
+    import csv
+    import json
+    import os
+    import shutil
+    import sys
+    import time
+
+    from test_deployment import _nginx_installed
+
+    if not _nginx_installed() and not os.environ.get("CI"):  # CI installs nginx: there it never skips
+        pytest.skip("nginx is not installed")
+    procs = _processes(tmp_path)
+    try:
+        _coordinator_with_three_sites(tmp_path, procs)
+        out = tmp_path / "compare"
+        begin = time.monotonic()
+        done = procs.run([sys.executable, "-m", "petite_fl.cli.main", "compare", "--federation", "petite",
+                          "--arms", "no-finetune,local", "--out", str(out), *DATA, *SIZING], 1500)
+        seconds = time.monotonic() - begin
+        print(done.stdout[-6000:], done.stderr[-3000:], f"\n[petite compare --federation: {seconds:.0f} s]")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + procs.log("server0")[-3000:]
+        assert "submitted as run" in done.stdout and "local/seed-0 done" in done.stdout
+        plan = json.loads((out / "compare.json").read_text())
+        assert plan["federation"] == "petite" and plan["run_id"] and plan["arms"] == ["no-finetune", "local"]
+        md = (out / "report.md").read_text()
+        assert "Deployed federation `petite`" in md and "scanner3 2, scanner4 2, scanner5 2" in md
+        assert "## Δ head-mask PSNR (dB) vs no-finetune" in md and not list(out.glob("slices_*.png"))
+        with open(out / "differences.csv", newline="") as fh:
+            diffs = list(csv.DictReader(fh))
+        per_site = {r["site"]: r for r in diffs if (r["arm"], r["baseline"], r["metric"]) ==
+                    ("local", "no-finetune", "psnr_fg")}
+        assert set(per_site) == {"scanner3", "scanner4", "scanner5", "pooled"}
+        assert all(r["subjects"] == "2" for s, r in per_site.items() if s != "pooled")
+        for line in md.splitlines():
+            if line.startswith(("Command:", "Deployed", "| local", "| no-finetune")):
+                print(line)
+
+        shutil.copy(out / "differences.csv", tmp_path / "differences.before.csv")
+        for name in ("report.md", "differences.csv", "results.csv"):
+            (out / name).unlink()
+        rebuilt = procs.run([sys.executable, "-m", "petite_fl.cli.main", "compare", "--report", str(out)], 300)
+        assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+        assert (out / "differences.csv").read_text() == (tmp_path / "differences.before.csv").read_text()
+        assert "Deployed federation `petite`" in (out / "report.md").read_text()
+    finally:
+        procs.stop()

@@ -20,11 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
 from petite_fl.atomic import write_json
-from petite_fl.config import config_hash, expand_path, hydra_override
+from petite_fl.config import config_hash, expand_path, hydra_list, hydra_override
 from petite_fl.console import console
-from petite_fl.data.manifest import read_manifest
-from petite_fl.data.sites import resolve_site
-from petite_fl.data.synthetic import SynthSpec
+from petite_fl.data.sites import resolve_site, split_counts
 from petite_fl.deploy.connection import Connection, probe, read_connection
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.experiments.compare_deployed import run_deployed
@@ -36,7 +34,6 @@ from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.server.arms import arm_dir, arm_overrides, check_arms, compare_seeds
 from petite_fl.federation.strategies import build_strategy, centralised
 from petite_fl.runconfig import command_config, site_list, submitted
-from petite_fl.scanners import available_scanners
 from petite_fl.training.jobs import backbone_for
 
 #: subjects a site needs per split for a comparison: training, per-round validation, a paired interval
@@ -50,16 +47,6 @@ def compare_overrides(overrides: list[str]) -> list[str]:
 
 #: The config of a Flower run of these overrides, as the ServerApp composes it.
 compare_config = command_config
-
-
-def split_counts(cfg: DictConfig, site: str) -> tuple[dict[str, int], str]:
-    """(subjects per split, where they are set) of a site, before any data is generated."""
-    if site in available_scanners() and not Path(site).is_file():
-        spec = SynthSpec.from_config(cfg.data.synth)
-        where = f"data.synth.sizes.{site}" if site in dict(spec.sizes) else "data.synth.splits"
-        return dict(spec.splits_for(site)), where
-    manifest = resolve_site(cfg, site)
-    return read_manifest(manifest).counts(), str(manifest)
 
 
 def check_sites(cfg: DictConfig, sites: list[str]) -> None:
@@ -111,6 +98,11 @@ def prepare(user: list[str], arms: list[str] | None = None, federation: str | No
     seeds = compare_seeds(cfg)
     sites = site_list(cfg)
     if conn is None:
+        # Flower runs the apps from a copy of the app elsewhere: a manifest is named by its absolute path
+        absolute = [str(expand_path(s)) if Path(s).is_file() and not Path(s).is_absolute() else s for s in sites]
+        if absolute != sites:
+            overrides, sites = [*overrides, hydra_list("federation.sites", absolute)], absolute
+            cfg = compare_config(overrides)
         check_sites(cfg, sites)  # a deployed site checks its own data
     # Every arm's own config, composed now: a bad arm fails before anything is trained.
     arm_cfgs = {arm: compare_config([*overrides, *arm_overrides(cfg, arm)]) for arm in arms}

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from petite_fl.adapters.catalog import read_header
-from petite_fl.config import compose, expand_path, hydra_override
+from petite_fl.config import compose, expand_path, hydra_list, hydra_override
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.server.given import check_given, file_sha256
 from petite_fl.models.registry import build_backbone
@@ -57,8 +57,7 @@ def evaluation(cfg: DictConfig, what: str) -> Evaluation:
         model = build_backbone(str(meta["backbone_model"]), "paper", **dict(meta["backbone_config"]))
     check_given(path, meta, spec_from_config(compose("config", peft).peft, model))
     arm = ["strategy=fedavg", "federation.rounds=0", hydra_override("adapter", path), *peft]
-    return Evaluation([BASELINE, ARM], [hydra_override("backbone", backbone),
-                                        f"+compare.arms.{ARM}=[{','.join(_quoted(o) for o in arm)}]"],
+    return Evaluation([BASELINE, ARM], [hydra_override("backbone", backbone), hydra_list(f"+compare.arms.{ARM}", arm)],
                       [file_sha256(path)])
 
 
@@ -81,8 +80,3 @@ def adapter_backbone(cfg: DictConfig, path: Path, meta: dict) -> Path:
     raise PetiteError(f"--evaluate {path}: the adapter was made on backbone {want[:12]}… "
                       f"({meta.get('backbone_model')}), which is neither the file it names nor this config's "
                       "backbone; give it with backbone=FILE")
-
-
-def _quoted(override: str) -> str:
-    """One override as an element of a Hydra list of strings (it may hold quotes of its own)."""
-    return "'" + override.replace("\\", "\\\\").replace("'", "\\'") + "'"
