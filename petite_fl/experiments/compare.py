@@ -7,6 +7,11 @@ local-step budget, once per training seed; the pooled bound runs in this process
 sites report per-subject test metrics; `compare_results` pairs them across arms into
 differences with confidence intervals and `compare_report` writes the report (report.md,
 CSV, PNG figures).
+
+The same arms run at a deployed coordinator with `--federation` (`compare_deployed`; the
+centralised arms are refused there), `--evaluate` evaluates one adapter or the bare backbone
+without training (`compare_evaluate`), and the folder records what `--report` needs to write
+the report again (`compare_folder`). Sites may be manifests a consortium holds.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class Setup:
 
     cfg: DictConfig
     overrides: list[str]            # the preset's sizing, the user's, and --evaluate's arm
-    command: list[str]              # what the user typed after `petite compare` (the report's first line)
+    command: list[str]              # `petite compare …` that runs it again, arms spelled out (the report's first line)
     arms: list[str]
     seeds: list[int]
     sites: list[str]
@@ -97,13 +102,13 @@ def prepare(user: list[str], arms: list[str] | None = None, federation: str | No
     check_arms(cfg, arms)
     seeds = compare_seeds(cfg)
     sites = site_list(cfg)
-    if conn is None:
+    if conn is None:  # (a deployed site checks its own data)
         # Flower runs the apps from a copy of the app elsewhere: a manifest is named by its absolute path
         absolute = [str(expand_path(s)) if Path(s).is_file() and not Path(s).is_absolute() else s for s in sites]
         if absolute != sites:
             overrides, sites = [*overrides, hydra_list("federation.sites", absolute)], absolute
             cfg = compare_config(overrides)
-        check_sites(cfg, sites)  # a deployed site checks its own data
+        check_sites(cfg, sites)
     # Every arm's own config, composed now: a bad arm fails before anything is trained.
     arm_cfgs = {arm: compare_config([*overrides, *arm_overrides(cfg, arm)]) for arm in arms}
     pooled = [a for a in arms if centralised(arm_cfgs[a].strategy)]
