@@ -39,7 +39,7 @@ def submit(app: Path, connection: str, run_config: Mapping[str, Any], timeout: f
             return int(json.loads(out.stdout)["run-id"])
     except (ValueError, KeyError, TypeError):
         pass
-    raise PetiteError(f"{what} failed: {one_line((out.stdout + out.stderr).strip()[-400:])}") from None
+    raise PetiteError(f"{what} failed: {_why(out)}") from None
 
 
 def run_status(connection: str, run_id: int, timeout: float = 60) -> tuple[str, str]:
@@ -49,6 +49,13 @@ def run_status(connection: str, run_id: int, timeout: float = 60) -> tuple[str, 
     try:
         run = json.loads(out.stdout)["runs"][0]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise PetiteError(f"could not read the status of run {run_id} at `{connection}`: "
-                          f"{one_line((out.stdout + out.stderr).strip()[-400:])}") from None
+        raise PetiteError(f"could not read the status of run {run_id} at `{connection}`: {_why(out)}") from None
     return str(run.get("status")), str(run.get("status-details") or "")
+
+
+def _why(out: subprocess.CompletedProcess) -> str:
+    """flwr's own error message (its JSON's `error-message`), else the tail of what it printed, as one line."""
+    try:
+        return one_line(json.loads(out.stdout)["error-message"])
+    except (ValueError, KeyError, TypeError):
+        return one_line((out.stdout + out.stderr).strip()[-400:])
