@@ -285,3 +285,33 @@ def test_a_comparison_at_a_deployed_coordinator_with_three_sites_and_its_report_
         assert "Deployed federation `petite`" in (out / "report.md").read_text()
     finally:
         procs.stop()
+
+
+def test_the_coordinator_refuses_a_given_adapter_a_site_would_not_evaluate_as_it_is(tmp_path):
+    """federation.server.given: the adapter's spec must be the run's, all of it shared, its tensors those the
+    spec trains, its backbone this one, and the run must not train; each refusal one line naming the file."""
+    from petite_fl.artifacts import load_backbone
+    from petite_fl.errors import PetiteError
+    from petite_fl.federation.server.given import given_adapter
+
+    backbone, adapter = _backbone_and_adapter(tmp_path, 0)
+    _, for_another = _backbone_and_adapter(tmp_path, 1)  # an adapter made on another backbone
+    model, meta = load_backbone(backbone)
+    state = apply_peft(model, spec_from_config(compose().peft, model))
+    names = state.names
+    got = given_adapter(adapter, meta, state.spec, names, 0)
+    assert sorted(got) == sorted(names)
+    with pytest.raises(PetiteError, match=r"federation\.rounds=0"):
+        given_adapter(adapter, meta, state.spec, names, 2)
+    with pytest.raises(PetiteError, match="adapter was trained on backbone"):
+        given_adapter(for_another, meta, state.spec, names, 0)
+    lora = spec_from_config(compose(overrides=["peft=lora"]).peft, model)
+    with pytest.raises(PetiteError, match=r"its PEFT spec \(lora\+ssf\+bitfit.*is not the run's peft \(lora"):
+        given_adapter(adapter, meta, lora, names, 0)
+    encoder_only = [n for n in names if "encoder" in n] or names[:1]
+    with pytest.raises(PetiteError, match="evaluate it with strategy=fedavg"):
+        given_adapter(adapter, meta, state.spec, encoder_only, 0)
+    shared_only = save_adapter(tmp_path / "global-adapter.safetensors", dict(got), state.spec.to_dict(), meta,
+                               extra={"run": "r1", "shared_only": True})
+    with pytest.raises(PetiteError, match="holds only the shared tensors of run r1"):
+        given_adapter(shared_only, meta, state.spec, names, 0)
