@@ -14,6 +14,7 @@ from scipy import stats
 from test_federation_run import NODES, SITES, run_config
 from tracking_readers import config_text, curve, events
 
+from petite_fl.experiments.compare_folder import Plan, save
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.flower.app import client_app
@@ -45,6 +46,7 @@ def compared(tmp_path_factory):
     for seed in (0, 1):
         run_pooled(compose_run(rc, ["strategy=pooled", f"seed={seed}"]), backbone, arm_dir(folder, "pooled", seed),
                    quiet=True)
+    save(folder, Plan([*ARMS, "pooled"], [0, 1], str(backbone), ["compare.seeds=2"]), cfg)  # as `petite compare`
     md = report(folder, cfg, [*ARMS, "pooled"], [0, 1], backbone, ["compare.seeds=2"], 12.0).read_text()
     return folder, results, grid, md
 
@@ -157,3 +159,53 @@ def test_the_comparison_tracks_each_arms_means_and_its_paired_intervals(compared
             tag = f"diff/fedavg-{row['baseline']}/psnr_fg/{row['site']}/{end}"
             assert curve(acc, tag) == pytest.approx({0: float(row[end])})
     assert "job: compare" in config_text(acc) and "baselines:" in config_text(acc)
+
+
+def test_report_rebuilds_the_same_report_from_the_folder_alone(compared, tmp_path):
+    """`petite compare --report DIR`: from compare.json, config.yaml and the arms' results, nothing run."""
+    import shutil
+
+    from petite_fl.cli.main import main
+
+    folder, _, _, md = compared
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("slices_*"))
+    for name in ("report.md", "differences.csv", "results.csv", "forest_psnr.png"):
+        (copy / name).unlink()
+    # Without its backbone file (moved since) the slices cannot be drawn again: the rest is rebuilt, and
+    # the test stays fast (the slices' predictions are most of a report's time).
+    plan = json.loads((copy / "compare.json").read_text())
+    (copy / "compare.json").write_text(json.dumps({**plan, "backbone": str(tmp_path / "moved.safetensors")}))
+    assert main(["compare", "--report", str(copy)]) == 0
+    assert (copy / "differences.csv").read_text() == (folder / "differences.csv").read_text()
+    assert (copy / "results.csv").read_text() == (folder / "results.csv").read_text()
+    assert (copy / "forest_psnr.png").stat().st_size > 1000 and not list(copy.glob("slices_*"))
+    again = (copy / "report.md").read_text()
+    assert "Wall time: not recorded" in again  # the fixture's plan has none: never made up
+
+    def kept(text: str) -> list[str]:
+        lines = [x for x in text.splitlines() if not x.startswith(("Wall time", "Backbone:", "![slices_", "Slices:"))]
+        return "\n".join(lines).rstrip().splitlines()
+
+    assert kept(again) == kept(md)
+
+
+def test_a_deployed_report_names_the_sites_that_answered_and_shows_no_slices(compared, tmp_path):
+    """At a deployed coordinator the sites are those that answered (federation.sites may list others), the
+    data line comes from their replies, and no slice is drawn: the coordinator holds no scan."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from petite_fl.experiments.compare_folder import load
+
+    folder = compared[0]
+    shutil.copytree(folder / "arms", tmp_path / "arms")
+    plan, cfg = load(folder)
+    OmegaConf.update(cfg, "federation.sites", ["scanner1", *SITES])  # scanner1 never answered
+    md = report(tmp_path, cfg, ARMS, plan.seeds, Path(plan.backbone), ["--federation", "petite"], 60.0,
+                deployed="petite").read_text()
+    assert "Deployed federation `petite`" in md and "test subjects per site (from their replies): scanner4 2, " \
+        "scanner5 2" in md
+    assert "scanner1" not in md and not list(tmp_path.glob("slices_*.png")) and "Slices:" not in md
+    assert "| fedavg | " in md and "Command: `petite compare --federation petite`" in md

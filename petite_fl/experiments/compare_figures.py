@@ -13,7 +13,10 @@ from petite_fl.statistics import BETTER, WORSE
 
 
 def figures(folder: Path, data: dict, arms: list[str], sites: list[str], curves: list[dict[str, Any]],
-            diffs: list[dict[str, Any]], baselines: list[str], cfg: DictConfig, backbone: Path) -> list[str]:
+            diffs: list[dict[str, Any]], baselines: list[str], cfg: DictConfig, backbone: Path,
+            refs: dict[str, str] | None = None) -> list[str]:
+    """The report's figures. `refs` ({site label: scanner or manifest}): predicted slices too, which need the
+    sites' test scans and adapters on this machine (a simulation's); None: none."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +29,8 @@ def figures(folder: Path, data: dict, arms: list[str], sites: list[str], curves:
     names.append(_levels(folder, data, arms, sites, colors))
     names.append(_convergence(folder, arms, curves, colors))
     names.append(_bytes(folder, data, arms, colors))
-    names += _slices(folder, data, sites, cfg, backbone)
+    if refs is not None:
+        names += _slices(folder, data, refs, cfg, backbone)
     return names
 
 
@@ -141,7 +145,7 @@ def _bytes(folder, data, arms, colors) -> str:
     return _save(fig, folder / "bytes_per_round.png")
 
 
-def _slices(folder, data, sites, cfg, backbone) -> list[str]:
+def _slices(folder, data, refs, cfg, backbone) -> list[str]:
     import matplotlib.pyplot as plt
 
     from petite_fl.data.site import load_site
@@ -152,8 +156,8 @@ def _slices(folder, data, sites, cfg, backbone) -> list[str]:
 
     device, amp = device_and_amp(cfg)
     names = []
-    for site in sites:
-        manifest = resolve_site(cfg, site)
+    for site, ref in refs.items():
+        manifest = resolve_site(cfg, ref)
         sd = load_site(manifest, splits=("test",), scaling=str(cfg.data.loader.scaling))
         if not sd.pairs["test"]:
             continue

@@ -12,7 +12,6 @@ from omegaconf import DictConfig
 
 from petite_fl import __version__
 from petite_fl.console import console, human_bytes
-from petite_fl.data.synthetic import SynthSpec
 from petite_fl.experiments.compare_results import DIFF_METRICS, VERDICT_METRIC, ArmRuns
 from petite_fl.statistics import BETTER, BOOTSTRAP_MIN, WORSE, Interval
 
@@ -36,15 +35,6 @@ def budget_text(summary: dict[str, Any]) -> str:
             head += f" ({b['federated_rounds']} FedAvg, then {b['rounds'] - b['federated_rounds']} local)"
     return head + (f"; batch {b['batch_size']} volume(s) × {b['patches_per_volume']} patches, lr {b['lr']:g}"
                    if b.get("rounds") else "")
-
-
-def _data_line(cfg: DictConfig, sites: list[str]) -> str:
-    if str(cfg.data.name).startswith("synthetic"):
-        spec = SynthSpec.from_config(cfg.data.synth)
-        sizes = {s: dict(spec.splits_for(s)) for s in sites}
-        return "Subjects per scanner (train/val/test): " + ", ".join(
-            f"{s} {v['train']}/{v['val']}/{v['test']}" for s, v in sizes.items())
-    return "Sites: " + ", ".join(sites)
 
 
 def _cell(rows: list[dict[str, Any]], arm: str, base: str, metric: str, site: str, digits: int) -> str:
@@ -87,8 +77,10 @@ def _level_table(means, arms, sites, key, digits) -> list[str]:
 def markdown(cfg: DictConfig, arms: list[str], seeds: list[int], data: dict[str, ArmRuns], missing: dict[str, str],
              sites: list[str], means: list[dict[str, Any]], diffs: list[dict[str, Any]], baselines: list[str],
              curves: list[dict[str, Any]], payload: dict[str, Any], figures: list[str], overrides: list[str],
-             seconds: float, backbone: Path) -> str:
-    """report.md: the command and machine, how to read it, the difference and level tables, figures."""
+             seconds: float | None, backbone: Path, where: str) -> str:
+    """report.md: the command and machine, how to read it, the difference and level tables, figures.
+
+    `where`: the line on the sites' data (`compare_report.sites_line`, or a deployment's)."""
     n_test = min((len(v["test_subjects"]) for a in data.values() for v in a.first["sites"].values()
                   if v.get("test_subjects")), default=0)
     small = n_test < FEW_SUBJECTS
@@ -97,9 +89,10 @@ def markdown(cfg: DictConfig, arms: list[str], seeds: list[int], data: dict[str,
              f"Machine: {platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
              f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'} · "
              f"{torch.get_num_threads()} threads  ",
-             f"Wall time: {seconds / 60:.1f} min · petite-fl {__version__}  ",
+             f"Wall time: {f'{seconds / 60:.1f} min' if seconds is not None else 'not recorded'} · "
+             f"petite-fl {__version__}  ",
              f"Backbone: {cfg.model.name} ({cfg.model.preset}) pretrained on {cfg.source} · `{backbone.name}`  ",
-             f"{_data_line(cfg, sites)} · training seeds: {', '.join(map(str, seeds))}", "",
+             f"{where} · training seeds: {', '.join(map(str, seeds))}", "",
              "## How to read it", "",
              "- Every difference is paired: the same test subject of the same scanner, with the same training seed, "
              "under two arms. Cells read *mean [95 % interval]*; ▲ marks an interval above zero (better), ▼ below "
@@ -134,8 +127,9 @@ def markdown(cfg: DictConfig, arms: list[str], seeds: list[int], data: dict[str,
               "Per-subject values: `subjects.csv` (by position in each scanner's test split).", ""]
     lines += _convergence(cfg, arms, curves) + _communication(cfg, arms, data, payload)
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
-    lines += ["", "Slices: the middle axial slice of each scanner's first test subject, predicted by each arm's "
-              "final model for that site (first seed) on a slab of one window depth around it."]
+    if any(name.startswith("slices_") for name in figures):
+        lines += ["", "Slices: the middle axial slice of each scanner's first test subject, predicted by each "
+                  "arm's final model for that site (first seed) on a slab of one window depth around it."]
     return "\n".join(lines) + "\n"
 
 

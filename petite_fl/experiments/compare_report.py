@@ -19,6 +19,8 @@ from omegaconf import DictConfig
 
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.console import console
+from petite_fl.data.sites import site_labels, split_counts
+from petite_fl.errors import PetiteError
 from petite_fl.experiments.compare_markdown import markdown, print_tables
 from petite_fl.experiments.compare_results import ArmRuns, all_differences, load_arms
 from petite_fl.federation.flower.payload import upload_share
@@ -28,11 +30,17 @@ from petite_fl.training.inference import METRICS
 
 
 def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], backbone: Path,
-           overrides: list[str], seconds: float) -> Path:
-    """Every file of the report from the arms' runs in `folder`; returns report.md's path."""
+           overrides: list[str], seconds: float | None, deployed: str | None = None) -> Path:
+    """Every file of the report from the arms' runs in `folder`; returns report.md's path.
+
+    `deployed`: the connection of the deployed coordinator the arms ran at. Its sites are those that
+    answered, and the report shows no slices: the coordinator holds no site's scans."""
     data, missing = load_arms(folder, arms, seeds)
     arms = [a for a in arms if a in data]
-    sites = site_list(cfg)
+    refs = answered_sites(cfg, data) if deployed else site_list(cfg)
+    labels = {r: r for r in refs} if deployed else site_labels(refs)  # a deployed site's name is its label
+    data = {arm: relabelled(runs, labels) for arm, runs in data.items()}
+    sites = [labels[r] for r in refs]
     baselines = [b for b in cfg.compare.baselines if b in data]
     means = _mean_rows(data, sites)
     diffs = all_differences(data, arms, seeds, sites, baselines)
@@ -46,14 +54,51 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     write_json(folder / "payload.json", payload)
     from petite_fl.experiments.compare_figures import figures
 
-    names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone)
+    names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone,
+                    refs=None if deployed or not backbone.is_file() else {labels[r]: r for r in refs})
+    where = deployed_line(deployed, data, sites) if deployed else sites_line(cfg, refs, labels)
     md = markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, names,
-                  overrides, seconds, backbone)
+                  overrides, seconds, backbone, where)
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(md)
     print_tables(diffs, arms, sites, baselines)
     console.print(f"report: {folder / 'report.md'}", markup=False)
     return folder / "report.md"
+
+
+def answered_sites(cfg: DictConfig, data: dict[str, ArmRuns]) -> list[str]:
+    """The sites with results in some arm: those federation.sites lists first, in its order."""
+    found = {s for runs in data.values() for r in runs.runs.values() for s in r["sites"]}
+    return [s for s in site_list(cfg) if s in found] + sorted(found - set(site_list(cfg)))
+
+
+def relabelled(runs: ArmRuns, labels: dict[str, str]) -> ArmRuns:
+    """The arm's summaries with each site under its label (a manifest site under its name, not its path)."""
+    return ArmRuns(runs.arm, {seed: {**r, "sites": {labels.get(s, s): v for s, v in r["sites"].items()}}
+                              for seed, r in runs.runs.items()})
+
+
+def sites_line(cfg: DictConfig, refs: list[str], labels: dict[str, str]) -> str:
+    """Subjects per split of each simulated site, and which manifest a labelled site is."""
+    def counts(ref: str) -> str:
+        try:
+            c = split_counts(cfg, ref)[0]
+        except PetiteError:  # a manifest moved since the comparison ran
+            return "?"
+        return "/".join(str(c.get(k, 0)) for k in ("train", "val", "test"))
+
+    files = [f"{labels[r]} = `{r}`" for r in refs if labels[r] != r]
+    return ("Subjects per site (train/val/test): " + ", ".join(f"{labels[r]} {counts(r)}" for r in refs)
+            + (f" · manifests: {', '.join(files)}" if files else ""))
+
+
+def deployed_line(connection: str, data: dict[str, ArmRuns], sites: list[str]) -> str:
+    """Where a deployed comparison ran and what each site evaluated (from the sites' own replies)."""
+    counts = {s: max(((runs.first["sites"].get(s) or {}).get("test") or {}).get("subjects") or 0
+                     for runs in data.values()) for s in sites}
+    return (f"Deployed federation `{connection}`: each site trained and evaluated on its own data; test subjects "
+            "per site (from their replies): " + ", ".join(f"{s} {n}" for s, n in counts.items())
+            + "; the coordinator never held a scan (no slices)")
 
 
 def track(folder: Path, cfg: DictConfig, means: list[dict[str, Any]], diffs: list[dict[str, Any]]) -> None:

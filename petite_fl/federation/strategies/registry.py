@@ -34,6 +34,13 @@ def algorithm_of(cfg: Mapping[str, Any]) -> str:
     return str(cfg.get("algorithm") or cfg.get("name"))
 
 
+def centralised(cfg: Mapping[str, Any]) -> bool:
+    """A strategy config that trains on every site's scans in one place (`pooled`, `pooled-ft`): it names no
+    federated algorithm (`algorithm: null`) or carries the pooled label. Only a simulation holds every
+    site's data; a deployed federation refuses it."""
+    return str(cfg.get("name", "")).startswith(POOLED) or ("algorithm" in cfg and cfg.get("algorithm") is None)
+
+
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
     if cfg.get("name") == POOLED:  # names the centralised bound, not a federation
         raise ConfigError("strategy=pooled trains on every site's scans in one place: it is `petite compare`'s "
