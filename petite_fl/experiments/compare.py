@@ -24,6 +24,7 @@ from petite_fl.data.manifest import read_manifest
 from petite_fl.data.sites import resolve_site
 from petite_fl.data.synthetic import SynthSpec
 from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.experiments.compare_endpoints import check_endpoints
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.flower_run import LocalSimulation, resources
 from petite_fl.experiments.pooled import run_pooled
@@ -46,9 +47,14 @@ def compare_overrides(overrides: list[str]) -> list[str]:
 compare_config = command_config
 
 
+def simulated(site: str) -> bool:
+    """A synthetic scanner (generated here, with a ground truth), not a site given by its manifest."""
+    return site in available_scanners() and not Path(site).is_file()
+
+
 def split_counts(cfg: DictConfig, site: str) -> tuple[dict[str, int], str]:
     """(subjects per split, where they are set) of a site, before any data is generated."""
-    if site in available_scanners() and not Path(site).is_file():
+    if simulated(site):
         spec = SynthSpec.from_config(cfg.data.synth)
         where = f"data.synth.sizes.{site}" if site in dict(spec.sizes) else "data.synth.splits"
         return dict(spec.splits_for(site)), where
@@ -78,6 +84,7 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
     seeds = compare_seeds(cfg)
     sites = site_list(cfg)
     check_sites(cfg, sites)
+    check_endpoints(cfg, arms, sites, truth_sites=[s for s in sites if simulated(s)])  # margin, primary endpoint
     # Every arm's own config, composed now: a bad arm fails before anything is trained.
     arm_cfgs = {arm: compare_config([*overrides, *arm_overrides(cfg, arm)]) for arm in arms}
     pooled = [a for a in arms if str(arm_cfgs[a].strategy.name) == "pooled"]
