@@ -178,19 +178,21 @@ def main() -> None:
         for name in ("study", "paper"):
             rates = tost_error(model, PRESETS[name])
             print(f"  {label}, {name}: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in rates.items()))
+    print("\nTwo-level percentile bootstrap (seeds, then subjects), these scanners' mean:")
     for name in ("study", "paper"):
-        print(f"\ntwo-level bootstrap, {name}: {100 * bootstrap_coverage(design=PRESETS[name]):.1f} %")
-    print(f"two-level bootstrap, 20 subjects × 3 seeds: "
+        print(f"  {name}: {100 * bootstrap_coverage(design=PRESETS[name]):.1f} %")
+    print(f"  20 subjects × 3 seeds, 20 subjects × 3 seeds: "
           f"{100 * bootstrap_coverage(design=Design(5, 20, 3)):.1f} %")
-    print("\nSensitivity (study sizes): per scanner / fixed / random")
+    print("\nSensitivity: per scanner / fixed / random")
     grid = {"no seed effects": replace(Model(), seed=0, scanner_seed=0, residual=0.1),
             "shared seed dominates": replace(Model(), seed=0.15, scanner_seed=0, residual=0.02),
             "scanner-specific seeds": replace(Model(), seed=0, scanner_seed=0.15),
             "similar scanners": replace(Model(), scanner=0.05, seed=0.1, scanner_seed=0.1, residual=0.1),
             "one scanner 3× spread": replace(Model(), last_scanner_scale=3.0)}
-    for label, model in grid.items():
-        c = coverage(model, PRESETS["study"])
-        print(f"  {label:<24} " + " / ".join(f"{100 * c[k]:.1f} %" for k in (PER_SCANNER, FIXED, RANDOM)))
+    for name in ("study", "paper"):
+        for label, model in grid.items():
+            c = coverage(model, PRESETS[name])
+            print(f"  {name}, {label:<24} " + " / ".join(f"{100 * c[k]:.1f} %" for k in (PER_SCANNER, FIXED, RANDOM)))
 
 
 if __name__ == "__main__":
