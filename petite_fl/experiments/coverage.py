@@ -181,8 +181,7 @@ def main() -> None:
     print("\nTwo-level percentile bootstrap (seeds, then subjects), these scanners' mean:")
     for name in ("study", "paper"):
         print(f"  {name}: {100 * bootstrap_coverage(design=PRESETS[name]):.1f} %")
-    print(f"  20 subjects × 3 seeds, 20 subjects × 3 seeds: "
-          f"{100 * bootstrap_coverage(design=Design(5, 20, 3)):.1f} %")
+    print(f"  20 subjects × 3 seeds: {100 * bootstrap_coverage(design=Design(5, 20, 3)):.1f} %")
     print("\nSensitivity: per scanner / fixed / random")
     grid = {"no seed effects": replace(Model(), seed=0, scanner_seed=0, residual=0.1),
             "shared seed dominates": replace(Model(), seed=0.15, scanner_seed=0, residual=0.02),
