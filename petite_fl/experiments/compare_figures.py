@@ -69,7 +69,7 @@ def _forest(folder, ctx: Context, colors) -> str:
         for edge in (-ctx.margin, ctx.margin) if ALL[ctx.metric].unit == "dB" else ():
             ax.axvline(edge, color="0.7", lw=0.6, ls="--")
         ax.set_yticks([p for p, _ in labels], [t for _, t in labels], fontsize=6)
-        ax.set_xlabel(f"Δ {ALL[ctx.metric].label} vs {base}, mean and 95 % interval (dashed: ±margin)")
+        ax.set_xlabel(f"Δ {ALL[ctx.metric].label} vs {base}\nmean and 95 % interval (dashed: ±margin)", fontsize=8)
         ax.set_title(f"vs {base} (▲ better, ▼ worse, ◆ equivalent, ● no detectable difference)", fontsize=8)
     return _save(fig, folder / "forest_psnr.png")
 
