@@ -27,10 +27,11 @@ from petite_fl import __version__
 from petite_fl.atomic import write_json
 from petite_fl.config import config_hash, expand_path, hydra_list, hydra_override
 from petite_fl.console import console
-from petite_fl.data.sites import resolve_site, split_counts
+from petite_fl.data.sites import is_scanner, resolve_site, split_counts
 from petite_fl.deploy.connection import Connection, probe, read_connection
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.experiments.compare_deployed import run_deployed
+from petite_fl.experiments.compare_endpoints import check_endpoints
 from petite_fl.experiments.compare_evaluate import evaluation
 from petite_fl.experiments.compare_folder import Plan, save
 from petite_fl.experiments.compare_report import report
@@ -109,6 +110,8 @@ def prepare(user: list[str], arms: list[str] | None = None, federation: str | No
             overrides, sites = [*overrides, hydra_list("federation.sites", absolute)], absolute
             cfg = compare_config(overrides)
         check_sites(cfg, sites)
+    # margin and primary endpoint; only simulated scanners have a ground truth (a deployed site never does)
+    check_endpoints(cfg, arms, sites, truth_sites=[s for s in sites if is_scanner(s)] if conn is None else [])
     # Every arm's own config, composed now: a bad arm fails before anything is trained.
     arm_cfgs = {arm: compare_config([*overrides, *arm_overrides(cfg, arm)]) for arm in arms}
     pooled = [a for a in arms if centralised(arm_cfgs[a].strategy)]
