@@ -104,6 +104,12 @@ def hydra_override(key: str, value: bool | int | float | str | os.PathLike[str])
     return f"{key}={text}"
 
 
+def hydra_list(key: str, items: Sequence[str]) -> str:
+    """`key=['a','b']` for Hydra: a list of strings, each quoted (an item may hold quotes, `=` or spaces)."""
+    quoted = ("'" + str(i).replace("'", "\\'") + "'" for i in items)  # Hydra unescapes only \' inside quotes
+    return f"{key}=[{','.join(quoted)}]"
+
+
 def expand_path(value: str | os.PathLike[str]) -> Path:
     """A config path with `~` expanded and made absolute (Flower runs apps from a copy)."""
     return Path(value).expanduser().resolve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from scipy import stats
 from test_federation_run import NODES, SITES, run_config
 from tracking_readers import config_text, curve, events
 
+from petite_fl.experiments.compare_folder import Plan, save
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.pooled import Centralised, run_pooled
 from petite_fl.experiments.pooled_ft import finetune_site, run_pooled_ft
@@ -56,6 +58,7 @@ def compared(compare_rc):
                    quiet=True)
         run_pooled_ft(compose_run(rc, ["strategy=pooled-ft", f"seed={seed}"]), backbone,
                       arm_dir(folder, "pooled-ft", seed), quiet=True)
+    save(folder, Plan([*ARMS, *CENTRALISED], [0, 1], str(backbone), ["compare.seeds=2"]), cfg)  # as `petite compare`
     md = report(folder, cfg, [*ARMS, *CENTRALISED], [0, 1], backbone, ["compare.seeds=2"], 12.0).read_text()
     return folder, results, grid, md
 
@@ -83,30 +86,36 @@ def test_differences_are_paired_per_subject_with_a_t_interval(compared):
     per_subject = {(r["arm"], r["seed"], r["site"], r["position"]): float(r["psnr_fg"])
                    for r in rows(folder / "subjects.csv")}
     diffs = {(r["arm"], r["baseline"], r["metric"], r["site"]): r for r in rows(folder / "differences.csv")}
-    # fedavg − local on scanner5, seeds × subjects: t with the subjects' and the seeds' variances
+    # fedavg − local on scanner5, seeds × subjects crossed: the two-way ANOVA variance of the grand mean
     d = np.array([[per_subject["fedavg", s, "scanner5", p] - per_subject["local", s, "scanner5", p]
                    for p in ("0", "1")] for s in ("0", "1")])
-    v1, v2 = d.mean(axis=0).var(ddof=1) / 2, d.mean(axis=1).var(ddof=1) / 2
-    half = stats.t.ppf(0.975, (v1 + v2) ** 2 / (v1 ** 2 + v2 ** 2)) * np.sqrt(v1 + v2)
+    ms_subj, ms_seed = 2 * d.mean(axis=0).var(ddof=1), 2 * d.mean(axis=1).var(ddof=1)
+    ms_res = ((d - d.mean(0) - d.mean(1, keepdims=True) + d.mean()) ** 2).sum()
     row = diffs["fedavg", "local", "psnr_fg", "scanner5"]
     assert float(row["mean"]) == pytest.approx(d.mean())
+    assert float(row["se"]) ** 2 == pytest.approx(max(ms_subj + ms_seed - ms_res, ms_subj, ms_seed) / 4)
+    half = stats.t.ppf(0.975, float(row["df"])) * float(row["se"])
     assert (float(row["low"]), float(row["high"])) == pytest.approx((d.mean() - half, d.mean() + half))
-    assert row["method"] == "t" and row["seeds"] == "2"
-    # no-finetune ran once (zero rounds): it stands for both seeds
-    pooled = diffs["local", "no-finetune", "psnr_fg", "pooled"]
-    assert pooled["subjects"] == "4" and pooled["verdict"] in ("better", "worse",
-                                                               "no detectable difference at this sample size")
-    assert ("pooled", "local", "psnr_fg", "pooled") in diffs
+    assert row["method"] == "t" and row["seeds"] == "2" and row["interval"] == "per scanner"
+    # over scanners: these scanners (fixed) and scanners like these (random), each scanner counted once
+    fixed, rnd = diffs["local", "no-finetune", "psnr_fg", "fixed"], diffs["local", "no-finetune", "psnr_fg", "random"]
+    assert fixed["subjects"] == "4" and fixed["interval"] == "fixed over scanners"  # no-finetune stands for both seeds
+    assert rnd["interval"] == "random over scanners" and rnd["scanners"] == "2" and fixed["mean"] == rnd["mean"]
+    assert fixed["verdict"] in ("better", "worse", "equivalent", "no detectable difference at this sample size")
+    assert ("pooled", "local", "psnr_fg", "fixed") in diffs
 
 
 def test_report_leads_with_head_mask_differences_intervals_and_budgets(compared):
     folder, _, _, md = compared
-    assert "## Δ head-mask PSNR (dB) vs local" in md and "## Δ head-mask PSNR (dB) vs no-finetune" in md
-    assert "The verdict uses head-mask PSNR" in md and "does not mean they are equal" in md
+    assert "## Δ head-mask PSNR vs target (dB) vs local" in md
+    assert "## Δ head-mask PSNR vs target (dB) vs no-finetune" in md
+    assert "**Verdict metric: head-mask PSNR" in md and "does not mean they are equal" in md
     assert "very wide" in md  # two test subjects per scanner: the report says so
     budgets = {line.split("**")[1]: line for line in md.splitlines() if line.startswith("- **")}
     assert "2 rounds × 2 local steps per site (1 FedAvg, then 1 local)" in budgets["fedavg-ft"]
-    assert "8 steps in one place" in budgets["pooled"] and "no training" in budgets["no-finetune"]
+    assert "8 steps in one place" in budgets["pooled (centralised, one model)"]
+    assert "no training" in budgets["no-finetune"]
+    assert not re.search(r"\bbound\b", md)  # the pooled arm is centralised training, not a bound
     for name in ("forest_psnr.png", "psnr_per_scanner.png", "convergence.png", "bytes_per_round.png",
                  *(f"slices_{s}.png" for s in SITES)):
         assert (folder / name).stat().st_size > 1000 and f"]({name})" in md
@@ -126,10 +135,11 @@ def test_an_arm_that_lost_a_site_is_compared_on_the_common_sites(compared, tmp_p
         summary["sites"].pop("scanner4")
         path.write_text(json.dumps(summary))
     data, _ = load_arms(tmp_path, ["local", "fedavg"], [0, 1])
-    per_site, pooled, left_out, seeds_out = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
-    assert list(per_site) == ["scanner5"] and left_out == ["scanner4"] and pooled.subjects == 2 and not seeds_out
-    row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"])
-               if r["site"] == "pooled" and r["metric"] == "psnr_fg")
+    cmp = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
+    assert list(cmp.per_site) == ["scanner5"] and cmp.left_out == ["scanner4"] and not cmp.seeds_out
+    assert cmp.fixed.subjects == 2 and cmp.random is None  # one scanner: no random-effects interval
+    row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"], 0.1)
+               if r["site"] == "fixed" and r["metric"] == "psnr_fg")
     assert row["sites_left_out"] == "scanner4"
 
 
@@ -145,14 +155,14 @@ def test_a_failed_seed_is_left_out_and_named_never_replaced_by_another(compared,
     with pytest.raises(KeyError):
         data["fedavg"].seed(1)
     assert data["no-finetune"].seed(1) is data["no-finetune"].seed(0)  # zero rounds: one run for every seed
-    per_site, pooled, _, seeds_out = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
-    assert seeds_out == [1] and pooled.seeds == 1
+    cmp = differences(data, "fedavg", "local", [0, 1], SITES, "psnr_fg")
+    assert cmp.seeds_out == [1] and cmp.fixed.seeds == 1
     d = data["fedavg"].subjects(0, "scanner5", "psnr_fg") - data["local"].subjects(0, "scanner5", "psnr_fg")
-    assert per_site["scanner5"].mean == pytest.approx(d.mean())
-    _, both, _, none_out = differences(data, "local", "no-finetune", [0, 1], SITES, "psnr_fg")
-    assert both.seeds == 2 and not none_out
-    row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"])
-               if r["site"] == "pooled" and r["metric"] == "psnr_fg")
+    assert cmp.per_site["scanner5"].mean == pytest.approx(d.mean())
+    both = differences(data, "local", "no-finetune", [0, 1], SITES, "psnr_fg")
+    assert both.fixed.seeds == 2 and not both.seeds_out
+    row = next(r for r in all_differences(data, ["local", "fedavg"], [0, 1], SITES, ["local"], 0.1)
+               if r["site"] == "fixed" and r["metric"] == "psnr_fg")
     assert row["seeds_left_out"] == "1"
 
 
@@ -182,11 +192,12 @@ def test_pooled_ft_splits_the_budget_as_fedavg_ft_and_the_report_reads_it(compar
     assert b["centralised_steps"] + b["finetune_steps_per_site"] * len(SITES) == runs["pooled"]["total_steps"] == 8
     assert runs["pooled-ft"]["total_steps"] == 8
     budgets = {line.split("**")[1]: line for line in md.splitlines() if line.startswith("- **")}
-    assert "4 steps in one place" in budgets["pooled-ft"] and "then 2 local steps per site" in budgets["pooled-ft"]
-    assert "centralised, then local fine-tuning" in budgets["pooled-ft"]
-    assert "centralised, one model" in budgets["pooled"] and "bound" not in budgets["pooled"]
+    line = budgets["pooled-ft (centralised, then fine-tuned at each site)"]
+    assert "4 steps in one place" in line and "then 2 local steps per site" in line
+    assert "centralised, then local fine-tuning" in line
+    assert "centralised, one model" in budgets["pooled (centralised, one model)"]
     diffs = {(r["arm"], r["baseline"], r["site"]) for r in rows(folder / "differences.csv") if r["metric"] == "psnr_fg"}
-    assert {("pooled-ft", "local", s) for s in [*SITES, "pooled"]} <= diffs
+    assert {("pooled-ft", "local", s) for s in [*SITES, "fixed", "random"]} <= diffs
     assert {r["arm"] for r in rows(folder / "subjects.csv")} >= {"pooled-ft"}
 
 
@@ -240,3 +251,184 @@ def test_the_report_shows_how_far_shared_lora_a_moved_in_the_arms_that_share_it(
     assert [line.split(" | ")[1] for line in lines[-2:]] == ["1", "2"]
     first = [float(r["a_from_init"]) for r in fedavg if r["round"] == "1" and r["site"] != "global"]
     assert f"{min(first):.3g}–{max(first):.3g}" in lines[-2]
+
+
+def test_report_rebuilds_the_same_report_from_the_folder_alone(compared, tmp_path):
+    """`petite compare --report DIR`: from compare.json, config.yaml and the arms' results, nothing run."""
+    import shutil
+
+    from petite_fl.cli.main import main
+
+    folder, _, _, md = compared
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("slices_*"))
+    for name in ("report.md", "differences.csv", "results.csv", "forest_psnr.png"):
+        (copy / name).unlink()
+    # Without its backbone file (moved since) the slices cannot be drawn again: the rest is rebuilt, and
+    # the test stays fast (the slices' predictions are most of a report's time).
+    plan = json.loads((copy / "compare.json").read_text())
+    (copy / "compare.json").write_text(json.dumps({**plan, "backbone": str(tmp_path / "moved.safetensors")}))
+    assert main(["compare", "--report", str(copy)]) == 0
+    assert (copy / "differences.csv").read_text() == (folder / "differences.csv").read_text()
+    assert (copy / "results.csv").read_text() == (folder / "results.csv").read_text()
+    assert (copy / "forest_psnr.png").stat().st_size > 1000 and not list(copy.glob("slices_*"))
+    again = (copy / "report.md").read_text()
+    assert "Wall time: not recorded" in again  # the fixture's plan has none: never made up
+
+    def kept(text: str) -> list[str]:
+        lines = [x for x in text.splitlines() if not x.startswith(("Wall time", "Backbone:", "![slices_", "Slices:"))]
+        return "\n".join(lines).rstrip().splitlines()
+
+    assert kept(again) == kept(md)
+
+
+def test_a_deployed_report_names_the_sites_that_answered_and_shows_no_slices(compared, tmp_path):
+    """At a deployed coordinator the sites are those that answered (federation.sites may list others), the
+    data line comes from their replies, and no slice is drawn: the coordinator holds no scan."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from petite_fl.experiments.compare_folder import load
+
+    folder = compared[0]
+    shutil.copytree(folder / "arms", tmp_path / "arms")
+    plan, cfg = load(folder)
+    OmegaConf.update(cfg, "federation.sites", ["scanner1", *SITES])  # scanner1 never answered
+    md = report(tmp_path, cfg, ARMS, plan.seeds, Path(plan.backbone), ["--federation", "petite"], 60.0,
+                deployed="petite").read_text()
+    assert "Deployed federation `petite`" in md and "test subjects per site (from their replies): scanner4 2, " \
+        "scanner5 2" in md
+    assert "scanner1" not in md and not list(tmp_path.glob("slices_*.png")) and "Slices:" not in md
+    assert "| fedavg | " in md and "Command: `petite compare --federation petite`" in md
+
+
+# Hand-written summaries (no training): the report's statistics and wording on data whose answer is known.
+
+HAND_SITES = ["scanner4", "scanner5"]
+#: arm → Δ vs local per site (dB) and per-subject noise: better, worse (worst at scanner5), equivalent, unclear
+HAND_ARMS = {"local": ({"scanner4": 0.0, "scanner5": 0.0}, 0.0),
+             "fedavg": ({"scanner4": 0.5, "scanner5": 0.5}, 0.02),
+             "fedavg-ft": ({"scanner4": -0.3, "scanner5": -0.7}, 0.02),
+             "split-lora": ({"scanner4": 0.0, "scanner5": 0.0}, 0.005),
+             "pooled": ({"scanner4": 0.0, "scanner5": 0.0}, 0)}
+
+
+def hand_rows(arm: str, site: str, seed: int, truth: bool) -> list[dict]:
+    shift, noise = HAND_ARMS[arm]
+    rng = np.random.default_rng([seed, HAND_SITES.index(site), list(HAND_ARMS).index(arm)])
+    out = []
+    for j in range(6):
+        delta = shift[site] + noise * rng.standard_normal()
+        if arm == "pooled":  # ±1 dB by subject, +0.2 / −0.2 dB by scanner: intervals far wider than the margin
+            delta = (1.0 if j % 2 else -1.0) + (0.2 if site == "scanner4" else -0.2)
+        level = 24.0 + 0.4 * j + 0.05 * seed
+        row = {"position": j, "psnr_fg": level + delta, "ssim_fg": 0.8 + delta / 100, "nrmse_fg": 0.2 - delta / 100,
+               "psnr": level + 3 + delta, "ssim": 0.9, "nrmse": 0.1}
+        if truth:
+            bias = 2.0 - delta  # the arms that gain PSNR also shrink the regional ratio's bias here
+            row.update({"truth_psnr_fg": level + 2 + delta, "truth_ssim_fg": 0.85 + delta / 100,
+                        "truth_nrmse_fg": 0.15, "truth_psnr": level + 5 + delta, "ratio_bias": bias,
+                        "ratio_abs_err": abs(bias)})
+        out.append(row)
+    return out
+
+
+def write_hand_arms(folder: Path, seeds: list[int], truth_at: list[str]) -> None:
+    for arm in HAND_ARMS:
+        for seed in seeds:
+            out = arm_dir(folder, arm, seed)
+            out.mkdir(parents=True)
+            sites = {site: {"test": {"subjects": 6}, "test_subjects": hand_rows(arm, site, seed, site in truth_at),
+                            "upload_bytes_per_round": 0, "download_bytes_per_round": 0, "backbone_bytes": 0}
+                     for site in HAND_SITES}
+            budget = {"rounds": 2, "local_steps": 4, "federated_rounds": 2, "batch_size": 1, "patches_per_volume": 2,
+                      "lr": 1e-3, "seed": seed, "warmup_fraction": 0.1, "decay_fraction": 0.9}
+            (out / "summary.json").write_text(json.dumps({
+                "run": arm, "run_dir": str(out), "strategy": arm, "describe": f"{arm}, hand-written", "peft": "petite",
+                "rounds": 2, "local_steps": 4, "budget": budget, "protection": "none", "sites": sites}))
+
+
+@pytest.fixture(scope="module")
+def hand_cfg(federation_cache):
+    """The in-process federation tests' config and data (the report's slices read a scan of each site)."""
+    return lambda *extra: compose_run(run_config(federation_cache), list(extra))
+
+
+PRIMARY = "compare.primary={arm:fedavg,baseline:local,sites:[scanner5],metric:truth_psnr_fg}"
+
+
+def test_report_gives_the_primary_endpoint_first_four_verdicts_two_intervals_and_the_worst_site(
+        hand_cfg, tmp_path, capsys):
+    write_hand_arms(tmp_path, [0, 1, 2], truth_at=HAND_SITES)
+    md = report(tmp_path, hand_cfg(PRIMARY), list(HAND_ARMS), [0, 1, 2], Path("backbone.safetensors"), [PRIMARY],
+                3.0).read_text()
+    lines = md.splitlines()
+    assert lines[2].startswith("**Verdict metric: head-mask PSNR vs truth (dB)** (`truth_psnr_fg`)")
+    order = [md.index(h) for h in ("## Primary endpoint", "## How to read it",
+                                   "## Δ head-mask PSNR vs truth (dB) vs local")]
+    assert order == sorted(order)
+    primary = md[order[0]:order[1]]
+    assert "fedavg vs local on scanner5, head-mask PSNR vs truth (dB), fixed effect" in primary
+    assert "→ **better**" in primary and "Everything after this section is secondary." in primary
+    table = md[order[2]:md.index("##", order[2] + 3)]
+    by_arm = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| better |" in by_arm["fedavg"] and "| worse |" in by_arm["fedavg-ft"]
+    assert "| equivalent within ±0.1 dB |" in by_arm["split-lora"]
+    assert "| no detectable difference at this sample size |" in by_arm["pooled (centralised, one model)"]
+    assert "scanner5: ▼" in by_arm["fedavg-ft"]  # its worst site, with that site's own interval
+    assert "these scanners (fixed effect)" in table and "a new site like these (random effects)" in table
+    assert "With 2 scanners that spread rests on 1 degree(s) of freedom (t = 12.71): the interval is wide" in md
+    assert "## Δ regional uptake-ratio error |bias| vs truth (%) vs local (secondary)" in md
+    assert "## Δ regional uptake-ratio bias vs truth (%) vs local (secondary)" in md
+    assert "schedule: warm-up 10 %, decay 90 % of the local budget" in md and "Scaling: `minmax`" in md
+    assert "training randomness is not in these intervals" not in md  # three seeds
+    diffs = rows(tmp_path / "differences.csv")
+    assert diffs[0]["endpoint"] == "primary" and diffs[0]["sites"] == "scanner5" and diffs[0]["verdict"] == "better"
+    assert {r["interval"] for r in diffs} == {"per scanner", "fixed over scanners", "random over scanners"}
+    worst = next(r for r in diffs if (r["arm"], r["metric"], r["site"]) == ("fedavg-ft", "truth_psnr_fg", "fixed"))
+    assert worst["worst_site"] == "scanner5" and float(worst["worst_mean"]) == pytest.approx(-0.7, abs=0.02)
+    err = next(r for r in diffs if (r["arm"], r["metric"], r["site"]) == ("fedavg", "ratio_abs_err", "fixed"))
+    assert err["verdict"] == "better" and err["margin"] == ""  # lower is better; no margin for a ratio
+    out = capsys.readouterr().out
+    assert out.index("primary endpoint: fedavg vs local") < out.index("Δ head-mask PSNR vs truth (dB) vs local")
+
+
+def test_without_ground_truth_everywhere_the_verdict_is_against_the_target_and_says_so(hand_cfg, tmp_path):
+    write_hand_arms(tmp_path, [0], truth_at=["scanner5"])
+    md = report(tmp_path, hand_cfg("compare.primary={arm:fedavg,baseline:local,sites:[scanner4],"
+                                   "metric:truth_psnr_fg}"),
+                list(HAND_ARMS), [0], Path("backbone.safetensors"), [], 3.0).read_text()
+    assert md.splitlines()[2].startswith("**Verdict metric: head-mask PSNR vs target (dB)** (`psnr_fg`)")
+    assert "**Not evaluable**: truth_psnr_fg is not paired at scanner4" in md
+    assert "**One training seed: training randomness is not in these intervals**" in md
+    assert "## Δ head-mask PSNR vs target (dB) vs local (secondary)" in md
+    assert not any(r["endpoint"] == "primary" for r in rows(tmp_path / "differences.csv"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "compare.margin=0"], "compare.margin must be a number > 0"),
+    (["compare", "compare.margin=-0.1"], "compare.margin must be a number > 0"),
+    (["compare", "compare.margin=wide"], "compare.margin must be a number > 0"),
+    (["compare", "compare=study", "--arms", "local,fedavg"], "compare.primary.arm fedavg-ft is not an arm of this run"),
+    (["compare", "compare=study", "compare.primary.baseline=no-finetune", "--arms", "local,fedavg-ft"],
+     "compare.primary.baseline no-finetune is not an arm of this run"),
+    (["compare", "compare=study", "compare.primary.sites=[scanner3,scanner9]"],
+     "compare.primary.sites: scanner9 not in this run"),
+    (["compare", "compare=study", "compare.primary.metric=sharpness"], "compare.primary.metric sharpness is unknown"),
+])
+def test_a_bad_margin_or_primary_endpoint_is_refused_in_one_line_before_anything_runs(argv, message, capsys, tmp_path,
+                                                                                       monkeypatch):
+    from petite_fl.cli.main import main
+
+    monkeypatch.setenv("PETITE_FL_HOME", str(tmp_path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("*.nii.gz")) and not (tmp_path / "runs").exists()
+
+
+def test_every_per_subject_metric_has_a_reading():
+    from petite_fl.experiments.compare_endpoints import ALL, SUBJECT_METRICS
+
+    assert set(SUBJECT_METRICS) <= set(ALL)

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", help="comma-separated arms (default: compare.default_arms of the preset; every arm "
                                   "is in compare.arms, petite_fl/configs/compare/default.yaml)")
     p.add_argument("--out", type=Path, help="report folder (default: under the cache, by config)")
+    p.add_argument("--federation", metavar="NAME",
+                   help="run the arms at the deployed coordinator this `flwr` connection names ($FLWR_HOME/"
+                        "config.toml; petite-server writes `petite`) instead of Flower's simulation engine")
+    p.add_argument("--evaluate", metavar="ADAPTER|backbone",
+                   help="no training: evaluate this adapter file (beside the bare backbone), or `backbone` alone, "
+                        "at every site, with the same per-subject report")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="rebuild the report of a comparison folder from its results; runs nothing")
     p.add_argument("overrides", **over)
 
     p = sub.add_parser("simulate", help="one federated run in Flower's simulation engine (`flwr run` + status)")
@@ -184,10 +192,20 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from petite_fl.errors import ConfigError
+
+    if args.report is not None:
+        from petite_fl.experiments.compare_folder import rebuild
+
+        if args.arms or args.out or args.federation or args.evaluate or args.overrides:
+            raise ConfigError("--report DIR rebuilds a report from the folder's own configuration and results: "
+                              "give no other option or override")
+        rebuild(expand_path(args.report))
+        return 0
     from petite_fl.experiments.compare import run
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else None
-    run(list(args.overrides), arms, args.out)
+    run(list(args.overrides), arms, args.out, args.federation, args.evaluate)
     return 0
 
 

@@ -7,32 +7,40 @@ local-step budget, once per training seed; the centralised arms (`pooled`: one m
 `pooled-ft`: then local fine-tuning) run in this process. The sites report per-subject
 test metrics; `compare_results` pairs them across arms into differences with confidence
 intervals and `compare_report` writes the report (report.md, CSV, PNG figures).
+
+The same arms run at a deployed coordinator with `--federation` (`compare_deployed`; the
+centralised arms are refused there), `--evaluate` evaluates one adapter or the bare backbone
+without training (`compare_evaluate`), and the folder records what `--report` needs to write
+the report again (`compare_folder`). Sites may be manifests a consortium holds.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from petite_fl import __version__
 from petite_fl.atomic import write_json
-from petite_fl.config import config_hash, expand_path, hydra_override
+from petite_fl.config import config_hash, expand_path, hydra_list, hydra_override
 from petite_fl.console import console
-from petite_fl.data.manifest import read_manifest
-from petite_fl.data.sites import resolve_site
-from petite_fl.data.synthetic import SynthSpec
+from petite_fl.data.sites import is_scanner, resolve_site, split_counts
+from petite_fl.deploy.connection import Connection, probe, read_connection
 from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.experiments.compare_deployed import run_deployed
+from petite_fl.experiments.compare_endpoints import check_endpoints
+from petite_fl.experiments.compare_evaluate import evaluation
+from petite_fl.experiments.compare_folder import Plan, save
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.flower_run import LocalSimulation, resources
 from petite_fl.experiments.pooled import run_pooled
 from petite_fl.experiments.pooled_ft import run_pooled_ft, split_budget
 from petite_fl.federation.server.arms import arm_dir, arm_overrides, check_arms, compare_seeds
-from petite_fl.federation.strategies import build_strategy
-from petite_fl.federation.strategies.registry import is_centralised
+from petite_fl.federation.strategies import build_strategy, centralised
 from petite_fl.runconfig import command_config, site_list, submitted
-from petite_fl.scanners import available_scanners
 from petite_fl.training.jobs import backbone_for
 
 #: the arms that train on every site's scans in this process (simulation only), by strategy label
@@ -50,16 +58,6 @@ def compare_overrides(overrides: list[str]) -> list[str]:
 compare_config = command_config
 
 
-def split_counts(cfg: DictConfig, site: str) -> tuple[dict[str, int], str]:
-    """(subjects per split, where they are set) of a site, before any data is generated."""
-    if site in available_scanners() and not Path(site).is_file():
-        spec = SynthSpec.from_config(cfg.data.synth)
-        where = f"data.synth.sizes.{site}" if site in dict(spec.sizes) else "data.synth.splits"
-        return dict(spec.splits_for(site)), where
-    manifest = resolve_site(cfg, site)
-    return read_manifest(manifest).counts(), str(manifest)
-
-
 def check_sites(cfg: DictConfig, sites: list[str]) -> None:
     """Every site has enough subjects for what the comparison does with each split."""
     for site in sites:
@@ -71,59 +69,133 @@ def check_sites(cfg: DictConfig, sites: list[str]) -> None:
                               "(training, per-round validation, and two test subjects for a paired interval)")
 
 
-def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = None) -> Path:
-    """Run the comparison; returns the folder with report.md."""
-    begin = time.perf_counter()
-    user = list(overrides)
+@dataclass
+class Setup:
+    """A comparison checked and composed, before anything is generated, trained or submitted."""
+
+    cfg: DictConfig
+    overrides: list[str]            # the preset's sizing, the user's, and --evaluate's arm
+    command: list[str]              # `petite compare …` that runs it again, arms spelled out (the report's first line)
+    arms: list[str]
+    seeds: list[int]
+    sites: list[str]
+    arm_cfgs: dict[str, DictConfig]
+    pooled: list[str]               # arms trained in this process on every site's scans
+    conn: Connection | None         # the deployed coordinator; None: Flower's simulation engine
+    key: list[Any]                  # what names the default folder
+
+    @property
+    def federated(self) -> list[str]:
+        return [a for a in self.arms if a not in self.pooled]
+
+
+def prepare(user: list[str], arms: list[str] | None = None, federation: str | None = None,
+            evaluate: str | None = None) -> Setup:
+    """Every check of a comparison, each a one-line refusal, before any data, backbone or run."""
+    conn = read_connection(federation) if federation else None  # an unknown connection: the first line
     overrides = compare_overrides(user)
     cfg = compare_config(overrides)
+    key: list[Any] = [federation] if federation else []
+    if evaluate:
+        if arms:
+            raise ConfigError("--evaluate evaluates without training: give no --arms")
+        given = evaluation(cfg, evaluate)
+        overrides, arms, key = [*overrides, *given.overrides], given.arms, [*key, *given.key]
+        cfg = compare_config(overrides)
     arms = list(arms or [str(a) for a in cfg.compare.default_arms])
     check_arms(cfg, arms)
     seeds = compare_seeds(cfg)
     sites = site_list(cfg)
-    check_sites(cfg, sites)
+    if conn is None:  # (a deployed site checks its own data)
+        # Flower runs the apps from a copy of the app elsewhere: a manifest is named by its absolute path
+        absolute = [str(expand_path(s)) if Path(s).is_file() and not Path(s).is_absolute() else s for s in sites]
+        if absolute != sites:
+            overrides, sites = [*overrides, hydra_list("federation.sites", absolute)], absolute
+            cfg = compare_config(overrides)
+        check_sites(cfg, sites)
+    # margin and primary endpoint; only simulated scanners have a ground truth (a deployed site never does)
+    check_endpoints(cfg, arms, sites, truth_sites=[s for s in sites if is_scanner(s)] if conn is None else [])
     # Every arm's own config, composed now: a bad arm fails before anything is trained.
     arm_cfgs = {arm: compare_config([*overrides, *arm_overrides(cfg, arm)]) for arm in arms}
-    pooled = [a for a in arms if is_centralised(arm_cfgs[a].strategy)]
-    federated = [a for a in arms if a not in pooled]
-    for arm in federated:  # the strategy's own refusals (e.g. fedavg-ft with one round), before any data
-        build_strategy(arm_cfgs[arm].strategy).federated_rounds(int(arm_cfgs[arm].federation.rounds))
-    for arm in pooled:  # pooled-ft splits its budget as fedavg-ft does, with the same refusals
-        if str(arm_cfgs[arm].strategy.name) == "pooled-ft":
+    pooled = [a for a in arms if centralised(arm_cfgs[a].strategy)]
+    if conn is not None and pooled:
+        raise ConfigError(f"arm(s) {', '.join(pooled)} train on every site's scans in one place, which a deployed "
+                          f"federation does not have (--federation {conn.name}): drop them from --arms")
+    for arm in arms:  # the strategy's own refusals (e.g. fedavg-ft with one round), before any data
+        if arm not in pooled:
+            build_strategy(arm_cfgs[arm].strategy).federated_rounds(int(arm_cfgs[arm].federation.rounds))
+        elif str(arm_cfgs[arm].strategy.name) == "pooled-ft":  # fedavg-ft's split of the budget, its refusals
             split_budget(arm_cfgs[arm], len(sites))
-    folder = Path(out) if out else expand_path(cfg.paths.cache) / "runs" / "compare" / config_hash(
-        __version__, OmegaConf.to_container(cfg, resolve=True), arms)
-    folder.mkdir(parents=True, exist_ok=True)
-    console.print(f"comparison ({cfg.compare.name}) of {', '.join(arms)} on {', '.join(sites)}, "
-                  f"{len(seeds)} seed(s) → {folder}", markup=False)
+    if conn is not None:
+        probe(conn)  # a coordinator that does not answer: one line, before any data or backbone
+    command = [*(["--federation", federation] if federation else []),
+               *(["--evaluate", evaluate] if evaluate else ["--arms", ",".join(arms)]), *user]
+    return Setup(cfg, overrides, command, arms, seeds, sites, arm_cfgs, pooled, conn, key)
 
+
+def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = None, federation: str | None = None,
+        evaluate: str | None = None) -> Path:
+    """Run the comparison (in simulation, or at the deployed coordinator `federation` names); returns the folder
+    with report.md. `evaluate`: an adapter file or `backbone`, evaluated at every site without training."""
+    begin = time.perf_counter()
+    s = prepare(list(overrides), arms, federation, evaluate)
+    cfg = s.cfg
+    folder = Path(out) if out else expand_path(cfg.paths.cache) / "runs" / "compare" / config_hash(
+        __version__, OmegaConf.to_container(cfg, resolve=True), s.arms, *s.key)
+    folder.mkdir(parents=True, exist_ok=True)
+    where = f" at the deployed federation `{s.conn.name}` ({s.conn.address})" if s.conn else ""
+    console.print(f"comparison ({cfg.compare.name}) of {', '.join(s.arms)} on {', '.join(s.sites)}{where}, "
+                  f"{len(s.seeds)} seed(s) → {folder}", markup=False)
     # Data and backbone first, here, with progress: the sites then find them cached.
-    for site in sites:
-        resolve_site(cfg, site)
+    if s.conn is None:
+        for site in s.sites:
+            resolve_site(cfg, site)
     backbone = backbone_for(cfg)
     console.print(f"backbone: {backbone}", markup=False)
+    plan = Plan(s.arms, s.seeds, str(backbone), s.command, federation)
+    save(folder, plan, cfg)  # what --report DIR rebuilds the report from
 
-    failed = []
-    if federated:
-        extra = [*overrides, hydra_override("backbone", backbone), f"compare.run=[{','.join(federated)}]",
-                 hydra_override("compare.dir", folder)]
-        cpus, gpus = resources(str(cfg.train.device))
-        try:
-            with LocalSimulation() as sim:
-                result = sim.run(submitted(extra), num_supernodes=len(sites), cpus_per_client=cpus,
-                                 gpus_per_client=gpus)
-            console.print(f"Flower run {result.run_id} {result.status} in {result.seconds:.0f} s", markup=False)
-        except PetiteError as exc:  # report what did finish, then fail
-            failed.append(str(exc))
-    for arm in pooled:
-        for seed in seeds:
-            arm_cfg = compare_config([*overrides, *arm_overrides(cfg, arm, seed)])
+    failed = _federated(s, plan, folder, backbone) if s.federated else []
+    for arm in s.pooled:
+        for seed in s.seeds:
+            arm_cfg = compare_config([*s.overrides, *arm_overrides(cfg, arm, seed)])
             try:
                 CENTRALISED_RUNS[str(arm_cfg.strategy.name)](arm_cfg, backbone, arm_dir(folder, arm, seed))
             except PetiteError as exc:  # like a failed Flower arm: kept out of the report, named, then fail
                 write_json(arm_dir(folder, arm, seed) / "error.json", {"error": str(exc)})
                 failed.append(f"{arm}/seed-{seed}: {exc}")
-    path = report(folder, cfg, arms, seeds, backbone, user, time.perf_counter() - begin)
+    plan.seconds = time.perf_counter() - begin
+    save(folder, plan)
+    path = report(folder, cfg, s.arms, s.seeds, backbone, s.command, plan.seconds, deployed=federation)
     if failed:
         raise PetiteError(f"{'; '.join(failed)}; the report of the arms that finished is {path}")
     return folder
+
+
+def _federated(s: Setup, plan: Plan, folder: Path, backbone: Path) -> list[str]:
+    """The federated arms in one Flower run, at the deployed coordinator or in simulation; what failed."""
+    extra = [*s.overrides, hydra_override("backbone", backbone), f"compare.run=[{','.join(s.federated)}]",
+             hydra_override("compare.dir", folder)]
+    if s.conn is None:
+        return _simulate(s.cfg, extra, len(s.sites))
+
+    def submitted_as(run_id: int) -> None:
+        plan.run_id = run_id
+        save(folder, plan)
+
+    # an arm without rounds runs once, for the first seed (`arms.run_all`)
+    expected = [(a, seed) for a in s.federated
+                for seed in (s.seeds if int(s.arm_cfgs[a].federation.rounds) else s.seeds[:1])]
+    return run_deployed(s.conn, submitted(extra), folder, expected, submitted_as)
+
+
+def _simulate(cfg: DictConfig, extra: list[str], n_sites: int) -> list[str]:
+    """The federated arms in one `flwr run` of Flower's simulation engine; what failed."""
+    cpus, gpus = resources(str(cfg.train.device))
+    try:
+        with LocalSimulation() as sim:
+            result = sim.run(submitted(extra), num_supernodes=n_sites, cpus_per_client=cpus, gpus_per_client=gpus)
+        console.print(f"Flower run {result.run_id} {result.status} in {result.seconds:.0f} s", markup=False)
+    except PetiteError as exc:  # report what did finish, then fail
+        return [str(exc)]
+    return []

@@ -1,4 +1,5 @@
-"""The comparison's figures: a forest plot of ΔPSNR with intervals, levels, convergence, bytes, slices."""
+"""The comparison's figures: a forest plot of the verdict metric's Δ with intervals, levels, convergence,
+bytes, slices."""
 
 from __future__ import annotations
 
@@ -6,27 +7,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
 
 from petite_fl.atomic import atomic_path
-from petite_fl.statistics import BETTER, WORSE
+from petite_fl.experiments.compare_endpoints import ALL
+from petite_fl.experiments.compare_markdown import Context, find
+from petite_fl.statistics import BETTER, EQUIVALENT, WORSE
 
 
-def figures(folder: Path, data: dict, arms: list[str], sites: list[str], curves: list[dict[str, Any]],
-            diffs: list[dict[str, Any]], baselines: list[str], cfg: DictConfig, backbone: Path) -> list[str]:
+def figures(folder: Path, ctx: Context, curves: list[dict[str, Any]], backbone: Path,
+            refs: dict[str, str] | None = None) -> list[str]:
+    """The report's figures. `refs` ({site label: scanner or manifest}): predicted slices too, which need the
+    sites' test scans and adapters on this machine (a simulation's); None: none."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    data, arms, sites, cfg = ctx.data, ctx.arms, ctx.sites, ctx.cfg
     colors = {a: plt.cm.tab10(i % 10) for i, a in enumerate(arms)}
     names = []
-    if baselines:
-        names.append(_forest(folder, arms, sites, diffs, baselines, colors))
+    if ctx.baselines:
+        names.append(_forest(folder, ctx, colors))
     names.append(_levels(folder, data, arms, sites, colors))
     names.append(_convergence(folder, arms, curves, colors))
     names.append(_bytes(folder, data, arms, colors))
-    names += _slices(folder, data, sites, cfg, backbone)
+    if refs is not None:
+        names += _slices(folder, data, refs, cfg, backbone)
     return names
 
 
@@ -40,33 +46,35 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _forest(folder, arms, sites, diffs, baselines, colors) -> str:
-    """ΔPSNR (head mask) per scanner and pooled, one row per arm, with 95 % intervals."""
+def _forest(folder, ctx: Context, colors) -> str:
+    """The verdict metric's Δ per scanner and over scanners (fixed, random), one row per arm, 95 % intervals."""
     import matplotlib.pyplot as plt
 
-    places = [*sites, "pooled"]
-    height = 0.9 + 0.28 * len(arms) * len(places)
-    fig, axes = plt.subplots(1, len(baselines), figsize=(5.5 * len(baselines), height), squeeze=False)
-    for ax, base in zip(axes[0], baselines, strict=True):
-        shown = [a for a in arms if a != base]
+    places = [*ctx.sites, "fixed", "random"]
+    names = {"fixed": "these scanners (fixed)", "random": "new site (random)"}
+    height = 0.9 + 0.28 * len(ctx.arms) * len(places)
+    fig, axes = plt.subplots(1, len(ctx.baselines), figsize=(5.5 * len(ctx.baselines), height), squeeze=False)
+    for ax, base in zip(axes[0], ctx.baselines, strict=True):
+        shown = [a for a in ctx.arms if a != base]
         y, labels = 0, []
         for place in places:
             for arm in shown:
-                r = next((r for r in diffs if (r["arm"], r["baseline"], r["metric"], r["site"])
-                          == (arm, base, "psnr_fg", place)), None)
+                r = find(ctx.diffs, arm, base, ctx.metric, place)
                 if r is not None:
                     lo, hi = r["low"], r["high"]
                     err = None if not np.isfinite(lo) else [[r["mean"] - lo], [hi - r["mean"]]]
-                    marker = {BETTER: "^", WORSE: "v"}.get(r["verdict"], "o")
+                    marker = {BETTER: "^", WORSE: "v", EQUIVALENT: "D"}.get(r["verdict"], "o")
                     ax.errorbar(r["mean"], -y, xerr=err, fmt=marker, color=colors[arm], capsize=2, ms=5,
-                                mew=1.5 if place == "pooled" else 1)
-                labels.append((-y, f"{place} · {arm}"))
+                                mew=1.5 if place in names else 1)
+                labels.append((-y, f"{names.get(place, place)} · {arm}"))
                 y += 1
             y += 0.6
         ax.axvline(0.0, color="0.4", lw=0.8)
+        for edge in (-ctx.margin, ctx.margin) if ALL[ctx.metric].unit == "dB" else ():
+            ax.axvline(edge, color="0.7", lw=0.6, ls="--")
         ax.set_yticks([p for p, _ in labels], [t for _, t in labels], fontsize=6)
-        ax.set_xlabel(f"Δ head-mask PSNR vs {base} (dB), mean and 95 % interval")
-        ax.set_title(f"vs {base} (▲ better, ▼ worse, ● no detectable difference)", fontsize=8)
+        ax.set_xlabel(f"Δ {ALL[ctx.metric].label} vs {base}\nmean and 95 % interval (dashed: ±margin)", fontsize=8)
+        ax.set_title(f"vs {base} (▲ better, ▼ worse, ◆ equivalent, ● no detectable difference)", fontsize=8)
     return _save(fig, folder / "forest_psnr.png")
 
 
@@ -141,7 +149,7 @@ def _bytes(folder, data, arms, colors) -> str:
     return _save(fig, folder / "bytes_per_round.png")
 
 
-def _slices(folder, data, sites, cfg, backbone) -> list[str]:
+def _slices(folder, data, refs, cfg, backbone) -> list[str]:
     import matplotlib.pyplot as plt
 
     from petite_fl.data.site import load_site
@@ -152,8 +160,8 @@ def _slices(folder, data, sites, cfg, backbone) -> list[str]:
 
     device, amp = device_and_amp(cfg)
     names = []
-    for site in sites:
-        manifest = resolve_site(cfg, site)
+    for site, ref in refs.items():
+        manifest = resolve_site(cfg, ref)
         sd = load_site(manifest, splits=("test",), scaling=str(cfg.data.loader.scaling))
         if not sd.pairs["test"]:
             continue

@@ -2,10 +2,12 @@
 
 Writes the report folder: CSV tables (means, subjects, differences from
 `compare_results`, convergence), payload.json, the figures (`compare_figures`) and
-report.md (`compare_markdown`). The verdict uses head-mask PSNR: whole-volume SSIM is
-dominated by the air around the head and swings by 0.1 between arms whose PSNR differs
-by 0.1 dB. An arm that lost a site is compared on the sites both arms have, and the
-table says so.
+report.md (`compare_markdown`). The verdict metric is head-mask PSNR against the ground
+truth where every compared site has one (simulation), else against the target
+(`compare_results.verdict_metric`); whole-volume SSIM is not a verdict metric, dominated by
+the air around the head (it swung by 0.1 between arms whose PSNR differed by 0.1 dB). The
+primary endpoint (`compare.primary`) comes first; an arm that lost a site is compared on
+the sites both arms have, and the table says so.
 """
 
 from __future__ import annotations
@@ -19,24 +21,42 @@ from omegaconf import DictConfig
 
 from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.console import console
+from petite_fl.data.sites import site_labels, split_counts
+from petite_fl.errors import PetiteError
 from petite_fl.experiments.compare_drift import drift_markdown, drift_rows
-from petite_fl.experiments.compare_markdown import markdown, print_tables
-from petite_fl.experiments.compare_results import ArmRuns, all_differences, load_arms
+from petite_fl.experiments.compare_endpoints import SUBJECT_METRICS, margin_of, primary_of
+from petite_fl.experiments.compare_markdown import Context, markdown, print_tables
+from petite_fl.experiments.compare_results import (
+    ArmRuns,
+    all_differences,
+    load_arms,
+    primary_difference,
+    verdict_metric,
+)
 from petite_fl.federation.flower.payload import upload_share
 from petite_fl.runconfig import site_list
 from petite_fl.tracking import job_tracker
-from petite_fl.training.inference import METRICS
 
 
 def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], backbone: Path,
-           overrides: list[str], seconds: float) -> Path:
-    """Every file of the report from the arms' runs in `folder`; returns report.md's path."""
+           overrides: list[str], seconds: float | None, deployed: str | None = None) -> Path:
+    """Every file of the report from the arms' runs in `folder`; returns report.md's path.
+
+    `deployed`: the connection of the deployed coordinator the arms ran at. Its sites are those that
+    answered, and the report shows no slices: the coordinator holds no site's scans."""
     data, missing = load_arms(folder, arms, seeds)
     arms = [a for a in arms if a in data]
-    sites = site_list(cfg)
+    refs = answered_sites(cfg, data) if deployed else site_list(cfg)
+    labels = {r: r for r in refs} if deployed else site_labels(refs)  # a deployed site's name is its label
+    data = {arm: relabelled(runs, labels) for arm, runs in data.items()}
+    sites = [labels[r] for r in refs]
     baselines = [b for b in cfg.compare.baselines if b in data]
+    margin, primary = margin_of(cfg), primary_of(cfg)
     means = _mean_rows(data, sites)
-    diffs = all_differences(data, arms, seeds, sites, baselines)
+    diffs = all_differences(data, arms, seeds, sites, baselines, margin)
+    first, why = primary_difference(data, primary, seeds, sites, margin) if primary else (None, "")
+    if first is not None:
+        diffs = [first, *diffs]
     write_csv(folder / "results.csv", means)
     write_csv(folder / "subjects.csv", _subject_rows(data, sites))
     write_csv(folder / "differences.csv", diffs)
@@ -45,30 +65,68 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     write_csv(folder / "convergence.csv", curves)
     payload = _payload(cfg)
     write_json(folder / "payload.json", payload)
+    ctx = Context(cfg, arms, seeds, data, sites, diffs, baselines, verdict_metric(data, sites), margin, primary,
+                  first, why)
     from petite_fl.experiments.compare_figures import figures
 
-    names = figures(folder, data, arms, sites, curves, diffs, baselines, cfg, backbone)
-    md = markdown(cfg, arms, seeds, data, missing, sites, means, diffs, baselines, curves, payload, names,
-                  overrides, seconds, backbone)
+    names = figures(folder, ctx, curves, backbone,
+                    refs=None if deployed or not backbone.is_file() else {labels[r]: r for r in refs})
+    where = deployed_line(deployed, data, sites) if deployed else sites_line(cfg, refs, labels)
+    md = markdown(ctx, missing, curves, payload, names, overrides, seconds, backbone, where)
     drift = drift_rows({a: data[a] for a in arms})  # how far shared LoRA A moved (split-lora, fedavg)
     if drift:
         write_csv(folder / "lora_a_drift.csv", drift)
         md += "\n" + "\n".join(drift_markdown(drift)) + "\n"
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(md)
-    print_tables(diffs, arms, sites, baselines)
+    print_tables(ctx)
     console.print(f"report: {folder / 'report.md'}", markup=False)
     return folder / "report.md"
+
+
+def answered_sites(cfg: DictConfig, data: dict[str, ArmRuns]) -> list[str]:
+    """The sites with results in some arm: those federation.sites lists first, in its order."""
+    found = {s for runs in data.values() for r in runs.runs.values() for s in r["sites"]}
+    return [s for s in site_list(cfg) if s in found] + sorted(found - set(site_list(cfg)))
+
+
+def relabelled(runs: ArmRuns, labels: dict[str, str]) -> ArmRuns:
+    """The arm's summaries with each site under its label (a manifest site under its name, not its path)."""
+    return ArmRuns(runs.arm, {seed: {**r, "sites": {labels.get(s, s): v for s, v in r["sites"].items()}}
+                              for seed, r in runs.runs.items()})
+
+
+def sites_line(cfg: DictConfig, refs: list[str], labels: dict[str, str]) -> str:
+    """Subjects per split of each simulated site, and which manifest a labelled site is."""
+    def counts(ref: str) -> str:
+        try:
+            c = split_counts(cfg, ref)[0]
+        except PetiteError:  # a manifest moved since the comparison ran
+            return "?"
+        return "/".join(str(c.get(k, 0)) for k in ("train", "val", "test"))
+
+    files = [f"{labels[r]} = `{r}`" for r in refs if labels[r] != r]
+    return ("Subjects per site (train/val/test): " + ", ".join(f"{labels[r]} {counts(r)}" for r in refs)
+            + (f" · manifests: {', '.join(files)}" if files else ""))
+
+
+def deployed_line(connection: str, data: dict[str, ArmRuns], sites: list[str]) -> str:
+    """Where a deployed comparison ran and what each site evaluated (from the sites' own replies)."""
+    counts = {s: max(((runs.first["sites"].get(s) or {}).get("test") or {}).get("subjects") or 0
+                     for runs in data.values()) for s in sites}
+    return (f"Deployed federation `{connection}`: each site trained and evaluated on its own data; test subjects "
+            "per site (from their replies): " + ", ".join(f"{s} {n}" for s, n in counts.items())
+            + "; the coordinator never held a scan (no slices)")
 
 
 def track(folder: Path, cfg: DictConfig, means: list[dict[str, Any]], diffs: list[dict[str, Any]]) -> None:
     """The comparison in the folder's tracker (`cfg.tracking`): per arm its test means (over seeds, per
     site and over sites) as `final/<arm>/test_<metric>/<site|mean>`, and every paired difference with
-    its interval as `diff/<arm>-<baseline>/<metric>/<site|pooled>/{mean,low,high}`. The arms' own runs
-    track into their run folders."""
+    its interval as `diff/<arm>-<baseline>/<metric>/<site|fixed|random|primary>/{mean,low,high}`. The arms'
+    own runs track into their run folders."""
     values: dict[str, list[float]] = defaultdict(list)
     for row in means:
-        for k in METRICS:
+        for k in SUBJECT_METRICS:
             if row.get(k) is not None:
                 values[f"final/{row['arm']}/test_{k}/{row['site']}"].append(float(row[k]))
                 values[f"final/{row['arm']}/test_{k}/mean"].append(float(row[k]))
@@ -90,13 +148,15 @@ def _mean_rows(data: dict[str, ArmRuns], sites: list[str]) -> list[dict[str, Any
                 rows.append({"arm": arm, "seed": seed, "strategy": s["strategy"], "peft": s["peft"], "site": site,
                              "subjects": test.get("subjects"),
                              **{k: test.get(k) for k in ("psnr_fg", "ssim_fg", "nrmse_fg", "psnr", "ssim", "nrmse")},
+                             **{k: test[k] for k in SUBJECT_METRICS if test.get(k) is not None},
                              "upload_bytes_per_round": v.get("upload_bytes_per_round"),
                              "backbone_bytes_received": v.get("backbone_bytes")})
     return rows
 
 
 def _subject_rows(data: dict[str, ArmRuns], sites: list[str]) -> list[dict[str, Any]]:
-    return [{"arm": arm, "seed": seed, "site": site, "position": r["position"], **{k: r[k] for k in METRICS}}
+    return [{"arm": arm, "seed": seed, "site": site, "position": r["position"],
+             **{k: r[k] for k in SUBJECT_METRICS if r.get(k) is not None}}
             for arm, runs in data.items() for seed, s in runs.runs.items() for site in sites
             for r in (s["sites"].get(site) or {}).get("test_subjects") or []]
 

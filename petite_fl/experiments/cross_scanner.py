@@ -38,7 +38,7 @@ from petite_fl.data.site import load_site
 from petite_fl.data.sites import resolve_site
 from petite_fl.metrics import compute_metrics, foreground_mask
 from petite_fl.scanners import available_scanners
-from petite_fl.statistics import paired_interval
+from petite_fl.statistics import per_scanner
 from petite_fl.training.inference import METRICS, summarise
 from petite_fl.training.jobs import evaluate, finetune, pretrain
 
@@ -116,7 +116,7 @@ def _row(label: str, runs: list[list[dict[str, Any]]], base: list[dict[str, Any]
         row[key] = float(np.mean([summarise(r)[key]["mean"] for r in runs]))
     if base is not None:
         d = np.array([[r[i]["psnr_fg"] - base[i]["psnr_fg"] for i in range(len(base))] for r in runs])
-        iv = paired_interval({"target": d})
+        iv = per_scanner(d)  # the target scanner's subjects × seeds
         row.update({"delta": iv.text(), "delta_mean": iv.mean, "delta_low": iv.low, "delta_high": iv.high,
                     "interval": iv.method, "verdict": iv.verdict()})
     return row

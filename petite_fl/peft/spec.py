@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from petite_fl.config import hydra_override
 from petite_fl.errors import ConfigError
 from petite_fl.models.base import Backbone
 from petite_fl.peft.registry import additive_methods, available_methods, get_method
@@ -79,6 +80,27 @@ def spec_from_config(peft_cfg: Any, backbone: Backbone) -> PeftSpec:
         raise ConfigError(f"peft.name: unknown PEFT method '{name}' (known: {known})")
     check_spec(spec, backbone)
     return spec
+
+
+def config_overrides(spec: PeftSpec) -> list[str]:
+    """Hydra overrides of the `peft` group that `spec_from_config` turns back into `spec` (an adapter file's
+    spec as a run's config: a site builds its PEFT from the config, never from a file). Callers check
+    the round trip on the backbone: a spec no config can express is refused there, not guessed."""
+    if spec.kind in ("none", "full"):
+        out = [f"peft={spec.kind}"]
+    elif spec.kind == "mix":
+        out = ["peft=mix", f"peft.encoder={spec.encoder}", f"peft.decoder={spec.decoder}",
+               f"peft.bitfit={'true' if spec.bitfit else 'false'}"]
+    else:
+        out = [f"peft={spec.label}"]
+    return out + [f"++peft.args.{method}.{key}={_hydra_value(value)}"
+                  for method, given in sorted(spec.args.items()) for key, value in sorted(given.items())]
+
+
+def _hydra_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    return hydra_override("x", value)[2:]
 
 
 def check_spec(spec: PeftSpec, backbone: Backbone) -> None:

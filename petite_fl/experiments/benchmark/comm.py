@@ -74,7 +74,7 @@ def comm_quality(out: Path, overrides: list[str]) -> dict[str, Any]:
     rows = []
     for arm, runs in data.items():
         s = runs.first
-        pooled = differences(data, arm, "fedavg", seeds, sites, "psnr_fg")[1] if arm != "fedavg" else None
+        pooled = differences(data, arm, "fedavg", seeds, sites, "psnr_fg").fixed if arm != "fedavg" else None
         rows.append({"arm": arm, "psnr_fg": s["test_mean"]["psnr_fg"], "upload_bytes": s["upload_bytes_per_round"],
                      "psnr_fg_change": pooled.text() if pooled else "–", "verdict": pooled.verdict() if pooled else "",
                      "byte_saving": 1.0 - s["upload_bytes_per_round"] / base["upload_bytes_per_round"]})

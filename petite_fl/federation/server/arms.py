@@ -18,7 +18,7 @@ from petite_fl.config import hydra_override
 from petite_fl.console import console
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.server.coordinator import Coordinator
-from petite_fl.federation.strategies.registry import is_centralised
+from petite_fl.federation.strategies.registry import centralised
 from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 
@@ -56,7 +56,7 @@ def arm_dir(folder: Path, arm: str, seed: int) -> Path:
 def refuse_centralised(run_config: Mapping[str, Any], cfg: DictConfig, arms: list[str], where: str) -> None:
     """Arms whose data must be in one place (`pooled`, `pooled-ft`) cannot run over a federation:
     one line, before any arm trains."""
-    central = [a for a in arms if is_centralised(compose_run(run_config, arm_overrides(cfg, a)).strategy)]
+    central = [a for a in arms if centralised(compose_run(run_config, arm_overrides(cfg, a)).strategy)]
     if central:
         raise ConfigError(f"arm(s) {', '.join(central)} ({where}) train on every site's scans in one place: "
                           "they run only in `petite compare`'s simulation, not over a federation, whose data "

@@ -33,6 +33,7 @@ from petite_fl.federation.server.checkpoint import load_checkpoint, save_checkpo
 from petite_fl.federation.server.checks import honest_update_bound, max_update_norm
 from petite_fl.federation.server.drift import drift_rows, lora_a_names, tracked
 from petite_fl.federation.server.evaluation import read_final_metrics
+from petite_fl.federation.server.given import file_sha256, given_adapter
 from petite_fl.federation.server.protections import MIN_SECAGG_SITES, check_combination, protection_from_config
 from petite_fl.federation.server.rounds import RoundContext, group_id
 from petite_fl.federation.server.runlog import RunLog, print_summary
@@ -59,7 +60,8 @@ def run_name_for(cfg: DictConfig, backbone_sha: str) -> str:
             raise ConfigError(f"federation.run_name: {why}")
         return str(cfg.federation.run_name)
     fed = {k: v for k, v in OmegaConf.to_container(cfg.federation, resolve=True).items() if k not in _RUN_NEUTRAL}
-    key = config_hash(__version__, cfg.strategy, cfg.peft, cfg.train, cfg.data, fed, cfg.seed, backbone_sha)
+    given = [file_sha256(expand_path(cfg.adapter))] if cfg.get("adapter") and backbone_sha else []
+    key = config_hash(__version__, cfg.strategy, cfg.peft, cfg.train, cfg.data, fed, cfg.seed, backbone_sha, *given)
     return f"{cfg.strategy.name}-{cfg.peft.name}-{key}"
 
 
@@ -225,6 +227,8 @@ class Coordinator:
             raise ConfigError(f"strategy {self.strategy.name} shares {', '.join(map(str, self.strategy.rule.share))}, "
                               f"which peft {state.spec.label} does not train: nothing would be averaged")
         global_tensors = {n: init[n] for n in shared}
+        if cfg.get("adapter"):  # a given adapter, evaluated at every site without training
+            global_tensors = given_adapter(expand_path(cfg.adapter), meta, state.spec, shared, self.rounds)
         self.say(f"run {run_name}: {self.strategy.describe()}; {len(shared)} shared / {len(personal)} personal "
                  f"tensors; {self.rounds} rounds × {self.steps} local steps; protection: "
                  f"{self.protection.describe()} → {run_dir}")
@@ -371,8 +375,11 @@ class Coordinator:
         backbone_bytes = {r["site"]: r["bytes_down"] for r in self.backbone_rows}  # this start of the run
         per_site = {s: self.log.site_summary(s, adapters.get(s), backbone_bytes.get(s, 0)) for s in sorted(sites)}
         up = max((s["upload_bytes_per_round"] for s in per_site.values()), default=0)
+        given = expand_path(self.cfg.adapter) if self.cfg.get("adapter") else None
         return {"run": run_name, "run_dir": str(run_dir), "strategy": self.strategy.name,
-                "describe": self.strategy.describe(), "peft": state.spec.label, "rounds": self.rounds,
+                "describe": f"the given adapter {given.name}, evaluated at every site without training" if given
+                else self.strategy.describe(), "peft": state.spec.label, "rounds": self.rounds,
+                **({"given_adapter": {"path": str(given), "sha256": file_sha256(given)}} if given else {}),
                 "local_steps": self.steps,
                 "budget": {"rounds": self.rounds, "local_steps": self.steps, "federated_rounds": self.federated,
                            "batch_size": int(self.cfg.train.batch_size),

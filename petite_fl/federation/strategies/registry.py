@@ -22,11 +22,6 @@ POOLED = "pooled"
 CENTRALISED = (POOLED, "pooled-ft")
 
 
-def is_centralised(cfg: Mapping[str, Any]) -> bool:
-    """Whether a strategy config names a centralised arm (the data in one place), not a federation."""
-    return str(cfg.get("name")) in CENTRALISED
-
-
 def register(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: register a Strategy subclass under its `algorithm`."""
     return STRATEGIES.register(cls.algorithm, cls)
@@ -42,8 +37,15 @@ def algorithm_of(cfg: Mapping[str, Any]) -> str:
     return str(cfg.get("algorithm") or cfg.get("name"))
 
 
+def centralised(cfg: Mapping[str, Any]) -> bool:
+    """A strategy config that trains on every site's scans in one place (`pooled`, `pooled-ft`): it names no
+    federated algorithm (`algorithm: null`) or carries the pooled label. Only a simulation holds every
+    site's data; a deployed federation refuses it."""
+    return str(cfg.get("name", "")).startswith(POOLED) or ("algorithm" in cfg and cfg.get("algorithm") is None)
+
+
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
-    if is_centralised(cfg):  # the data in one place: not a federation
+    if centralised(cfg):  # the data in one place: not a federation
         raise ConfigError(f"strategy={cfg.get('name')} trains on every site's scans in one place: it is a "
                           "centralised arm of `petite compare` (simulation only), not a federated strategy")
     return STRATEGIES.get(algorithm_of(cfg))(cfg)
