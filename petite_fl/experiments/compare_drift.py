@@ -10,16 +10,19 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from petite_fl.federation.server.arms import arm_dir
 from petite_fl.federation.server.drift import GLOBAL
 
 
-def drift_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every arm's and seed's rows of `lora_a_drift.csv` ({arm: ArmRuns}), with the arm and seed."""
+def drift_rows(folder: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every arm's and seed's rows of `lora_a_drift.csv` ({arm: ArmRuns}), with the arm and seed: from the
+    arm's folder in the comparison's `folder` (what `--report` has), else from where its run wrote."""
     out = []
     for arm, runs in data.items():
         for seed, summary in runs.runs.items():
-            path = Path(summary.get("run_dir", "")) / "lora_a_drift.csv"
-            if not path.is_file():
+            places = [arm_dir(folder, arm, seed), *([Path(summary["run_dir"])] if summary.get("run_dir") else [])]
+            path = next((p / "lora_a_drift.csv" for p in places if (p / "lora_a_drift.csv").is_file()), None)
+            if path is None:
                 continue
             with open(path, newline="") as fh:
                 out += [{"arm": arm, "seed": seed, "round": int(r["round"]), "site": r["site"],

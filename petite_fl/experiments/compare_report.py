@@ -1,13 +1,13 @@
 """The comparison report: per-subject results of every arm and seed, paired, with intervals.
 
-Writes the report folder: CSV tables (means, subjects, differences from
-`compare_results`, convergence), payload.json, the figures (`compare_figures`) and
-report.md (`compare_markdown`). The verdict metric is head-mask PSNR against the ground
-truth where every compared site has one (simulation), else against the target
-(`compare_results.verdict_metric`); whole-volume SSIM is not a verdict metric, dominated by
-the air around the head (it swung by 0.1 between arms whose PSNR differed by 0.1 dB). The
-primary endpoint (`compare.primary`) comes first; an arm that lost a site is compared on
-the sites both arms have, and the table says so.
+Writes the report folder: CSV tables (means, subjects, differences from `compare_results`,
+convergence, how far shared LoRA A moved from `compare_drift`), payload.json, the figures
+(`compare_figures`) and report.md (`compare_markdown`). The verdict metric is head-mask
+PSNR against the ground truth where every compared site has one (simulation), else against
+the target (`compare_results.verdict_metric`); whole-volume SSIM is not a verdict metric,
+dominated by the air around the head (it swung by 0.1 between arms whose PSNR differed by
+0.1 dB). The primary endpoint (`compare.primary`) comes first; an arm that lost a site is
+compared on the sites both arms have, and the table says so.
 """
 
 from __future__ import annotations
@@ -72,11 +72,11 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     names = figures(folder, ctx, curves, backbone,
                     refs=None if deployed or not backbone.is_file() else {labels[r]: r for r in refs})
     where = deployed_line(deployed, data, sites) if deployed else sites_line(cfg, refs, labels)
-    md = markdown(ctx, missing, curves, payload, names, overrides, seconds, backbone, where)
-    drift = drift_rows({a: data[a] for a in arms})  # how far shared LoRA A moved (split-lora, fedavg)
+    drift = drift_rows(folder, {a: data[a] for a in arms})  # how far shared LoRA A moved (split-lora, fedavg)
     if drift:
         write_csv(folder / "lora_a_drift.csv", drift)
-        md += "\n" + "\n".join(drift_markdown(drift)) + "\n"
+    md = markdown(ctx, missing, curves, payload, names, overrides, seconds, backbone, where,
+                  extra=drift_markdown(drift))
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(md)
     print_tables(ctx)
