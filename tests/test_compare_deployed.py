@@ -59,10 +59,11 @@ def test_a_coordinator_that_does_not_answer_is_one_line_before_any_data(home, ca
     assert nothing_made(home)
 
 
-@pytest.mark.parametrize("arms", ["local,pooled", "pooled"])
-def test_a_pooled_arm_against_a_deployment_is_refused_before_anything_is_submitted(home, capsys, arms):
+@pytest.mark.parametrize("arms, named", [("local,pooled", "pooled"), ("pooled", "pooled"),
+                                         ("local,pooled-ft", "pooled-ft")])
+def test_a_pooled_arm_against_a_deployment_is_refused_before_anything_is_submitted(home, capsys, arms, named):
     err = refused(["compare", "--federation", "petite", "--arms", arms], capsys)
-    assert "arm(s) pooled train on every site's scans in one place" in err and "--federation petite" in err
+    assert f"arm(s) {named} train on every site's scans in one place" in err and "--federation petite" in err
     assert nothing_made(home)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from flower_grid import InProcessGrid
 from flwr.app import Context, RecordDict
 from scipy import stats
@@ -17,7 +18,8 @@ from tracking_readers import config_text, curve, events
 
 from petite_fl.experiments.compare_folder import Plan, save
 from petite_fl.experiments.compare_report import report
-from petite_fl.experiments.pooled import run_pooled
+from petite_fl.experiments.pooled import Centralised, run_pooled
+from petite_fl.experiments.pooled_ft import finetune_site, run_pooled_ft
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.server import serve
 from petite_fl.federation.server.arms import arm_dir
@@ -25,6 +27,7 @@ from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 
 ARMS = ["no-finetune", "local", "fedavg", "fedavg-ft"]
+CENTRALISED = ["pooled", "pooled-ft"]
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -33,13 +36,19 @@ def rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def compare_rc(tmp_path_factory) -> tuple[dict, Path]:
+    """The comparison's run-config and folder: two test subjects per scanner (a paired interval needs
+    two), two training seeds."""
     tmp = tmp_path_factory.mktemp("compare")
     folder = tmp / "compare"
-    # two test subjects per scanner (a paired interval needs two), two training seeds
-    rc = run_config(tmp / "cache", **{"data.synth.subjects": 4, "overrides": (
+    return run_config(tmp / "cache", **{"data.synth.subjects": 4, "overrides": (
         "federation.val.patches=4 data.synth.splits={train:1,val:1,test:2} compare.seeds=2 "
-        f"compare.run=[{','.join(ARMS)}] compare.dir={folder}")})
+        f"compare.run=[{','.join(ARMS)}] compare.dir={folder}")}), folder
+
+
+@pytest.fixture(scope="module")
+def compared(compare_rc):
+    rc, folder = compare_rc
     grid = InProcessGrid(client_app, rc, NODES)
     results = serve(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     cfg = compose_run(rc)
@@ -47,8 +56,10 @@ def compared(tmp_path_factory):
     for seed in (0, 1):
         run_pooled(compose_run(rc, ["strategy=pooled", f"seed={seed}"]), backbone, arm_dir(folder, "pooled", seed),
                    quiet=True)
-    save(folder, Plan([*ARMS, "pooled"], [0, 1], str(backbone), ["compare.seeds=2"]), cfg)  # as `petite compare`
-    md = report(folder, cfg, [*ARMS, "pooled"], [0, 1], backbone, ["compare.seeds=2"], 12.0).read_text()
+        run_pooled_ft(compose_run(rc, ["strategy=pooled-ft", f"seed={seed}"]), backbone,
+                      arm_dir(folder, "pooled-ft", seed), quiet=True)
+    save(folder, Plan([*ARMS, *CENTRALISED], [0, 1], str(backbone), ["compare.seeds=2"]), cfg)  # as `petite compare`
+    md = report(folder, cfg, [*ARMS, *CENTRALISED], [0, 1], backbone, ["compare.seeds=2"], 12.0).read_text()
     return folder, results, grid, md
 
 
@@ -167,6 +178,79 @@ def test_the_comparison_tracks_each_arms_means_and_its_paired_intervals(compared
             tag = f"diff/fedavg-{row['baseline']}/psnr_fg/{row['site']}/{end}"
             assert curve(acc, tag) == pytest.approx({0: float(row[end])})
     assert "job: compare" in config_text(acc) and "baselines:" in config_text(acc)
+
+
+def test_pooled_ft_splits_the_budget_as_fedavg_ft_and_the_report_reads_it(compared):
+    folder, _, _, md = compared
+    runs = {a: json.loads((arm_dir(folder, a, 0) / "summary.json").read_text())
+            for a in ("pooled", "pooled-ft", "fedavg-ft")}
+    b, ft = runs["pooled-ft"]["budget"], runs["fedavg-ft"]["budget"]
+    # 2 rounds × 2 steps, 2 sites: fedavg-ft has 1 FedAvg round, then 1 local round of 2 steps per site
+    assert (b["centralised_rounds"], b["finetune_rounds"]) == (ft["federated_rounds"], 1)
+    assert b["finetune_steps_per_site"] == (ft["rounds"] - ft["federated_rounds"]) * ft["local_steps"] == 2
+    assert b["centralised_steps"] == ft["federated_rounds"] * ft["local_steps"] * len(SITES) == 4
+    assert b["centralised_steps"] + b["finetune_steps_per_site"] * len(SITES) == runs["pooled"]["total_steps"] == 8
+    assert runs["pooled-ft"]["total_steps"] == 8
+    budgets = {line.split("**")[1]: line for line in md.splitlines() if line.startswith("- **")}
+    line = budgets["pooled-ft (centralised, then fine-tuned at each site)"]
+    assert "4 steps in one place" in line and "then 2 local steps per site" in line
+    assert "centralised, then local fine-tuning" in line
+    assert "centralised, one model" in budgets["pooled (centralised, one model)"]
+    diffs = {(r["arm"], r["baseline"], r["site"]) for r in rows(folder / "differences.csv") if r["metric"] == "psnr_fg"}
+    assert {("pooled-ft", "local", s) for s in [*SITES, "fixed", "random"]} <= diffs
+    assert {r["arm"] for r in rows(folder / "subjects.csv")} >= {"pooled-ft"}
+
+
+def test_pooled_ft_fine_tunes_a_copy_of_one_centralised_adapter_at_each_site(compared, compare_rc):
+    from safetensors.torch import load_file
+
+    folder = compared[0]
+    run = arm_dir(folder, "pooled-ft", 1)
+    summary = json.loads((run / "summary.json").read_text())
+    central = load_file(run / "centralised-adapter.safetensors")
+    tuned = {s: load_file(summary["sites"][s]["adapter"]) for s in SITES}
+    assert {Path(summary["sites"][s]["adapter"]).name for s in SITES} == {f"adapter-{s}.safetensors" for s in SITES}
+    for site in SITES:  # each site's fine-tuning moved its own copy
+        assert tuned[site].keys() == central.keys()
+        assert any(not torch.equal(tuned[site][k], central[k]) for k in central)
+    assert any(not torch.equal(tuned["scanner4"][k], tuned["scanner5"][k]) for k in central)
+    # scanner5's adapter is a function of the centralised one and its own scans only: fine-tuning it
+    # alone, with no scanner4 before it, gives the same tensors
+    cfg = compose_run(compare_rc[0], ["strategy=pooled-ft", "seed=1"])
+    arm = Centralised.start(cfg, backbone_for(compose_run(compare_rc[0])), "pooled-ft")  # every arm's backbone
+    alone, _ = finetune_site(arm, "scanner5", central, arm.objective.state_dict())
+    assert all(torch.allclose(alone[k], tuned["scanner5"][k], atol=1e-6) for k in central)
+
+
+def test_pooled_ft_is_refused_over_a_federation_in_one_line_before_anything_runs(compare_rc, tmp_path):
+    from petite_fl.errors import ConfigError
+
+    rc = {**compare_rc[0], "overrides": f"compare.run=[local,pooled-ft] compare.dir={tmp_path}"}
+    grid = InProcessGrid(client_app, rc, NODES)
+    context = Context(run_id=2, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    with pytest.raises(ConfigError) as err:
+        serve(grid, context)
+    assert str(err.value) == ("arm(s) pooled-ft (compare.run) train on every site's scans in one place: they run "
+                              "only in `petite compare`'s simulation, not over a federation, whose data stays at "
+                              "its sites")
+    assert not grid.replies and not (tmp_path / "arms").exists()
+
+
+def test_the_report_shows_how_far_shared_lora_a_moved_in_the_arms_that_share_it(compared):
+    folder, _, _, md = compared
+    table = rows(folder / "lora_a_drift.csv")
+    assert {r["arm"] for r in table} == {"fedavg", "fedavg-ft"}  # local and the centralised arms share nothing
+    fedavg = [r for r in table if r["arm"] == "fedavg"]
+    assert {(r["seed"], r["round"], r["site"]) for r in fedavg} == {
+        (str(seed), str(rnd), site) for seed in (0, 1) for rnd in (1, 2) for site in [*SITES, "global"]}
+    own = rows(arm_dir(folder, "fedavg", 1) / "lora_a_drift.csv")
+    assert [r["a_from_init"] for r in own] == [r["a_from_init"] for r in fedavg if r["seed"] == "1"]
+    assert {r["round"] for r in table if r["arm"] == "fedavg-ft"} == {"1"}  # its second round is local
+    assert "## How far shared LoRA A moved" in md
+    lines = [line for line in md.splitlines() if line.startswith("| fedavg | ")]
+    assert [line.split(" | ")[1] for line in lines[-2:]] == ["1", "2"]
+    first = [float(r["a_from_init"]) for r in fedavg if r["round"] == "1" and r["site"] != "global"]
+    assert f"{min(first):.3g}–{max(first):.3g}" in lines[-2]
 
 
 def test_report_rebuilds_the_same_report_from_the_folder_alone(compared, tmp_path):

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from petite_fl.config import EXTRA_DIRS_ENV, compose, configs_dir
 from petite_fl.deploy.site import load_site_config
 from petite_fl.errors import ConfigError
-from petite_fl.federation.strategies.registry import POOLED, algorithm_of, available_strategies, build_strategy
+from petite_fl.federation.strategies.registry import algorithm_of, available_strategies, build_strategy, centralised
 from petite_fl.models.registry import available_backbones, build_backbone, resolve_model_config
 from petite_fl.peft.registry import available_methods
 from petite_fl.peft.spec import PETITE_CHOICE, spec_from_config
@@ -67,8 +67,8 @@ def check_peft(cfg: DictConfig, entry: str) -> None:
 
 def check_strategy(cfg: DictConfig, entry: str) -> None:
     strategy = cfg.strategy
-    if strategy.name == POOLED:  # the centralised bound of `petite compare`: no algorithm, refused as one
-        with pytest.raises(ConfigError, match="centralised bound"):
+    if centralised(strategy):  # a centralised arm of `petite compare`: no algorithm, refused as one
+        with pytest.raises(ConfigError, match=f"^strategy={entry} trains on every site's scans in one place"):
             build_strategy(strategy)
         return
     algorithm = algorithm_of(strategy)
@@ -97,7 +97,7 @@ def check_compare(cfg: DictConfig, entry: str) -> None:
     assert set(cfg.compare.default_arms) <= set(arms) and set(cfg.compare.baselines) <= set(arms)
     for arm, overrides in arms.items():  # each arm is a list of overrides: its strategy must be one
         strategy = compose("config", [f"compare={entry}", *map(str, overrides)]).strategy
-        if strategy.name != POOLED:
+        if not centralised(strategy):
             assert algorithm_of(strategy) in available_strategies(), f"compare={entry}: arm {arm}"
 
 

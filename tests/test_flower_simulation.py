@@ -57,6 +57,9 @@ def test_flwr_run_completes_and_a_failed_run_is_reported_as_failed(tmp_path):
     (["compare", "data.synth.sizes.scanner5.test=1"],
      "site scanner5 has 1 test subject(s) (data.synth.sizes.scanner5)"),
     (["compare", "--arms", "local,fedavg-ft", "federation.rounds=1"], "fedavg-ft needs at least one FedAvg round"),
+    (["compare", "--arms", "local,pooled-ft", "federation.rounds=1"],
+     "pooled-ft needs at least one centralised round before its 1 local round(s)"),
+    (["simulate", "strategy=pooled-ft"], "strategy=pooled-ft trains on every site's scans in one place"),
     (["simulate", "federation.sites=[]"], "federation.sites is empty"),
 ])
 def test_bad_simulation_settings_fail_before_flower_starts(argv, message, capsys, tmp_path, monkeypatch):

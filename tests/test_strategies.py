@@ -18,10 +18,10 @@ def strategy(name: str, *overrides: str):
 def test_registry_has_one_class_per_algorithm_and_each_config_selects_one_by_label():
     assert available_strategies() == ["fedavg", "fedavg-ft", "local", "personalized"]
     configs = sorted(p.stem for p in (configs_dir() / "strategy").glob("*.yaml"))
-    assert {"fedbn", "shared-encoder", "split-lora", "pooled"} <= set(configs)
+    assert {"fedbn", "shared-encoder", "split-lora", "pooled", "pooled-ft"} <= set(configs)
     for name in configs:
-        if name == "pooled":  # the centralised bound of `petite compare`, refused as a federation
-            with pytest.raises(ConfigError, match="centralised bound"):
+        if name in ("pooled", "pooled-ft"):  # the centralised arms of `petite compare`, refused as a federation
+            with pytest.raises(ConfigError, match="centralised arm of `petite compare`"):
                 strategy(name)
             continue
         built = strategy(name)

@@ -3,10 +3,10 @@
 Every arm (no fine-tuning, local PEFT, fedavg, shared-encoder, personalized, fedavg-ft,
 split-lora, …) runs through the same Flower apps in one `flwr run` simulation, on the same
 data, the same backbone (pretrained on the source scanner, cached) and the same
-local-step budget, once per training seed; the pooled bound runs in this process. The
-sites report per-subject test metrics; `compare_results` pairs them across arms into
-differences with confidence intervals and `compare_report` writes the report (report.md,
-CSV, PNG figures).
+local-step budget, once per training seed; the centralised arms (`pooled`: one model;
+`pooled-ft`: then local fine-tuning) run in this process. The sites report per-subject
+test metrics; `compare_results` pairs them across arms into differences with confidence
+intervals and `compare_report` writes the report (report.md, CSV, PNG figures).
 
 The same arms run at a deployed coordinator with `--federation` (`compare_deployed`; the
 centralised arms are refused there), `--evaluate` evaluates one adapter or the bare backbone
@@ -37,11 +37,14 @@ from petite_fl.experiments.compare_folder import Plan, save
 from petite_fl.experiments.compare_report import report
 from petite_fl.experiments.flower_run import LocalSimulation, resources
 from petite_fl.experiments.pooled import run_pooled
+from petite_fl.experiments.pooled_ft import run_pooled_ft, split_budget
 from petite_fl.federation.server.arms import arm_dir, arm_overrides, check_arms, compare_seeds
 from petite_fl.federation.strategies import build_strategy, centralised
 from petite_fl.runconfig import command_config, site_list, submitted
 from petite_fl.training.jobs import backbone_for
 
+#: the arms that train on every site's scans in this process (simulation only), by strategy label
+CENTRALISED_RUNS = {"pooled": run_pooled, "pooled-ft": run_pooled_ft}
 #: subjects a site needs per split for a comparison: training, per-round validation, a paired interval
 MIN_SUBJECTS = {"train": 1, "val": 1, "test": 2}
 
@@ -121,6 +124,8 @@ def prepare(user: list[str], arms: list[str] | None = None, federation: str | No
     for arm in arms:  # the strategy's own refusals (e.g. fedavg-ft with one round), before any data
         if arm not in pooled:
             build_strategy(arm_cfgs[arm].strategy).federated_rounds(int(arm_cfgs[arm].federation.rounds))
+        elif str(arm_cfgs[arm].strategy.name) == "pooled-ft":  # fedavg-ft's split of the budget, its refusals
+            split_budget(arm_cfgs[arm], len(sites))
     if conn is not None:
         probe(conn)  # a coordinator that does not answer: one line, before any data or backbone
     command = [*(["--federation", federation] if federation else []),
@@ -155,7 +160,7 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
         for seed in s.seeds:
             arm_cfg = compare_config([*s.overrides, *arm_overrides(cfg, arm, seed)])
             try:
-                run_pooled(arm_cfg, backbone, arm_dir(folder, arm, seed))
+                CENTRALISED_RUNS[str(arm_cfg.strategy.name)](arm_cfg, backbone, arm_dir(folder, arm, seed))
             except PetiteError as exc:  # like a failed Flower arm: kept out of the report, named, then fail
                 write_json(arm_dir(folder, arm, seed) / "error.json", {"error": str(exc)})
                 failed.append(f"{arm}/seed-{seed}: {exc}")

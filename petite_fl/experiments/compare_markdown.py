@@ -51,7 +51,11 @@ def budget_text(summary: dict[str, Any]) -> str:
     b = summary.get("budget") or {}
     if not b:
         return f"{summary['rounds']} rounds × {summary['local_steps']} local steps"
-    if "total_steps" in b:
+    if "finetune_steps_per_site" in b:  # pooled-ft: centralised, then local fine-tuning (fedavg-ft's split)
+        head = (f"{b['centralised_steps']} steps in one place (= {b['centralised_rounds']} rounds × {b['local_steps']} "
+                f"local steps × sites), then {b['finetune_steps_per_site']} local steps per site "
+                f"(= {b['finetune_rounds']} × {b['local_steps']}, as fedavg-ft's local rounds)")
+    elif "total_steps" in b:
         head = (f"{b['total_steps']} steps in one place (= {b['rounds']} rounds × {b['local_steps']} local steps "
                 "× sites)")
     elif not b["rounds"]:
@@ -216,9 +220,10 @@ def _level_table(ctx: Context, metric: str) -> list[str]:
 
 
 def markdown(ctx: Context, missing: dict[str, str], curves: list[dict[str, Any]], payload: dict[str, Any],
-             figures: list[str], overrides: list[str], seconds: float | None, backbone: Path, where: str) -> str:
+             figures: list[str], overrides: list[str], seconds: float | None, backbone: Path, where: str,
+             extra: list[str] | None = None) -> str:
     """report.md: the verdict metric and the primary endpoint first, then the run, how to read it, the
-    secondary difference tables, levels, convergence, communication, figures.
+    secondary difference tables, levels, convergence, communication, `extra` sections, figures.
 
     `where`: the line on the sites' data (`compare_report.sites_line`, or a deployment's)."""
     n_test = min((len(v["test_subjects"]) for a in ctx.data.values() for v in a.first["sites"].values()
@@ -239,6 +244,7 @@ def markdown(ctx: Context, missing: dict[str, str], curves: list[dict[str, Any]]
         lines += [f"{ALL[metric].label}:", "", *_level_table(ctx, metric), ""]
     lines += ["Per-subject values: `subjects.csv` (by position in each scanner's test split).", ""]
     lines += _convergence(ctx.arms, curves) + _communication(ctx.cfg, ctx.arms, ctx.data, payload)
+    lines += ["", *extra] if extra else []
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     if any(name.startswith("slices_") for name in figures):
         lines += ["", "Slices: the middle axial slice of each scanner's first test subject, predicted by each "

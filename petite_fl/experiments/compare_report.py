@@ -1,13 +1,13 @@
 """The comparison report: per-subject results of every arm and seed, paired, with intervals.
 
-Writes the report folder: CSV tables (means, subjects, differences from
-`compare_results`, convergence), payload.json, the figures (`compare_figures`) and
-report.md (`compare_markdown`). The verdict metric is head-mask PSNR against the ground
-truth where every compared site has one (simulation), else against the target
-(`compare_results.verdict_metric`); whole-volume SSIM is not a verdict metric, dominated by
-the air around the head (it swung by 0.1 between arms whose PSNR differed by 0.1 dB). The
-primary endpoint (`compare.primary`) comes first; an arm that lost a site is compared on
-the sites both arms have, and the table says so.
+Writes the report folder: CSV tables (means, subjects, differences from `compare_results`,
+convergence, how far shared LoRA A moved from `compare_drift`), payload.json, the figures
+(`compare_figures`) and report.md (`compare_markdown`). The verdict metric is head-mask
+PSNR against the ground truth where every compared site has one (simulation), else against
+the target (`compare_results.verdict_metric`); whole-volume SSIM is not a verdict metric,
+dominated by the air around the head (it swung by 0.1 between arms whose PSNR differed by
+0.1 dB). The primary endpoint (`compare.primary`) comes first; an arm that lost a site is
+compared on the sites both arms have, and the table says so.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from petite_fl.atomic import atomic_path, write_csv, write_json
 from petite_fl.console import console
 from petite_fl.data.sites import site_labels, split_counts
 from petite_fl.errors import PetiteError
+from petite_fl.experiments.compare_drift import drift_markdown, drift_rows
 from petite_fl.experiments.compare_endpoints import SUBJECT_METRICS, margin_of, primary_of
 from petite_fl.experiments.compare_markdown import Context, markdown, print_tables
 from petite_fl.experiments.compare_results import (
@@ -71,7 +72,11 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     names = figures(folder, ctx, curves, backbone,
                     refs=None if deployed or not backbone.is_file() else {labels[r]: r for r in refs})
     where = deployed_line(deployed, data, sites) if deployed else sites_line(cfg, refs, labels)
-    md = markdown(ctx, missing, curves, payload, names, overrides, seconds, backbone, where)
+    drift = drift_rows(folder, {a: data[a] for a in arms})  # how far shared LoRA A moved (split-lora, fedavg)
+    if drift:
+        write_csv(folder / "lora_a_drift.csv", drift)
+    md = markdown(ctx, missing, curves, payload, names, overrides, seconds, backbone, where,
+                  extra=drift_markdown(drift))
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(md)
     print_tables(ctx)

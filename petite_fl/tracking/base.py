@@ -9,7 +9,9 @@ The names a job records (one scheme for every tracker, so TensorBoard and MLflow
   `val_<metric>/<site>` (the model after round r, as `metrics.csv` has it: round 0 is no
   fine-tuning, round R the final validation), `train_loss/<site>`, `bytes_up/<site>`,
   `bytes_down/<site>` (the round's messages, as `transfer.csv`), `site_seconds/<site>`,
-  `backbone_bytes/<site>` (step 0, when it was sent);
+  `backbone_bytes/<site>` (step 0, when it was sent), and where LoRA A is shared
+  `lora_a/from_init/<site|global>`, `lora_a/from_round/<site|global>` and `lora_a/to_average/<site>`
+  (how far A moved: `federation/server/drift.py`, as `lora_a_drift.csv`);
   per round `val_<metric>/mean` (weighted by validation subjects), `round/seconds`,
   `round/rejected` (updates left out); final: `final/test_<metric>/<site>`, `final/test_<metric>/mean`.
 - a site (step = round; its own view, kept at the site): `train_loss`, `train/step_loss`

@@ -18,6 +18,7 @@ from petite_fl.config import hydra_override
 from petite_fl.console import console
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.server.coordinator import Coordinator
+from petite_fl.federation.strategies.registry import centralised
 from petite_fl.runconfig import compose_run
 from petite_fl.training.jobs import backbone_for
 
@@ -52,6 +53,16 @@ def arm_dir(folder: Path, arm: str, seed: int) -> Path:
     return folder / "arms" / arm / f"seed-{seed}"
 
 
+def refuse_centralised(run_config: Mapping[str, Any], cfg: DictConfig, arms: list[str], where: str) -> None:
+    """Arms whose data must be in one place (`pooled`, `pooled-ft`) cannot run over a federation:
+    one line, before any arm trains."""
+    central = [a for a in arms if centralised(compose_run(run_config, arm_overrides(cfg, a)).strategy)]
+    if central:
+        raise ConfigError(f"arm(s) {', '.join(central)} ({where}) train on every site's scans in one place: "
+                          "they run only in `petite compare`'s simulation, not over a federation, whose data "
+                          "stays at its sites")
+
+
 def run_all(cfg: DictConfig, run_config: Mapping[str, Any], transport: Any) -> dict[str, Any]:
     arms = [str(a) for a in (cfg.compare.run or [])]
     if not arms:
@@ -59,6 +70,7 @@ def run_all(cfg: DictConfig, run_config: Mapping[str, Any], transport: Any) -> d
     if not cfg.compare.dir:
         raise ConfigError("compare.run is set but compare.dir is not")
     check_arms(cfg, arms, "compare.run")
+    refuse_centralised(run_config, cfg, arms, "compare.run")
     runs = [(arm, seed) for seed in compare_seeds(cfg) for arm in arms]
     backbone = backbone_for(cfg)  # one backbone for every arm and seed: seeds vary the fine-tuning only
     results, failed = {}, {}

@@ -31,6 +31,7 @@ from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
 from petite_fl.federation.server.checkpoint import load_checkpoint, save_checkpoint
 from petite_fl.federation.server.checks import honest_update_bound, max_update_norm
+from petite_fl.federation.server.drift import drift_rows, lora_a_names, tracked
 from petite_fl.federation.server.evaluation import read_final_metrics
 from petite_fl.federation.server.given import file_sha256, given_adapter
 from petite_fl.federation.server.protections import MIN_SECAGG_SITES, check_combination, protection_from_config
@@ -218,6 +219,7 @@ class Coordinator:
         torch.manual_seed(int(cfg.seed))  # the sites initialise the same way
         state = apply_peft(model, spec_from_config(cfg.peft, model))
         init = adapter_state_dict(model, state)
+        self.init_a = {n: init[n] for n in lora_a_names(init)}  # A₀: how far shared A moves (drift.py)
         if not state.names and self.rounds:
             raise PetiteError(f"peft={cfg.peft.name} trains nothing; evaluate the backbone with federation.rounds=0")
         shared, personal = self.strategy.split(state.trainable)
@@ -292,12 +294,17 @@ class Coordinator:
             raise PetiteError(f"round {rnd}: {len(result.accepted)} valid update(s), {self.min_sites} needed "
                               f"(federation.min_sites); the last completed round ({rnd - 1}) is checkpointed")
         aggregate_begin = time.perf_counter()
+        start = global_tensors
         if collects:
             global_tensors = self.strategy.aggregate(global_tensors, result.updates)
         # Timing per round for the overhead benchmark (under SecAgg+ the sum is inside the round)
         self.round_rows.append({"round": rnd, "sites": len(result.accepted), "seconds": time.perf_counter() - begin,
                                 "aggregate_seconds": None if result.aggregated
                                 else time.perf_counter() - aggregate_begin})
+        if collects:  # how far the shared LoRA A moved (drift.py), outside the round's timing
+            self.log.lora_a_rows += drift_rows(rnd, self.init_a, start, {ctx.infos[n].site: t for n, t
+                                                                          in result.uploads.items()}, global_tensors)
+            self.tracker.scalars(tracked([r for r in self.log.lora_a_rows if r["round"] == rnd]), rnd)
         self._track_round(ctx, rnd, result, validate)
         spent = self.strategy.privacy_spent()
         self.say(f"round {rnd}/{self.rounds} done in {time.perf_counter() - begin:.0f} s"

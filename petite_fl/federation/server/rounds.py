@@ -50,6 +50,7 @@ class RoundResult:
     rejected: list[dict[str, Any]] = field(default_factory=list)        # refused replies, for the run log
     notes: list[str] = field(default_factory=list)                      # what the driver wants said
     aggregated: bool = False  # the driver already averaged (SecAgg+): updates are copies of the mean
+    uploads: dict[int, Tensors] = field(default_factory=dict)  # node → its accepted upload (not under SecAgg+)
 
 
 def plain_round(ctx: RoundContext, rnd: int, ins: TrainIns, expected: Tensors) -> RoundResult:
@@ -71,6 +72,7 @@ def plain_round(ctx: RoundContext, rnd: int, ins: TrainIns, expected: Tensors) -
         result.accepted[node] = {**reply.metrics, "update_norm": verdict.norm}
         # A site weighs at most the training scans it declared at the hello: claiming 10⁹ buys nothing.
         result.updates.append((reply.tensors, min(reply.num_examples, ctx.infos[node].num_examples)))
+        result.uploads[node] = reply.tensors
         result.transfer.append({"round": rnd, "site": site, "what": "peft",
                                 "bytes_down": exchange.bytes_down.get(node, 0),
                                 "bytes_up": exchange.bytes_up.get(node, 0)})

@@ -24,15 +24,16 @@ class RunLog:
     transfer_rows: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     subject_rows: list[dict[str, Any]] = field(default_factory=list)  # final test, per subject position
+    lora_a_rows: list[dict[str, Any]] = field(default_factory=list)  # how far shared LoRA A moved (drift.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"train": self.train_rows, "eval": self.eval_rows, "transfer": self.transfer_rows,
-                "rejected": self.rejected, "subjects": self.subject_rows}
+                "rejected": self.rejected, "subjects": self.subject_rows, "lora_a": self.lora_a_rows}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunLog:
         return cls(list(data["train"]), list(data["eval"]), list(data["transfer"]), list(data.get("rejected", [])),
-                   list(data.get("subjects", [])))
+                   list(data.get("subjects", [])), list(data.get("lora_a", [])))
 
     def eval_row(self, rnd: int, site: str, split: str, m: Mapping[str, Any]) -> None:
         """A per-round validation row from a train reply's metrics (when the site validated)."""
@@ -72,6 +73,8 @@ class RunLog:
         if self.subject_rows:
             write_csv(run_dir / "subjects.csv", self.subject_rows)
         write_csv(run_dir / "transfer.csv", self.transfer_rows)
+        if self.lora_a_rows:
+            write_csv(run_dir / "lora_a_drift.csv", self.lora_a_rows)
         write_json(run_dir / "log.json", self.to_dict())
         if summary is not None:
             write_json(run_dir / "summary.json", summary)

@@ -257,10 +257,10 @@ def _strategy_files() -> dict[str, Path]:
 
 
 def known_strategies() -> list[str]:
-    """The strategy labels this site's own configs define (not the pooled bound: no federation)."""
-    from petite_fl.federation.strategies.registry import POOLED
+    """The strategy labels this site's own configs define (not the centralised arms: no federation)."""
+    from petite_fl.federation.strategies.registry import CENTRALISED
 
-    return [s for s in _strategy_files() if s != POOLED]
+    return [s for s in _strategy_files() if s not in CENTRALISED]
 
 
 def strategy_definition(label: str) -> dict[str, Any]:

@@ -15,8 +15,11 @@ from petite_fl.federation.strategies.base import Strategy
 from petite_fl.registry import Registry
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy algorithm", "petite_fl.federation.strategies")
-#: The label of configs/strategy/pooled.yaml: `petite compare`'s centralised bound, no algorithm.
+#: The label of configs/strategy/pooled.yaml: `petite compare`'s centralised arm (one model), no algorithm.
 POOLED = "pooled"
+#: The labels of the arms that train on every site's scans in one place (configs/strategy/pooled*.yaml):
+#: no federated algorithm; `petite compare` runs them in process, in simulation only.
+CENTRALISED = (POOLED, "pooled-ft")
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
@@ -42,7 +45,7 @@ def centralised(cfg: Mapping[str, Any]) -> bool:
 
 
 def build_strategy(cfg: Mapping[str, Any]) -> Strategy:
-    if cfg.get("name") == POOLED:  # names the centralised bound, not a federation
-        raise ConfigError("strategy=pooled trains on every site's scans in one place: it is `petite compare`'s "
-                          "centralised bound (simulation only), not a federated strategy")
+    if centralised(cfg):  # the data in one place: not a federation
+        raise ConfigError(f"strategy={cfg.get('name')} trains on every site's scans in one place: it is a "
+                          "centralised arm of `petite compare` (simulation only), not a federated strategy")
     return STRATEGIES.get(algorithm_of(cfg))(cfg)
