@@ -23,7 +23,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def test_petite_fine_tuning_on_the_target_beats_no_fine_tuning(cache):
-    base = _overrides(cache, "train.pretrain.steps=20", "train.finetune.steps=40", "train.warmup_steps=5")
+    base = _overrides(cache, "train.pretrain.steps=20", "train.finetune.steps=40", "train.warmup=0.1")
     backbone, _ = pretrain(compose(overrides=base), quiet=True)
     before, _ = evaluate(compose(overrides=base), "scanner5", backbone, None, quiet=True)
     cfg = compose(overrides=[*base, "peft=petite", f"backbone={backbone}"])

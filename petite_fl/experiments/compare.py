@@ -32,6 +32,7 @@ from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import command_config, site_list, submitted
 from petite_fl.scanners import available_scanners
 from petite_fl.training.jobs import backbone_for
+from petite_fl.training.settings import check_settings
 
 #: subjects a site needs per split for a comparison: training, per-round validation, a paired interval
 MIN_SUBJECTS = {"train": 1, "val": 1, "test": 2}
@@ -82,6 +83,8 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
     arm_cfgs = {arm: compare_config([*overrides, *arm_overrides(cfg, arm)]) for arm in arms}
     pooled = [a for a in arms if str(arm_cfgs[a].strategy.name) == "pooled"]
     federated = [a for a in arms if a not in pooled]
+    for arm in arms:  # the scaling and the schedule of every arm, before any data
+        check_settings(arm_cfgs[arm])
     for arm in federated:  # the strategy's own refusals (e.g. fedavg-ft with one round), before any data
         build_strategy(arm_cfgs[arm].strategy).federated_rounds(int(arm_cfgs[arm].federation.rounds))
     folder = Path(out) if out else expand_path(cfg.paths.cache) / "runs" / "compare" / config_hash(

@@ -31,6 +31,8 @@ from petite_fl.runconfig import site_list
 from petite_fl.training.device import device_and_amp
 from petite_fl.training.inference import evaluate_split
 from petite_fl.training.objectives import make_objective
+from petite_fl.training.schedule import Schedule
+from petite_fl.training.settings import check_settings
 from petite_fl.training.trainer import train
 
 
@@ -43,6 +45,7 @@ def run_pooled(cfg: DictConfig, backbone: Path, out: Path, quiet: bool = False) 
     """Train one adapter on all sites' training scans, evaluate it on each site's splits."""
     if str(cfg.strategy.name) != "pooled":
         raise ConfigError(f"run_pooled needs strategy=pooled, got {cfg.strategy.name}")
+    check_settings(cfg)
     begin = time.perf_counter()
     sites = site_list(cfg)
     device, amp = device_and_amp(cfg)
@@ -88,7 +91,8 @@ def run_pooled(cfg: DictConfig, backbone: Path, out: Path, quiet: bool = False) 
                "budget": {"rounds": int(cfg.federation.rounds), "local_steps": int(cfg.federation.local_steps),
                           "total_steps": steps, "batch_size": int(cfg.train.batch_size),
                           "patches_per_volume": int(cfg.data.loader.patches_per_volume),
-                          "lr": float(cfg.peft.lr), "seed": int(cfg.seed)},
+                          "lr": float(cfg.peft.lr), "seed": int(cfg.seed),
+                          "schedule": Schedule.from_config(cfg.train, steps).describe()},
                "backbone_sha256": meta["sha256"], "protection": "none", "privacy": None, "rejected": [],
                "sites": per_site, "train_loss": result.final_loss, "seconds": time.perf_counter() - begin}
     write_csv(out / "metrics.csv", eval_rows)
