@@ -18,14 +18,15 @@ from petite_fl.data.patches import site_patch_dataset
 from petite_fl.data.scalings.grey_matter import grey_matter_level
 from petite_fl.data.site import load_site
 from petite_fl.errors import DataError
-from tests.conftest import SMALL_SHAPE, smooth_volume, write_nifti, write_site
+from tests.conftest import smooth_volume, write_nifti, write_site
 
 
-def regions_volume(shape=SMALL_SHAPE) -> np.ndarray:
-    labels = np.zeros(shape, np.int16)
-    labels[8:16, 8:14, 12:16] = 1
-    labels[8:16, 8:14, 3:6] = 2
-    return labels
+def regions_volume(truth: np.ndarray) -> np.ndarray:
+    """Stand-in region labels: the truth's hot voxels (above half its maximum) in the upper half of the
+    volume are the measured regions (1), those in the lower half the reference (2)."""
+    hot = truth > 0.5 * truth.max()
+    upper = np.arange(truth.shape[2])[None, None, :] >= truth.shape[2] // 2
+    return np.where(hot & upper, 1, np.where(hot, 2, 0)).astype(np.int16)
 
 
 def add_truth(manifest: Path, regions: bool = True) -> Path:
@@ -34,10 +35,11 @@ def add_truth(manifest: Path, regions: bool = True) -> Path:
     data = json.loads(manifest.read_text())
     for row in data["subjects"]:
         target = load_volume(manifest.parent / row["target"])
-        write_nifti(manifest.parent / f"{row['id']}_truth.nii.gz", gaussian_filter(target.data, 1.5), target.affine)
+        truth = gaussian_filter(target.data, 1.5)
+        write_nifti(manifest.parent / f"{row['id']}_truth.nii.gz", truth, target.affine)
         row["truth"] = f"{row['id']}_truth.nii.gz"
         if regions:
-            write_nifti(manifest.parent / f"{row['id']}_regions.nii.gz", regions_volume())
+            write_nifti(manifest.parent / f"{row['id']}_regions.nii.gz", regions_volume(truth), target.affine)
             row["regions"] = f"{row['id']}_regions.nii.gz"
     manifest.write_text(json.dumps(data))
     return manifest
@@ -75,20 +77,25 @@ def test_a_bad_truth_or_regions_field_is_one_line_naming_the_row_and_field(truth
     assert not check_site(truth_site).ok
 
 
+def labels(manifest: Path) -> np.ndarray:
+    return load_volume(manifest.parent / "sub-002_regions.nii.gz").data.astype(np.int16)
+
+
 FILE_CASES = [
     (lambda m: write_nifti(m.parent / "sub-002_truth.nii.gz", smooth_volume(0, (24, 22, 18))),
      r"row 2 \(subject 'sub-002'\): input shape \(24, 22, 20\) differs from truth shape \(24, 22, 18\)"),
-    (lambda m: write_nifti(m.parent / "sub-002_regions.nii.gz", regions_volume(), np.diag([2.0, 2.0, 2.5, 1.0])),
+    (lambda m: write_nifti(m.parent / "sub-002_regions.nii.gz", labels(m), np.diag([2.0, 2.0, 2.5, 1.0])),
      r"row 2 \(subject 'sub-002'\): input and regions affines differ"),
-    (lambda m: write_nifti(m.parent / "sub-002_regions.nii.gz", regions_volume() * 3),
+    (lambda m: write_nifti(m.parent / "sub-002_regions.nii.gz", labels(m) * 3),
      r"row 2 \(subject 'sub-002'\) regions: labels must be 0, 1 and 2, found 0, 3, 6$"),
-    (lambda m: write_nifti(m.parent / "sub-002_regions.nii.gz", np.where(regions_volume() == 2, 0, regions_volume())),
+    (lambda m: write_nifti(m.parent / "sub-002_regions.nii.gz", np.where(labels(m) == 2, 0, labels(m))),
      r"row 2 \(subject 'sub-002'\) regions: no voxel labelled 2"),
     (lambda m: (m.parent / "sub-002_truth.nii.gz").unlink(), r"row 2 \(subject 'sub-002'\) truth: .*file not found"),
 ]
 
 
-@pytest.mark.parametrize("breaker, message", FILE_CASES)
+@pytest.mark.parametrize("breaker, message", FILE_CASES,
+                         ids=["truth-shape", "regions-affine", "labels", "no-reference", "truth-missing"])
 def test_a_bad_truth_or_regions_file_is_named_where_evaluation_loads_it(truth_site, breaker, message):
     breaker(truth_site)
     with pytest.raises(DataError, match=message):
