@@ -16,6 +16,7 @@ from tracking_readers import config_text, curve, events, rows, tracked_files
 
 from petite_fl.artifacts import load_adapter, load_backbone
 from petite_fl.errors import PetiteError
+from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.transport import FlowerTransport
 from petite_fl.federation.server.coordinator import Coordinator
@@ -376,3 +377,10 @@ def test_a_simulated_federations_summary_holds_the_metrics_against_the_truth(cac
     assert set(keys) <= set(rows(Path(summary["run_dir"]) / "subjects.csv")[0])
     assert summary["budget"]["schedule"] == {"warmup_fraction": 0.1, "warmup_steps": 1, "total_steps": 2,
                                              "decay": "cosine to 0 over the remaining steps"}
+    # the centralised arm evaluates through the same chain
+    pooled = run_pooled(compose_run(rc, ["strategy=pooled"]), backbone_for(compose_run(rc)), tmp_path / "pooled",
+                        quiet=True)
+    for site in SITES:
+        assert set(keys) <= set(pooled["sites"][site]["test"])
+        assert all(set(keys) <= set(r) for r in pooled["sites"][site]["test_subjects"])
+    assert pooled["budget"]["schedule"]["total_steps"] == 4  # rounds × local steps × sites, in one place

@@ -132,3 +132,19 @@ def test_a_card_naming_an_unknown_scaling_is_refused_before_predicting(tmp_path:
         predict_file(build_backbone("unetr", "tiny"), source, tmp_path / "o.nii.gz", settings,
                      device=torch.device("cpu"), amp=False)
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+@pytest.mark.parametrize("command", [["finetune"], ["compare", "--arms", "local"], ["simulate"]])
+@pytest.mark.parametrize("override, message", [
+    ("data.loader.scaling=zscore", "data.loader.scaling: unknown scaling 'zscore' (known: grey-matter, minmax, none)"),
+    ("train.warmup=1.5", "train.warmup must be a fraction in [0, 1) of a run's steps, got 1.5"),
+])
+def test_a_command_refuses_a_bad_scaling_or_warm_up_in_one_line_before_any_work(command, override, message,
+                                                                              tmp_path: Path, capsys):
+    from petite_fl.cli.main import main
+
+    assert main([*command, f"paths.cache={tmp_path}", override]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in " ".join(lines[0].split()) and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no data generated, no backbone pretrained
