@@ -361,6 +361,7 @@ def _with_truth(cache: Path, root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # 93 s on the shared 2-core machine; its parts run by default (test_final_evaluation, test_inference)
 def test_a_simulated_federations_summary_holds_the_metrics_against_the_truth(cache, tmp_path):
     root = _with_truth(cache, tmp_path / "data")
     rc = run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.run_name": "truth",

@@ -56,3 +56,22 @@ def test_a_truth_list_without_its_mean_is_refused():
     metrics = reply(truth=True)
     del metrics["test_truth_psnr"]
     assert read_final_metrics(metrics, SPLITS) == "test_truth_psnr is missing or not a finite number"
+
+
+def test_the_run_logs_means_and_per_site_rows_carry_the_truth_only_where_every_site_has_it():
+    from petite_fl.federation.server.runlog import RunLog
+
+    log = RunLog()
+    for site, truth in (("a", True), ("b", True)):
+        means, subjects = read_final_metrics(reply(n=2 if site == "a" else 4, truth=truth), SPLITS)
+        log.final(2, site, means, subjects)
+    mean = log.weighted_mean(2, "test")
+    assert set(TRUTH_METRICS + RATIO_METRICS) <= set(mean)
+    a, b = (log.site_summary(s, None, 0) for s in ("a", "b"))
+    assert mean["truth_psnr_fg"] == pytest.approx((2 * a["test"]["truth_psnr_fg"] + 4 * b["test"]["truth_psnr_fg"]) / 6)
+    assert all("ratio_bias" in row for row in a["test_subjects"] + b["test_subjects"])
+    # a real site beside a simulated one: the mean over sites has no truth metric (only some sites have it)
+    means, subjects = read_final_metrics(reply(n=3), SPLITS)
+    log.final(2, "c", means, subjects)
+    assert not set(TRUTH_METRICS + RATIO_METRICS) & set(log.weighted_mean(2, "test"))
+    assert "truth_psnr" in log.site_summary("a", None, 0)["test"]
