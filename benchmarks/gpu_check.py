@@ -154,7 +154,6 @@ def federated_overrides(home: Path) -> list[str]:
             f"data.synth.subjects={sum(f['splits'].values())}", f"data.synth.splits={{{splits}}}",
             "data.synth.workers=0", f"train.device={SIZES['device']}", f"train.pretrain.steps={f['pretrain_steps']}",
             f"train.checkpoint_every={max(1, f['pretrain_steps'])}",  # one checkpoint of a 1.2 GB optimiser state
-            "train.warmup_steps=5",  # a site's schedule spans rounds × local steps (20): the default 20 is all warm-up
             f"federation.rounds={f['rounds']}", f"federation.local_steps={f['local_steps']}",
             "federation.eval_every=1", f"federation.run_name={RUN_NAME}", "federation.resume=false", *f["extra"]]
 

@@ -1,6 +1,11 @@
 """Reconstruction metrics as defined in the PETITE paper (Kim, Choi, Hwang, MICCAI 2024), in torch.
 
-- PSNR  = 10 log10(data_range² / MSE), data_range = 1 for [0, 1]-scaled volumes;
+Volumes are compared in the target's units on the scale the data loader gives them
+(`data.loader.scaling`): with the default `grey-matter` scaling one factor from the input
+divides input, target and truth alike and grey matter lies near 1, so PSNR's data range
+of 1 is the grey-matter level; with the paper's `minmax` it is the target's own range.
+
+- PSNR  = 10 log10(data_range² / MSE), data_range = 1 on that scale;
 - SSIM  = 3D SSIM (Wang et al. 2004) with data range = max of the target, a 7³ uniform
   window (or 11³ Gaussian, σ = 1.5), sample covariance, image borders excluded: the
   definition of scikit-image's `structural_similarity`;
@@ -10,6 +15,11 @@ Each takes an optional boolean mask (e.g. the brain): the metric is then compute
 voxels inside it, since background inflates PSNR. Hand-written rather than MONAI's SSIM,
 which has no mask and uses the population covariance, so that numbers match
 scikit-image's (the field's reference implementation) to 1e-3.
+
+The clinically read number is a ratio, not a PSNR: the regional uptake ratio (mean uptake
+in the regions a reader measures over that of a reference region, e.g. the AD-relevant
+cortex over the cerebellum); `ratio_metrics` gives its bias against the truth's, since
+PSNR can improve while the regions a reader measures get worse.
 """
 
 from __future__ import annotations
@@ -151,3 +161,23 @@ def compute_metrics(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
             "nrmse_fg": float(nrmse(pred, target, mask)),
         }
     return out
+
+
+def uptake_ratio(volume: torch.Tensor, regions: torch.Tensor, measured: int = 1, reference: int = 2) -> torch.Tensor:
+    """Mean of `volume` where `regions` == `measured` over its mean where it is `reference`
+    (a scale-free number: the same in any units)."""
+    v = _volume(volume)
+    r = _volume(regions).to(v.device).round().to(torch.int64)
+    if r.shape != v.shape:
+        raise ValueError(f"regions {tuple(r.shape)} and volume {tuple(v.shape)} differ in shape")
+    inside, ref = r == measured, r == reference
+    if not inside.any() or not ref.any():
+        raise ValueError(f"the regions image has no voxel labelled {measured if not inside.any() else reference}")
+    return v[inside].mean() / v[ref].mean()
+
+
+def ratio_metrics(pred: torch.Tensor, truth: torch.Tensor, regions: torch.Tensor) -> dict[str, float]:
+    """The prediction's regional uptake ratio against the truth's: `ratio_bias`, signed, in percent
+    (100 · (r_pred − r_truth) / r_truth), and `ratio_abs_err`, its absolute value."""
+    bias = float(100.0 * (uptake_ratio(pred, regions) / uptake_ratio(truth, regions) - 1.0))
+    return {"ratio_bias": bias, "ratio_abs_err": abs(bias)}

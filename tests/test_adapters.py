@@ -206,7 +206,7 @@ def test_list_names_an_unreadable_file_and_goes_on(site_run, tmp_path, capsys):
 
 def test_merged_export_of_a_site_adapter_predicts_as_backbone_plus_adapter(site_run, tmp_path, capsys):
     from petite_fl.data.nifti import load_volume
-    from petite_fl.data.site import scale_volume
+    from petite_fl.data.scalings import get_scaling
     from petite_fl.training.inference import predict_volume
 
     code, out, err = _cli(capsys, "adapters", "export", "--site", "scanner5", "--run", RUN, "--merged",
@@ -220,7 +220,8 @@ def test_merged_export_of_a_site_adapter_predicts_as_backbone_plus_adapter(site_
     merged, _ = load_backbone(tmp_path / "merged" / "model.safetensors")
     reference, _, _ = load_model(source.backbone, source.adapter, torch.device("cpu"))
     scan = sorted(site_run.glob("data/*/scanner5/*_input.nii.gz"))[0]
-    volume = scale_volume(load_volume(scan).data, "minmax")
+    raw = load_volume(scan)
+    volume = get_scaling(card["inference"]["scaling"]).of_input(raw.data, raw.zooms).apply(raw.data)
     roi = card["inference"]["patch"]
     want = predict_volume(reference, volume, roi, device=torch.device("cpu"), overlap=0.0)
     got = predict_volume(merged, volume, roi, device=torch.device("cpu"), overlap=0.0)

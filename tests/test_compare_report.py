@@ -343,7 +343,9 @@ def write_hand_arms(folder: Path, seeds: list[int], truth_at: list[str]) -> None
                             "upload_bytes_per_round": 0, "download_bytes_per_round": 0, "backbone_bytes": 0}
                      for site in HAND_SITES}
             budget = {"rounds": 2, "local_steps": 4, "federated_rounds": 2, "batch_size": 1, "patches_per_volume": 2,
-                      "lr": 1e-3, "seed": seed, "warmup_fraction": 0.1, "decay_fraction": 0.9}
+                      "lr": 1e-3, "seed": seed,
+                      "schedule": {"warmup_fraction": 0.1, "warmup_steps": 1, "total_steps": 8,
+                                   "decay": "cosine to 0 over the remaining steps"}}
             (out / "summary.json").write_text(json.dumps({
                 "run": arm, "run_dir": str(out), "strategy": arm, "describe": f"{arm}, hand-written", "peft": "petite",
                 "rounds": 2, "local_steps": 4, "budget": budget, "protection": "none", "sites": sites}))
@@ -381,7 +383,9 @@ def test_report_gives_the_primary_endpoint_first_four_verdicts_two_intervals_and
     assert "With 2 scanners that spread rests on 1 degree(s) of freedom (t = 12.71): the interval is wide" in md
     assert "## Δ regional uptake-ratio error |bias| vs truth (%) vs local (secondary)" in md
     assert "## Δ regional uptake-ratio bias vs truth (%) vs local (secondary)" in md
-    assert "schedule: warm-up 10 %, decay 90 % of the local budget" in md and "Scaling: `minmax`" in md
+    scaling = hand_cfg(PRIMARY).data.loader.scaling
+    assert "schedule: linear warm-up over 10 % of the local budget, then cosine to 0" in md
+    assert f"Scaling: `{scaling}`" in md
     assert "training randomness is not in these intervals" not in md  # three seeds
     diffs = rows(tmp_path / "differences.csv")
     assert diffs[0]["endpoint"] == "primary" and diffs[0]["sites"] == "scanner5" and diffs[0]["verdict"] == "better"

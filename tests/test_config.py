@@ -17,7 +17,8 @@ DATA_CONFIGS = sorted(p.stem for p in (configs_dir() / "data").glob("*.yaml"))
 def test_default_config_composes_with_the_five_scanners():
     cfg = compose()
     assert list(cfg.data.synth.scanners) == [f"scanner{i}" for i in range(1, 6)]
-    assert cfg.data.loader.scaling == "minmax"
+    assert cfg.data.loader.scaling == "grey-matter"
+    assert compose(overrides=["compare=paper"]).compare.overrides.count("data.loader.scaling=minmax") == 1
 
 
 @pytest.mark.parametrize("name", DATA_CONFIGS)

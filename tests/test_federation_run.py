@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flower_grid import InProcessGrid
@@ -13,11 +16,14 @@ from tracking_readers import config_text, curve, events, rows, tracked_files
 
 from petite_fl.artifacts import load_adapter, load_backbone
 from petite_fl.errors import PetiteError
+from petite_fl.experiments.pooled import run_pooled
 from petite_fl.federation.flower.app import client_app
 from petite_fl.federation.flower.transport import FlowerTransport
 from petite_fl.federation.server.coordinator import Coordinator
 from petite_fl.federation.site.paths import run_folder
+from petite_fl.federation.transport import LocalTransport
 from petite_fl.runconfig import compose_run
+from petite_fl.training.inference import RATIO_METRICS, TRUTH_METRICS
 from petite_fl.training.jobs import backbone_for
 
 SITES = ["scanner4", "scanner5"]
@@ -325,3 +331,57 @@ def test_each_site_keeps_its_own_curves_in_its_own_folder(cache, runs):
         assert sorted(curve(acc, "train/step_loss")) == [1, 2, 3, 4]  # two local steps per round, one schedule
         assert curve(acc, "final/test_psnr")[2] == pytest.approx(summary["sites"][site]["test"]["psnr"])
         assert "site: " + site in config_text(acc)
+
+
+def _with_truth(cache: Path, root: Path) -> Path:
+    """A copy of the tiny synthetic data set whose scanner4/5 manifests list each subject's noise-free
+    image (the generator's own, in stored units) and region labels, as a simulated data set does."""
+    from petite_fl.data.nifti import load_volume, save_volume
+    from petite_fl.data.sites import resolve_site
+    from petite_fl.data.synthetic import SynthSpec, synthesize_subject
+    from petite_fl.scanners import get_scanner
+
+    cfg = compose_run(run_config(cache))
+    for site in SITES:
+        resolve_site(cfg, site)  # generated (or found) in the session's cache
+    shutil.copytree(cache / "data" / str(cfg.data.name), root / str(cfg.data.name))
+    spec = SynthSpec.from_config(cfg.data.synth)
+    for site in SITES:
+        manifest = root / str(cfg.data.name) / site / "manifest.json"
+        data = json.loads(manifest.read_text())
+        for row in data["subjects"]:
+            truth = synthesize_subject(get_scanner(site), int(row["id"].split("-")[1]) - 1, spec).noise_free
+            affine = load_volume(manifest.parent / row["input"]).affine
+            save_volume(truth * spec.gm_concentration, affine, manifest.parent / f"{row['id']}_truth.nii.gz")
+            hot, z = truth > 0.5 * truth.max(), np.arange(truth.shape[2])[None, None, :]
+            labels = np.where(hot & (z >= truth.shape[2] // 2), 1, np.where(hot & (z < truth.shape[2] // 3), 2, 0))
+            save_volume(labels.astype(np.int16), affine, manifest.parent / f"{row['id']}_regions.nii.gz", np.int16)
+            row.update(truth=f"{row['id']}_truth.nii.gz", regions=f"{row['id']}_regions.nii.gz")
+        manifest.write_text(json.dumps(data))
+    return root
+
+
+@pytest.mark.slow  # 93 s on the shared 2-core machine; its parts run by default (test_final_evaluation, test_inference)
+def test_a_simulated_federations_summary_holds_the_metrics_against_the_truth(cache, tmp_path):
+    root = _with_truth(cache, tmp_path / "data")
+    rc = run_config(cache, strategy="fedavg", **{"federation.rounds": 1, "federation.run_name": "truth",
+                                                 "data.root": str(root)})
+    summary = Coordinator(compose_run(rc), LocalTransport(NODES), quiet=True).run()
+    keys = (*TRUTH_METRICS, *RATIO_METRICS)
+    for site in SITES:
+        test, subjects = summary["sites"][site]["test"], summary["sites"][site]["test_subjects"]
+        assert all(math.isfinite(test[k]) for k in keys) and subjects and all(set(keys) <= set(r) for r in subjects)
+        assert test["truth_psnr_fg"] == pytest.approx(sum(r["truth_psnr_fg"] for r in subjects) / len(subjects))
+        assert test["truth_psnr_fg"] != pytest.approx(test["psnr_fg"], abs=0.05)  # another reference
+        assert all(r["ratio_abs_err"] == pytest.approx(abs(r["ratio_bias"])) for r in subjects)
+    assert set(keys) <= set(summary["test_mean"])
+    assert set(keys) <= set(rows(Path(summary["run_dir"]) / "subjects.csv")[0])
+    assert summary["budget"]["schedule"] == {"warmup_fraction": 0.1, "warmup_steps": 1, "total_steps": 2,
+                                             "decay": "cosine to 0 over the remaining steps"}
+    # the centralised arm evaluates through the same chain
+    pooled = run_pooled(compose_run(rc, ["strategy=pooled"]), backbone_for(compose_run(rc)), tmp_path / "pooled",
+                        quiet=True)
+    for site in SITES:
+        assert set(keys) <= set(pooled["sites"][site]["test"])
+        assert all(set(keys) <= set(r) for r in pooled["sites"][site]["test_subjects"])
+    assert pooled["budget"]["schedule"]["total_steps"] == 4  # rounds × local steps × sites, in one place

@@ -206,6 +206,10 @@ def test_import_writes_a_checked_pseudonymised_site_and_skips_bad_series_in_one_
     assert site.ok, site.problems
     manifest = read_manifest(out / "manifest.json")
     assert manifest.counts() == {"train": 2, "val": 0, "test": 1} and manifest.site == "hospitalA"
+    # a real site has no noise-free truth: import never lists one (simulation only)
+    rows = json.loads((out / "manifest.json").read_text())["subjects"]
+    assert all(set(r) == {"id", "split", "input", "target"} for r in rows)
+    assert all(e.truth is None and e.regions is None for e in manifest.subjects)
     # round trip: the imported pair equals frame 1 and the mean of six, on the same world grid
     frames = _read(source / "s0" / "dyn")
     inp = nib.load(out / "sub-001_input.nii.gz")

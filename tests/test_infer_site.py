@@ -25,7 +25,7 @@ from petite_fl.artifacts import load_backbone, save_backbone
 from petite_fl.cli.main import main
 from petite_fl.data.manifest import read_manifest
 from petite_fl.data.nifti import load_volume
-from petite_fl.data.site import scale_volume
+from petite_fl.data.scalings import get_scaling
 from petite_fl.data.synthetic import site_manifest
 from petite_fl.metrics import compute_metrics, foreground_mask
 from petite_fl.runconfig import compose_run
@@ -103,15 +103,18 @@ def test_infer_site_reproduces_the_runs_test_metrics_per_subject(runs, test_entr
     worst = 0.0
     for entry, ref in zip(test_entries, reference, strict=True):
         written = load_volume(folder / entry.input.name)
-        source = load_volume(entry.input).data.astype(np.float64)
-        lo, hi = source.min(), source.max()  # infer wrote the prediction in the input's range: undo it
-        pred = torch.as_tensor(((written.data - lo) / (hi - lo)).astype(np.float32))
-        target = torch.as_tensor(scale_volume(load_volume(entry.target).data, "minmax"))
+        sidecar = json.loads((folder / f"{entry.input.name.removesuffix('.nii.gz')}.json").read_text())
+        scaling = get_scaling(sidecar["inference"]["scaling"])
+        # infer wrote the prediction in the input's units: undo it with the input's own map
+        source = load_volume(entry.input)
+        to_network = scaling.of_input(source.data, source.zooms)
+        pred = torch.as_tensor(to_network.apply(written.data))
+        target_volume = load_volume(entry.target).data
+        target = torch.as_tensor(scaling.of_target(target_volume, to_network).apply(target_volume))
         metrics = compute_metrics(pred, target, foreground_mask(target, 0.1))
         for key in ("psnr", "psnr_fg", "ssim", "nrmse"):
             assert metrics[key] == pytest.approx(ref[key], abs=1e-4), key
         worst = max(worst, abs(metrics["psnr"] - ref["psnr"]))
-        sidecar = json.loads((folder / f"{entry.input.name.removesuffix('.nii.gz')}.json").read_text())
         assert sidecar["run"] == expected_run and sidecar["site"] == SITE and sidecar["input"] == entry.input.name
         np.testing.assert_array_equal(nib.load(folder / entry.input.name).affine, nib.load(entry.input).affine)
     print(f"largest PSNR difference to the run's own test ({expected_run}): {worst:.2e} dB")

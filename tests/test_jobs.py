@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from petite_fl.cli.main import main
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.training.device import resolve_device
+from petite_fl.training.inference import RATIO_METRICS, TRUTH_METRICS
 from petite_fl.training.jobs import evaluate, finetune, infer_file, pretrain
 
 
@@ -123,3 +125,19 @@ def test_cuda_requested_on_a_machine_without_it_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_evaluate_of_a_simulated_site_writes_its_truth_metrics_to_csv_and_json(cache, backbone, adapter, tmp_path):
+    from tests.test_site_truth import add_truth
+
+    shutil.copytree(cache / "data" / "synthetic-tiny" / "scanner5", tmp_path / "site")
+    manifest = add_truth(tmp_path / "site" / "manifest.json")
+    rows, summary = evaluate(compose(overrides=_overrides(cache)), str(manifest), backbone[0], adapter[0],
+                             out=tmp_path / "out", quiet=True)
+    keys = {*TRUTH_METRICS, *RATIO_METRICS}
+    assert keys <= set(summary["metrics"]) and keys <= set(rows[0])
+    header = (tmp_path / "out" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert keys <= set(header)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["per_subject"][0]["truth_psnr_fg"] == pytest.approx(rows[0]["truth_psnr_fg"])
+    assert saved["metrics"]["ratio_abs_err"]["mean"] == pytest.approx(abs(rows[0]["ratio_bias"]))

@@ -23,7 +23,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def test_petite_fine_tuning_on_the_target_beats_no_fine_tuning(cache):
-    base = _overrides(cache, "train.pretrain.steps=20", "train.finetune.steps=40", "train.warmup_steps=5")
+    base = _overrides(cache, "train.pretrain.steps=60", "train.finetune.steps=40", "train.warmup=0.1")
     backbone, _ = pretrain(compose(overrides=base), quiet=True)
     before, _ = evaluate(compose(overrides=base), "scanner5", backbone, None, quiet=True)
     cfg = compose(overrides=[*base, "peft=petite", f"backbone={backbone}"])
@@ -33,4 +33,7 @@ def test_petite_fine_tuning_on_the_target_beats_no_fine_tuning(cache):
     assert gain > MARGIN_DB, f"PETITE fine-tuning gained {gain:.3f} dB head-mask PSNR, less than {MARGIN_DB}"
 
 
-MARGIN_DB = 0.05  # measured: +0.15 dB on 2 CPU cores (deterministic there); 0 when nothing learns
+# measured on 2 CPU cores (deterministic there), grey-matter scaling: +0.099 dB (min-max: +0.118); 0 when
+# nothing learns. With 20 pretraining steps the backbone is so raw that what fine-tuning adds depends on the
+# scaling (grey-matter +0.035, min-max +0.29 dB): 60 steps make the test about fine-tuning.
+MARGIN_DB = 0.05

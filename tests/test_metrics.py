@@ -1,4 +1,5 @@
-"""PSNR, SSIM and NRMSE agree with scikit-image's reference implementations."""
+"""PSNR, SSIM and NRMSE agree with scikit-image's reference implementations; the regional uptake ratio
+and its bias give a constructed case's known answer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 
 from petite_fl.data.synthetic import synthesize_subject
-from petite_fl.metrics import compute_metrics, foreground_mask, nrmse, psnr, ssim
+from petite_fl.metrics import compute_metrics, foreground_mask, nrmse, psnr, ratio_metrics, ssim, uptake_ratio
 from petite_fl.scanners import get_scanner
 from tests.conftest import small_spec
 
@@ -106,3 +107,36 @@ def test_batched_single_volume_shapes_are_accepted():
     _, target = _random_pair(3)
     t = torch.tensor(target)
     assert float(psnr(t[None, None] * 0.9, t[None, None])) == pytest.approx(float(psnr(t * 0.9, t)))
+
+
+def _regions_case():
+    """Measured regions (label 1) at 0.9 in the prediction and 0.8 in the truth, the reference (label 2) at 1.2
+    in both, background 0.3: ratios 0.75 and 2/3, a bias of +12.5 %."""
+    regions = torch.zeros(12, 12, 12, dtype=torch.int16)
+    regions[2:6, 2:6, 2:6] = 1
+    regions[7:11, 7:11, 7:11] = 2
+    pred = torch.full((12, 12, 12), 0.3, dtype=torch.float64)
+    pred[regions == 1], pred[regions == 2] = 0.9, 1.2
+    truth = pred.clone()
+    truth[regions == 1] = 0.8
+    return pred, truth, regions
+
+
+def test_the_uptake_ratio_and_its_bias_against_the_truth_give_the_known_answer():
+    pred, truth, regions = _regions_case()
+    assert float(uptake_ratio(pred, regions)) == pytest.approx(0.75)
+    assert float(uptake_ratio(truth, regions)) == pytest.approx(2 / 3)
+    m = ratio_metrics(pred, truth, regions)
+    assert m["ratio_bias"] == pytest.approx(12.5) and m["ratio_abs_err"] == pytest.approx(12.5)
+    flipped = ratio_metrics(truth, pred, regions)  # the other way round: r_pred below r_truth
+    assert flipped["ratio_bias"] == pytest.approx(100 * (2 / 3 / 0.75 - 1)) and flipped["ratio_abs_err"] > 0
+    # a ratio has no units: the scaling of prediction and truth cannot move it
+    assert ratio_metrics(7.0 * pred, 0.1 * truth, regions)["ratio_bias"] == pytest.approx(12.5)
+    assert ratio_metrics(truth, truth, regions)["ratio_bias"] == 0.0
+
+
+def test_regions_without_a_reference_voxel_are_refused():
+    pred, _, regions = _regions_case()
+    regions[regions == 2] = 0
+    with pytest.raises(ValueError, match="no voxel labelled 2"):
+        uptake_ratio(pred, regions)

@@ -51,10 +51,21 @@ def test_same_seed_gives_the_same_patches():
     assert all(torch.equal(p["input"], q["input"]) for p, q in zip(a, b, strict=True))
 
 
+def test_the_foreground_is_relative_to_the_targets_maximum_whatever_its_units():
+    """The patches' foreground is the metrics' head mask (target > 0.1 × its maximum): the same
+    patches for a target in any units."""
+    volumes = _volumes(1)
+    a = patch_dataset(volumes, (8, 8, 8), patches_per_volume=20, foreground_ratio=1.0, seed=2)[0]
+    b = patch_dataset([(s, 40 * x, 40 * y) for s, x, y in volumes], (8, 8, 8), patches_per_volume=20,
+                      foreground_ratio=1.0, seed=2)[0]
+    assert all(torch.allclose(40 * p["target"], q["target"]) for p, q in zip(a, b, strict=True))
+    assert all(bool((p["target"] > 0.5).any()) for p in a)
+
+
 @pytest.mark.parametrize("name", ["scanner5", "scanner3"])
 def test_synthetic_site_gives_scanner_sized_patches_in_unit_range(synthetic_dataset, name):
     out, _ = synthetic_dataset
-    site = load_site(out / name / "manifest.json", splits=("train",))
+    site = load_site(out / name / "manifest.json", splits=("train",), scaling="minmax")
     patch = get_scanner(name).patch
     patches = site_patch_dataset(site, "train", compose().data.loader, seed=0)[0]
     assert len(patches) == 4

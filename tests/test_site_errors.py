@@ -159,8 +159,8 @@ def test_several_problems_are_reported_together(small_site: Path):
     assert "sub-002" in str(info.value) and "sub-003" in str(info.value)
 
 
-def test_a_valid_site_loads_scaled_to_unit_range(small_site: Path):
-    site = load_site(small_site)
+def test_a_valid_site_loads_scaled_to_unit_range_with_minmax(small_site: Path):
+    site = load_site(small_site, scaling="minmax")
     assert site.manifest.counts() == {"train": 1, "val": 1, "test": 1}
     for _, x, y in site.arrays("train"):
         assert x.dtype == np.float32 and x.min() == 0.0 and x.max() == 1.0

@@ -9,7 +9,8 @@ from petite_fl.config import compose
 from petite_fl.data.patches import patch_dataset
 from petite_fl.models.registry import build_backbone
 from petite_fl.training.objectives import Supervised
-from petite_fl.training.trainer import cosine_with_warmup, train
+from petite_fl.training.schedule import cosine_with_warmup
+from petite_fl.training.trainer import train
 from tests.conftest import smooth_volume
 
 

@@ -27,6 +27,7 @@ from petite_fl.adapters.catalog import AdapterEntry, file_sha256, pick, read_hea
 from petite_fl.atomic import write_json
 from petite_fl.console import console
 from petite_fl.data.nifti import load_volume
+from petite_fl.data.scalings import get_scaling
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.site.paths import cached_backbone
 from petite_fl.modelcard import inference_settings
@@ -150,6 +151,7 @@ def settings_of(adapter: AdapterEntry, cfg: DictConfig) -> tuple[dict[str, Any],
     """The card's inference settings, or (an adapter from before cards) the config's with the adapter's patch."""
     block = adapter.card.get("inference")
     if block:
+        get_scaling(block.get("scaling"), f"{adapter.path.name}: the card's inference.scaling")  # before any scan
         return dict(block), "card"
     patch = adapter.meta.get("patch")
     if not patch:

@@ -213,9 +213,11 @@ def cmd_simulate(args) -> int:
     from petite_fl.experiments.flower_run import LocalSimulation, resources
     from petite_fl.federation.strategies import build_strategy
     from petite_fl.runconfig import command_config, site_list, submitted
+    from petite_fl.training.settings import check_settings
 
     cfg = command_config(args.overrides)  # what the ServerApp will run, checked before Flower starts
     build_strategy(cfg.strategy)
+    check_settings(cfg)
     cpus, gpus = resources(str(cfg.train.device))
     with LocalSimulation() as sim:
         result = sim.run(submitted(args.overrides), num_supernodes=len(site_list(cfg)),

@@ -36,7 +36,7 @@ def check_site(manifest_path: str | Path) -> SiteReport:
         return report
     report.site = manifest.site
     report.counts = manifest.counts()
-    pairs, report.problems = load_pairs(manifest, manifest.subjects)
+    pairs, report.problems = load_pairs(manifest, manifest.subjects, truth=True)  # a simulated site's truth too
     for pair in pairs:
         report.rows.append(
             {
@@ -51,6 +51,8 @@ def check_site(manifest_path: str | Path) -> SiteReport:
     geometries = {(r["shape"], r["voxel_mm"]) for r in report.rows}
     if len(geometries) > 1:
         report.notes.append(f"{len(geometries)} different voxel grids: usually an export mistake")
+    if any(pair.truth is not None for pair in pairs):
+        report.notes.append("rows carry 'truth' (and 'regions'): a simulated site; evaluation also scores against them")
     if report.counts.get("train", 0) == 0:
         report.notes.append("no 'train' subjects: this site can evaluate but not fine-tune")
     return report

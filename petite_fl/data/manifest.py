@@ -11,6 +11,11 @@ relative to the manifest's folder unless absolute. See README, "Data layout".
          "input": "sub-001_input.nii.gz", "target": "sub-001_target.nii.gz"}
       ]
     }
+
+Simulation only, optional: `truth` (the noise-free activity on the same grid) and `regions`
+(an integer label image on the same grid: 1 = the regions a reader measures, 2 = the
+reference region, 0 = elsewhere), given for every subject or for none. Evaluation scores a
+prediction against them; training never reads them, and a real site never has them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ FORMAT = "petite-fl/site-manifest"
 VERSION = 1
 SPLITS = ("train", "val", "test")
 _ENTRY_FIELDS = ("id", "split", "input", "target")
+#: simulation only: the noise-free image and the region labels (`regions` needs `truth`)
+OPTIONAL_FIELDS = ("truth", "regions")
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class SubjectEntry:
     input: Path
     target: Path
     row: int  # 1-based position in the manifest's subject list
+    truth: Path | None = None  # simulation only: the noise-free activity
+    regions: Path | None = None  # simulation only: 1 = measured regions, 2 = reference region
 
     def where(self, manifest: Path) -> str:
         return f"{manifest} row {self.row} (subject '{self.id}')"
@@ -92,6 +101,12 @@ def read_manifest(path: str | Path) -> Manifest:
                 f"{path}: duplicate subject '{entry.id}' (rows {seen[entry.id]} and {entry.row})"
             )
         seen[entry.id] = entry.row
+    for name in OPTIONAL_FIELDS:
+        have = [e.row for e in subjects if getattr(e, name) is not None]
+        if have and len(have) < len(subjects):
+            lacking = next(e.row for e in subjects if getattr(e, name) is None)
+            raise DataError(f"{path} row {lacking}: no '{name}' field, which rows {_rows(have)} have; "
+                            "give it for every subject or for none")
     return Manifest(
         path=path,
         site=str(raw.get("site") or path.parent.name),
@@ -113,19 +128,37 @@ def _entry(path: Path, row: int, raw: object) -> SubjectEntry:
             f"{where} (subject '{raw['id']}'): unknown split '{split}' (allowed: {', '.join(SPLITS)})"
         )
     base = path.parent
+    optional = {}
+    for name in OPTIONAL_FIELDS:
+        value = raw.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where} (subject '{raw['id']}'): field '{name}' must be a file path, got {value!r}")
+        optional[name] = (base / value).resolve()
+    if "regions" in optional and "truth" not in optional:
+        raise DataError(f"{where} (subject '{raw['id']}'): field 'regions' needs 'truth' "
+                        "(the regional uptake ratio is compared with the truth's)")
     return SubjectEntry(
         id=str(raw["id"]),
         split=split,
         input=(base / str(raw["input"])).resolve(),
         target=(base / str(raw["target"])).resolve(),
         row=row,
+        **optional,
     )
+
+
+def _rows(rows: list[int]) -> str:
+    return ", ".join(map(str, rows[:5])) + (", …" if len(rows) > 5 else "")
 
 
 def write_manifest(
     path: str | Path, site: str, scanner: str | None, subjects: Iterable[dict[str, str]]
 ) -> Path:
-    """Write a manifest atomically; subject paths should be relative to its folder."""
+    """Write a manifest atomically; subject paths should be relative to its folder.
+
+    A subject's optional `truth` and `regions` (simulation only) are written when it has them."""
     path = Path(path)
     write_json(
         path,
@@ -134,7 +167,8 @@ def write_manifest(
             "version": VERSION,
             "site": site,
             "scanner": scanner,
-            "subjects": [{k: str(s[k]) for k in _ENTRY_FIELDS} for s in subjects],
+            "subjects": [{**{k: str(s[k]) for k in _ENTRY_FIELDS},
+                          **{k: str(s[k]) for k in OPTIONAL_FIELDS if s.get(k) is not None}} for s in subjects],
         },
     )
     return path

@@ -85,17 +85,14 @@ def _check_values(data: np.ndarray, label: str) -> None:
         raise DataError(f"{label}: the volume is constant ({lo}); nothing to learn from")
 
 
-def check_pair(input_vol: Volume, target_vol: Volume, where: str) -> None:
-    """Input and target must share one voxel grid in world space."""
-    if input_vol.data.shape != target_vol.data.shape:
+def check_pair(input_vol: Volume, other: Volume, where: str, what: str = "target") -> None:
+    """The input and the `what` volume (target, truth, regions) must share one voxel grid in world space."""
+    if input_vol.data.shape != other.data.shape:
+        raise DataError(f"{where}: input shape {input_vol.data.shape} differs from {what} shape {other.data.shape}")
+    if not np.allclose(input_vol.affine, other.affine, atol=AFFINE_TOLERANCE_MM):
+        delta = float(np.abs(input_vol.affine - other.affine).max())
         raise DataError(
-            f"{where}: input shape {input_vol.data.shape} differs from target shape "
-            f"{target_vol.data.shape}"
-        )
-    if not np.allclose(input_vol.affine, target_vol.affine, atol=AFFINE_TOLERANCE_MM):
-        delta = float(np.abs(input_vol.affine - target_vol.affine).max())
-        raise DataError(
-            f"{where}: input and target affines differ (largest difference {delta:.4g} mm); "
+            f"{where}: input and {what} affines differ (largest difference {delta:.4g} mm); "
             "they must be on the same voxel grid"
         )
 

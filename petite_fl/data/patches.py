@@ -33,14 +33,15 @@ def patch_dataset(
 ) -> Dataset:
     """Each item is a list of `patches_per_volume` dicts {input, target}: (1, *patch) tensors.
 
-    Patch centres fall on foreground (scaled target > threshold) with probability
+    Patch centres fall on foreground (target > threshold × its maximum, the foreground mask of
+    the metrics, whatever the scaling) with probability
     `foreground_ratio`, elsewhere otherwise; volumes smaller than the patch are padded.
     Use `monai.data.list_data_collate` (MONAI's DataLoader does) to batch them.
     """
     if not 0.0 <= foreground_ratio <= 1.0:
         raise ValueError("foreground_ratio must be in [0, 1]")
     items = [
-        {"id": sid, "input": x[None], "target": y[None], "fg": (y > foreground_threshold)[None]}
+        {"id": sid, "input": x[None], "target": y[None], "fg": (y > foreground_threshold * float(y.max()))[None]}
         for sid, x, y in volumes
     ]
     crop = RandCropByPosNegLabeld(

@@ -60,13 +60,15 @@ def training_patch(manifest: Path, train_cfg: DictConfig, multiple: int) -> Patc
 
 
 def site_split(cfg: DictConfig, manifest: Path, split: str, multiple: int | None, site: str | None = None,
-               purpose: str = "") -> tuple[SiteData, Patch | None]:
+               purpose: str = "", truth: bool = False) -> tuple[SiteData, Patch | None]:
     """One split of a site, validated and scaled as `data.loader` says, and the patch its backbone
     (whose window sides are multiples of `multiple`; None: no patch needed) trains and predicts with.
 
-    An empty split is refused in one line naming the site, its manifest and `purpose`.
+    `truth`: with the rows' noise-free truth and region labels where a simulated site has them
+    (evaluation only: training never asks). An empty split is refused in one line naming the
+    site, its manifest and `purpose`.
     """
-    data = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling))
+    data = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling), truth=truth)
     if not data.pairs[split]:
         who = f"site {site}: " if site else ""
         raise ConfigError(f"{who}{manifest} has no '{split}' subjects{' ' + purpose if purpose else ''}")

@@ -42,6 +42,7 @@ from petite_fl.federation.server.arms import arm_dir, arm_overrides, check_arms,
 from petite_fl.federation.strategies import build_strategy, centralised
 from petite_fl.runconfig import command_config, site_list, submitted
 from petite_fl.training.jobs import backbone_for
+from petite_fl.training.settings import check_settings
 
 #: the arms that train on every site's scans in this process (simulation only), by strategy label
 CENTRALISED_RUNS = {"pooled": run_pooled, "pooled-ft": run_pooled_ft}
@@ -121,6 +122,8 @@ def prepare(user: list[str], arms: list[str] | None = None, federation: str | No
     if conn is not None and pooled:
         raise ConfigError(f"arm(s) {', '.join(pooled)} train on every site's scans in one place, which a deployed "
                           f"federation does not have (--federation {conn.name}): drop them from --arms")
+    for arm in arms:  # the scaling and the schedule of every arm, before any data
+        check_settings(arm_cfgs[arm])
     for arm in arms:  # the strategy's own refusals (e.g. fedavg-ft with one round), before any data
         if arm not in pooled:
             build_strategy(arm_cfgs[arm].strategy).federated_rounds(int(arm_cfgs[arm].federation.rounds))

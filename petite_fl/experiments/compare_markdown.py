@@ -67,9 +67,11 @@ def budget_text(summary: dict[str, Any]) -> str:
     if not b.get("rounds"):
         return head
     head += f"; batch {b['batch_size']} volume(s) × {b['patches_per_volume']} patches, lr {b['lr']:g}"
-    fractions = (("warmup_fraction", "warm-up"), ("decay_fraction", "decay"))  # written by runs that carry them
-    schedule = [f"{name} {100 * b[key]:g} %" for key, name in fractions if b.get(key) is not None]
-    return head + (f"; schedule: {', '.join(schedule)} of the local budget" if schedule else "")
+    schedule = b.get("schedule") or {}  # written by runs that carry it (training/schedule.py)
+    if schedule.get("warmup_fraction") is None:
+        return head
+    return head + (f"; schedule: linear warm-up over {100 * schedule['warmup_fraction']:g} % of the local budget, "
+                   "then cosine to 0")
 
 
 def verdict_text(row: dict[str, Any]) -> str:

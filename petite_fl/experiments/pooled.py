@@ -35,6 +35,8 @@ from petite_fl.runconfig import site_list
 from petite_fl.training.device import device_and_amp
 from petite_fl.training.inference import evaluate_split
 from petite_fl.training.objectives import Objective, make_objective
+from petite_fl.training.schedule import Schedule
+from petite_fl.training.settings import check_settings
 from petite_fl.training.trainer import TrainResult, train
 
 
@@ -64,6 +66,7 @@ class Centralised:
         """The backbone with a fresh adapter (seeded as the federated arms') and every site's training split."""
         if str(cfg.strategy.name) != arm:
             raise ConfigError(f"the {arm} arm needs strategy={arm}, got {cfg.strategy.name}")
+        check_settings(cfg)
         begin = time.perf_counter()
         sites = site_list(cfg)
         device, amp = device_and_amp(cfg)
@@ -128,7 +131,8 @@ class Centralised:
                    "budget": {"rounds": rounds, "local_steps": local, **steps,
                               "batch_size": int(cfg.train.batch_size),
                               "patches_per_volume": int(cfg.data.loader.patches_per_volume),
-                              "lr": float(cfg.peft.lr), "seed": int(cfg.seed)},
+                              "lr": float(cfg.peft.lr), "seed": int(cfg.seed),
+                              "schedule": Schedule.from_config(cfg.train, steps["total_steps"]).describe()},
                    "backbone_sha256": self.meta["sha256"], "protection": "none", "privacy": None, "rejected": [],
                    "sites": per_site, "train_loss": train_loss, "seconds": time.perf_counter() - self.begin}
         write_csv(out / "metrics.csv", eval_rows)

@@ -21,37 +21,36 @@ import torch
 from monai.inferers import sliding_window_inference
 from omegaconf import DictConfig
 from rich.progress import Progress
-from scipy.ndimage import gaussian_filter, label, maximum_filter
+from scipy.ndimage import maximum_filter
 from torch import nn
 
-from petite_fl.data.site import SiteData
+from petite_fl.data.head import head_mask, smoothed
+from petite_fl.data.site import ScaledSubject, SiteData
 from petite_fl.data.sites import site_split
-from petite_fl.metrics import compute_metrics, foreground_mask
+from petite_fl.metrics import compute_metrics, foreground_mask, ratio_metrics
 from petite_fl.training.device import autocast
 
+#: against the target, every subject: whole volume and in the foreground mask (the target above a threshold)
 METRICS = ("psnr", "ssim", "nrmse", "psnr_fg", "ssim_fg", "nrmse_fg")
+#: against the noise-free truth, for subjects whose manifest row has `truth` (simulation only);
+#: the foreground mask is the target's, as for METRICS
+TRUTH_METRICS = ("truth_psnr", "truth_psnr_fg", "truth_ssim_fg", "truth_nrmse_fg")
+#: the regional uptake ratio (label 1 / label 2 of the row's `regions`) against the truth's, in percent
+RATIO_METRICS = ("ratio_bias", "ratio_abs_err")
+#: every metric a subject may have, METRICS always, the others where its site is simulated
+ALL_METRICS = METRICS + TRUTH_METRICS + RATIO_METRICS
 
 
 REGIONS = ("head", "full")
 
 
 def head_region(volume: np.ndarray, *, threshold: float = 0.1, margin: int = 10) -> np.ndarray:
-    """The head of a (scaled) short scan, `margin` voxels wider: where a prediction is needed.
+    """The head of a (scaled) short scan (`data.head`), `margin` voxels wider: where a prediction is needed.
 
-    The head is the largest connected region above `threshold` × the maximum of the input
-    smoothed with σ = 2 voxels (the foreground mask's threshold, on a noisier image):
-    noise in the air, which after smoothing still peaks above any low threshold somewhere
-    in a million voxels, forms small separate specks that the largest region leaves out.
     The margin (a box dilation) covers the foreground mask of the target and the 3 voxels
     around it that SSIM's 7³ window reads.
     """
-    smooth = gaussian_filter(np.asarray(volume, dtype=np.float32), 2.0)
-    regions, count = label(smooth > threshold * float(smooth.max()))
-    if not count:
-        return np.ones(volume.shape, dtype=bool)
-    sizes = np.bincount(regions.ravel())
-    sizes[0] = 0
-    return maximum_filter(regions == int(sizes.argmax()), size=2 * margin + 1)
+    return maximum_filter(head_mask(smoothed(volume), threshold), size=2 * margin + 1)
 
 
 @torch.no_grad()
@@ -94,26 +93,40 @@ def predict_volume(model: nn.Module, volume: np.ndarray, roi: Sequence[int], *, 
 def evaluate_site(model: nn.Module, site: SiteData, split: str, roi: Sequence[int], *, device: torch.device,
                   eval_cfg: Any, foreground_threshold: float, amp: bool = False,
                   quiet: bool = False) -> list[dict[str, Any]]:
-    """PSNR / SSIM / NRMSE per subject of `split` (whole volume and in the foreground)."""
+    """PSNR / SSIM / NRMSE per subject of `split` (whole volume and in the foreground), and against
+    the truth (TRUTH_METRICS, RATIO_METRICS) for subjects loaded with one."""
     rows = []
-    volumes = site.arrays(split)
+    subjects = site.subjects(split)
     with Progress(disable=quiet, transient=True) as progress:
-        task = progress.add_task(f"evaluating {site.manifest.site}/{split}", total=len(volumes))
-        for sid, x, y in volumes:
-            pred = predict_volume(model, x, roi, device=device, overlap=float(eval_cfg.overlap),
+        task = progress.add_task(f"evaluating {site.manifest.site}/{split}", total=len(subjects))
+        for subject in subjects:
+            pred = predict_volume(model, subject.input, roi, device=device, overlap=float(eval_cfg.overlap),
                                   sw_batch_size=int(eval_cfg.sw_batch_size), amp=amp,
                                   region=str(getattr(eval_cfg, "region", "full")))
-            target = torch.as_tensor(y)
-            metrics = compute_metrics(torch.as_tensor(pred), target, foreground_mask(target, foreground_threshold))
-            rows.append({"subject": sid, **metrics})
+            rows.append({"subject": subject.id, **subject_metrics(pred, subject, foreground_threshold)})
             progress.advance(task)
     return rows
 
 
+def subject_metrics(pred: np.ndarray, subject: ScaledSubject, foreground_threshold: float) -> dict[str, float]:
+    """METRICS against the target; where the subject has a truth, TRUTH_METRICS (the target's foreground
+    mask) and, with region labels, RATIO_METRICS."""
+    p, target = torch.as_tensor(pred), torch.as_tensor(subject.target)
+    mask = foreground_mask(target, foreground_threshold)
+    out = compute_metrics(p, target, mask)
+    if subject.truth is not None:
+        truth = torch.as_tensor(subject.truth)
+        against = compute_metrics(p, truth, mask)
+        out.update({f"truth_{k}": against[k] for k in ("psnr", "psnr_fg", "ssim_fg", "nrmse_fg")})
+        if subject.regions is not None:
+            out.update(ratio_metrics(p, truth, torch.as_tensor(subject.regions)))
+    return out
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean and (sample) standard deviation of each metric over subjects."""
+    """Mean and (sample) standard deviation of each metric over the subjects that have it."""
     out = {}
-    for key in METRICS:
+    for key in ALL_METRICS:
         values = [float(r[key]) for r in rows if key in r]
         if not values:
             continue
@@ -121,6 +134,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
         out[key] = {"mean": mean, "std": std}
     return out
+
+
+def present_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metrics of ALL_METRICS that every row has (a manifest has a truth for every subject or none)."""
+    return [k for k in ALL_METRICS if rows and all(k in r for r in rows)]
 
 
 @torch.no_grad()
@@ -168,9 +186,11 @@ def evaluate_split(cfg: DictConfig, site_name: str, manifest: Path, model: torch
 
     `per_subject`: also each subject's metrics as lists (`<split>_subject_<metric>`) in the
     order of the split, so that the comparison can pair them across arms; by position
-    only, never by subject id or file name, which stay at the site.
+    only, never by subject id or file name, which stay at the site. Whole-volume evaluation
+    of a simulated site adds the metrics against its truth (TRUTH_METRICS, RATIO_METRICS).
     """
-    site, roi = site_split(cfg, manifest, split, model.size_multiple, site_name, "to evaluate")
+    site, roi = site_split(cfg, manifest, split, model.size_multiple, site_name, "to evaluate",
+                           truth=not (per_round and str(cfg.federation.val.mode) == "patches"))
     threshold = float(cfg.data.loader.foreground_threshold)
     val = cfg.federation.val
     if per_round and str(val.mode) == "patches":
@@ -184,7 +204,7 @@ def evaluate_split(cfg: DictConfig, site_name: str, manifest: Path, model: torch
                              foreground_threshold=threshold, amp=amp, quiet=True)
     out: dict[str, Any] = {**flat_metrics(split, summarise(rows)), f"{split}_subjects": len(rows)}
     if per_subject:
-        out.update({f"{split}_subject_{k}": [float(r[k]) for r in rows] for k in METRICS})
+        out.update({f"{split}_subject_{k}": [float(r[k]) for r in rows] for k in present_metrics(rows)})
     return out
 
 

@@ -44,6 +44,8 @@ from petite_fl.tracking import job_tracker, step_recorder
 from petite_fl.training.device import device_and_amp
 from petite_fl.training.inference import evaluate_site, summarise
 from petite_fl.training.objectives import Adversarial, make_objective
+from petite_fl.training.schedule import Schedule
+from petite_fl.training.settings import check_settings
 from petite_fl.training.trainer import train
 
 # -- pretrain --------------------------------------------------------------------------
@@ -80,6 +82,7 @@ def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> t
     path = Path(out) if out else default_backbone_path(cfg)
     if path.is_file():
         return path, load_backbone(path)[1]
+    check_settings(cfg)
     torch.manual_seed(int(cfg.seed))
     manifest = resolve_site(cfg, cfg.source)
     device, amp = device_and_amp(cfg)
@@ -97,6 +100,7 @@ def pretrain(cfg: DictConfig, out: Path | None = None, quiet: bool = False) -> t
         tracker.final({"loss": result.final_loss, "steps": result.steps, "seconds": result.seconds})
     meta = save_backbone(model, path, provenance={"source": str(cfg.source), "preset": str(cfg.model.preset),
                                            "steps": result.steps, "patch": list(patch),
+                                           "schedule": Schedule.from_config(cfg.train, result.steps).describe(),
                                            "final_loss": result.final_loss, "seconds": result.seconds})
     if isinstance(objective, Adversarial):
         with atomic_path(path.with_suffix(".disc.pt")) as tmp:
@@ -123,6 +127,7 @@ def finetune_dir(cfg: DictConfig, backbone_sha: str) -> Path:
 
 def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]]:
     """PEFT / Mix-PEFT / full fine-tuning on the target site → adapter file (+ JSON spec)."""
+    check_settings(cfg)
     backbone_path = backbone_for(cfg, quiet)
     device, amp = device_and_amp(cfg)
     model, meta = load_backbone(backbone_path, device)
@@ -155,6 +160,7 @@ def finetune(cfg: DictConfig, quiet: bool = False) -> tuple[Path, dict[str, Any]
     save_adapter(adapter_path, adapter_state_dict(model, state), spec.to_dict(), meta, extra={
         "target": str(cfg.target), "patch": list(patch), "trainable_percent": 100.0 * trainable / total,
         "trainable_parameters": trainable, "steps": result.steps,
+        "schedule": Schedule.from_config(cfg.train, result.steps).describe(),
         "final_loss": result.final_loss, "seconds": result.seconds, "backbone_file": str(backbone_path),
         "card": make_card(site=Path(str(cfg.target)).stem, run=out.name, strategy="single-site", peft=spec.label,
                           rounds=None, steps=result.steps, training_scans=read_manifest(manifest).counts().get("train"),
@@ -193,7 +199,8 @@ def evaluate(cfg: DictConfig, site_ref: str, backbone_path: Path, adapter_path: 
     model, _, adapter_meta = load_model(backbone_path, adapter_path, device)
     manifest = resolve_site(cfg, site_ref)
     split = str(cfg.train.eval.split)
-    site, roi = site_split(cfg, manifest, split, model.size_multiple, purpose="to evaluate (train.eval.split)")
+    site, roi = site_split(cfg, manifest, split, model.size_multiple, purpose="to evaluate (train.eval.split)",
+                           truth=True)
     with transformer_ablated(model) if ablate else nullcontext():
         rows = evaluate_site(model, site, split, roi, device=device, eval_cfg=cfg.train.eval,
                              foreground_threshold=float(cfg.data.loader.foreground_threshold), amp=amp, quiet=quiet)
@@ -225,23 +232,23 @@ def predict_file(model: Backbone, input_path: Path, output_path: Path, settings:
 
     `settings` is an adapter card's `inference` block (patch, scaling, overlap, sw_batch_size,
     region): the settings a run's test metrics were measured with, so that they reproduce.
-    The prediction goes back to the input's intensity range and the file's own orientation.
+    The prediction goes back to the input's units with the input's own map (`data.scalings`:
+    × the factor for `grey-matter`, the input's range for `minmax`) and to the file's own orientation.
     """
     import nibabel as nib
 
     from petite_fl.data.nifti import load_volume
-    from petite_fl.data.site import scale_volume
+    from petite_fl.data.scalings import get_scaling
     from petite_fl.training.inference import predict_volume
 
+    scaling = get_scaling(settings["scaling"], "the adapter card's inference.scaling")
     volume = load_volume(input_path, what="input")
-    scaling = str(settings["scaling"])
-    pred = predict_volume(model, scale_volume(volume.data, scaling), tuple(int(p) for p in settings["patch"]),
+    to_network = scaling.of_input(volume.data, volume.zooms)
+    pred = predict_volume(model, to_network.apply(volume.data), tuple(int(p) for p in settings["patch"]),
                           device=device, overlap=float(settings["overlap"]),
                           sw_batch_size=int(settings["sw_batch_size"]), amp=amp,
                           region=str(settings.get("region", "full")))
-    if scaling == "minmax":  # back to the input's intensity range
-        lo, hi = float(volume.data.min()), float(volume.data.max())
-        pred = pred * (hi - lo) + lo
+    pred = to_network.invert(pred)  # back to the input's units
     original = nib.load(input_path)
     # The model ran on the RAS+ array: put the result back in the file's own orientation.
     to_original = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),

@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warm-up + cosine schedule, AMP, progress, atomic checkpoints, resume."""
+"""The training loop: AdamW, warm-up + cosine schedule (`schedule`), AMP, progress, atomic checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torch.utils.data import Sampler
 from petite_fl.atomic import atomic_path
 from petite_fl.console import console
 from petite_fl.training.objectives import Objective
+from petite_fl.training.schedule import Schedule
 
 #: AdamW's (β1, β2): the server's bound on an honest update (federation/server/checks.py) assumes them.
 ADAMW_BETAS = (0.9, 0.999)
@@ -34,16 +35,6 @@ class TrainResult:
     def final_loss(self) -> float:
         tail = [h["loss"] for h in self.history[-10:]]
         return sum(tail) / len(tail) if tail else math.nan
-
-
-def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def _batches(loader: DataLoader, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
@@ -72,18 +63,19 @@ def train(
 ) -> TrainResult:
     """Train the parameters of `model` that require grad for `steps` optimiser steps.
 
-    The learning rate follows warm-up + cosine over `schedule_total` steps (default:
-    `steps`), starting at `schedule_offset`: a federated site trains round r as steps
-    [(r-1)·S, r·S) of one schedule over all rounds, as a single-site run would.
+    The learning rate follows warm-up (`train.warmup` of the budget) + cosine over
+    `schedule_total` steps (default: `steps`), starting at `schedule_offset`: a federated
+    site trains round r as steps [(r-1)·S, r·S) of one schedule over all rounds, as a
+    single-site run would (`training.schedule`).
     `batch_sampler` replaces shuffled batches of `train.batch_size` (pooled sites: one site per batch).
     `on_step(step, logs)` is called after every optimiser step (1-based, within this call) with the
     objective's logs and the learning rate used (`lr`): the jobs' experiment tracking.
     """
+    schedule = Schedule.from_config(train_cfg, schedule_total or steps)  # a bad fraction: before any step
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=ADAMW_BETAS, weight_decay=float(train_cfg.weight_decay))
-    factor = cosine_with_warmup(int(train_cfg.warmup_steps), schedule_total or steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(schedule_offset + step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(schedule_offset + step))
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     start, history = 0, []
     if checkpoint is not None and checkpoint.is_file():

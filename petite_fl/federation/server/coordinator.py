@@ -43,9 +43,11 @@ from petite_fl.peft.spec import spec_from_config
 from petite_fl.profiling import peak_rss_bytes
 from petite_fl.runconfig import site_list, site_sections
 from petite_fl.tracking import Tracker, job_tracker
-from petite_fl.training.inference import METRICS
+from petite_fl.training.inference import ALL_METRICS, METRICS
 from petite_fl.training.jobs import backbone_for
-from petite_fl.training.trainer import ADAMW_BETAS, cosine_with_warmup
+from petite_fl.training.schedule import Schedule
+from petite_fl.training.settings import check_settings
+from petite_fl.training.trainer import ADAMW_BETAS
 
 #: relative rounding of a value sent at each transport precision (unit roundoff)
 ROUNDOFF = {"float32": 0.0, "float16": 2.0**-11, "bfloat16": 2.0**-8}
@@ -86,6 +88,7 @@ class Coordinator:
 
     def __init__(self, cfg: DictConfig, transport: Any, quiet: bool = False, label: str | None = None) -> None:
         self.cfg, self.transport, self.quiet, self.label = cfg, transport, quiet, label
+        check_settings(cfg)  # the scaling and the schedule, before any site is asked
         self.base = build_strategy(cfg.strategy)
         self.sites = site_list(cfg)  # names checked: each becomes a folder
         if cfg.federation.run_name:
@@ -328,7 +331,8 @@ class Coordinator:
 
     def _track_eval(self, rnd: int, split: str, prefix: str = "") -> None:
         rows = [r for r in self.log.eval_rows if r["round"] == rnd and r["split"] == split]
-        values = {f"{prefix}{split}_{k}/{r['site']}": r.get(k) for r in rows for k in METRICS}
+        values = {f"{prefix}{split}_{k}/{r['site']}": r.get(k) for r in rows for k in ALL_METRICS
+                  if k in METRICS or k in r}
         values.update({f"{prefix}{split}_{k}/mean": v for k, v in self.log.weighted_mean(rnd, split).items()})
         self.tracker.scalars(values, rnd)
 
@@ -340,9 +344,8 @@ class Coordinator:
         """federation.robust.max_update_norm for round `rnd`: by default, the farthest an honest
         site's AdamW steps (this round's learning rates) can move the global it was sent."""
         cfg = self.cfg
-        runs = [[factor(offset + s) for s in range(n)]
-                for offset, n, total in self.strategy.upload_steps(rnd, self.steps, self.rounds)
-                for factor in [cosine_with_warmup(int(cfg.train.warmup_steps), total)]]
+        runs = [Schedule.from_config(cfg.train, total).factors(offset, n)
+                for offset, n, total in self.strategy.upload_steps(rnd, self.steps, self.rounds)]
         p = self.protection
         honest = honest_update_bound(
             lr=float(cfg.peft.lr), runs=runs, n=sum(t.numel() for t in global_tensors.values()),
@@ -384,7 +387,8 @@ class Coordinator:
                 "budget": {"rounds": self.rounds, "local_steps": self.steps, "federated_rounds": self.federated,
                            "batch_size": int(self.cfg.train.batch_size),
                            "patches_per_volume": int(self.cfg.data.loader.patches_per_volume),
-                           "lr": float(self.cfg.peft.lr), "seed": int(self.cfg.seed)},
+                           "lr": float(self.cfg.peft.lr), "seed": int(self.cfg.seed),
+                           "schedule": Schedule.from_config(self.cfg.train, self.rounds * self.steps).describe()},
                 "backbone_sha256": sha, "backbone_payload_bytes": self.backbone_payload,
                 "shared_tensors": len(shared), "trainable_tensors": len(state.names),
                 "upload_bytes_per_round": up, "upload_percent_of_backbone": 100.0 * up / self.backbone_payload,

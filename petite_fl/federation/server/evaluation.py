@@ -6,6 +6,10 @@ and for the test split every subject's metrics as lists
 in the order of the split (position, never subject id or path). The comparison pairs
 those per-subject values across arms; a reply whose lists do not match its own subject
 count, or that holds a non-finite value, is refused as a whole, in one line.
+
+A simulated site (its manifest has the noise-free truth) adds the metrics against the truth
+(TRUTH_METRICS, RATIO_METRICS): optional, since a real site has none, but when a reply
+carries one it is checked like the others, its mean and one value per test subject.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from petite_fl.training.inference import METRICS
+from petite_fl.training.inference import METRICS, RATIO_METRICS, TRUTH_METRICS
+
+OPTIONAL = TRUTH_METRICS + RATIO_METRICS
 
 
 def _number(value: Any) -> float | None:
@@ -39,12 +45,18 @@ def read_final_metrics(metrics: Mapping[str, Any], splits: tuple[str, ...]
             if value is None:
                 return f"{split}_{key} is missing or not a finite number"
             row[key] = value
+        for key in OPTIONAL:
+            if f"{split}_{key}" in metrics or (split == "test" and f"test_subject_{key}" in metrics):
+                value = _number(metrics.get(f"{split}_{key}"))
+                if value is None:
+                    return f"{split}_{key} is missing or not a finite number"
+                row[key] = value
         means[split] = row
     subjects: list[dict[str, float]] = []
     if "test" in splits:
         n = int(means["test"]["subjects"])
         columns = {}
-        for key in METRICS:
+        for key in [*METRICS, *(k for k in OPTIONAL if k in means["test"])]:
             values = metrics.get(f"test_subject_{key}")
             if not isinstance(values, list) or len(values) != n:
                 return f"test_subject_{key} must list one value per test subject ({n})"
@@ -52,5 +64,5 @@ def read_final_metrics(metrics: Mapping[str, Any], splits: tuple[str, ...]
             if any(v is None for v in numbers):
                 return f"test_subject_{key} holds a value that is not a finite number"
             columns[key] = numbers
-        subjects = [{key: columns[key][i] for key in METRICS} for i in range(n)]
+        subjects = [{key: column[i] for key, column in columns.items()} for i in range(n)]
     return means, subjects

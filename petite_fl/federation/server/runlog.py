@@ -14,6 +14,7 @@ from typing import Any
 
 from petite_fl.atomic import write_csv, write_json
 from petite_fl.console import console, human_bytes
+from petite_fl.training.inference import ALL_METRICS
 from petite_fl.training.inference import METRICS as METRIC_NAMES
 
 
@@ -56,7 +57,8 @@ class RunLog:
         total = sum(r["subjects"] for r in rows)
         if not total:
             return {}
-        return {k: sum(r[k] * r["subjects"] for r in rows) / total for k in METRIC_NAMES if all(k in r for r in rows)}
+        # the truth's metrics only where every site has them (simulated sites)
+        return {k: sum(r[k] * r["subjects"] for r in rows) / total for k in ALL_METRICS if all(k in r for r in rows)}
 
     def val_line(self, rnd: int) -> str:
         mean = self.weighted_mean(rnd, "val")
