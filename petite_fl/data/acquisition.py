@@ -88,11 +88,18 @@ def acquire(
     frames: int = 6,
     background: float = 0.02,
     explicit_frames: bool = False,
+    counts: float | None = None,
 ) -> Scan:
-    """Image an activity map (on the scanner's grid) as `frames` 5-min frames."""
+    """Image an activity map (on the scanner's grid) as `frames` 5-min frames.
+
+    `counts`: this scan's counts per voxel at grey-matter uptake in one frame (default: the
+    scanner's reference patient's, `counts_per_voxel`).
+    """
     if frames < 1:
         raise ValueError("frames must be at least 1")
-    counts = scanner.acquisition.counts_per_voxel
+    counts = scanner.acquisition.counts_per_voxel if counts is None else float(counts)
+    if counts <= 0:
+        raise ValueError("counts must be positive")
     noise_free = blur_to_resolution(activity, scanner)
     lam = counts * (np.clip(noise_free, 0.0, None) + background).astype(np.float64)
     first = rng.poisson(lam) - lam

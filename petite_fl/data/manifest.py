@@ -27,6 +27,9 @@ FORMAT = "petite-fl/site-manifest"
 VERSION = 1
 SPLITS = ("train", "val", "test")
 _ENTRY_FIELDS = ("id", "split", "input", "target")
+#: Optional row fields, written when given: a simulation's ground truth (noise-free image) and
+#: region labels (README, "The synthetic five-scanner data set"); never trained on.
+OPTIONAL_FIELDS = ("truth", "regions")
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def write_manifest(
             "version": VERSION,
             "site": site,
             "scanner": scanner,
-            "subjects": [{k: str(s[k]) for k in _ENTRY_FIELDS} for s in subjects],
+            "subjects": [{k: str(s[k]) for k in (*_ENTRY_FIELDS, *OPTIONAL_FIELDS) if k in _ENTRY_FIELDS or s.get(k)}
+                         for s in subjects],
         },
     )
     return path
