@@ -22,6 +22,7 @@ F18_HALF_LIFE_MIN = 109.77
 REFERENCE_DOSE_MBQ, REFERENCE_WEIGHT_KG, REFERENCE_UPTAKE_MIN = 185.0, 75.0, 30.0
 
 Range = tuple[float, float]
+FIELDS = ("dose_mbq", "weight_kg", "uptake_min", "motion_mm")
 
 
 @dataclass(frozen=True)
@@ -31,31 +32,33 @@ class Population:
     dose_mbq: Range = (REFERENCE_DOSE_MBQ, REFERENCE_DOSE_MBQ)
     weight_kg: Range = (REFERENCE_WEIGHT_KG, REFERENCE_WEIGHT_KG)
     uptake_min: Range = (REFERENCE_UPTAKE_MIN, REFERENCE_UPTAKE_MIN)
+    motion_mm: Range = (0.0, 0.0)  # head motion over the scan, as a blur FWHM (mm)
 
     @classmethod
     def from_config(cls, raw: object) -> Population:
         if raw is None:
             return cls()
         try:
-            values = {k: tuple(float(v) for v in raw[k]) for k in ("dose_mbq", "weight_kg", "uptake_min")}
+            values = {k: tuple(float(v) for v in raw[k]) for k in FIELDS if k in raw or k != "motion_mm"}
         except (KeyError, TypeError, ValueError):
-            raise ConfigError("data.synth.patients: needs dose_mbq, weight_kg and uptake_min, "
+            raise ConfigError("data.synth.patients: needs dose_mbq, weight_kg, uptake_min (and may have motion_mm), "
                               f"each a [low, high] pair of numbers, got {raw!r}") from None
         population = cls(**values)
         population.validate()
         return population
 
     def validate(self) -> None:
-        for name in ("dose_mbq", "weight_kg", "uptake_min"):
+        for name in FIELDS:
             pair = getattr(self, name)
-            if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
-                raise ConfigError(f"data.synth.patients.{name}: expected [low, high] with 0 < low ≤ high, "
-                                  f"got {list(pair)}")
+            least = 0.0 if name == "motion_mm" else 1e-9  # no motion is a motion; no dose is not a dose
+            if len(pair) != 2 or not least <= pair[0] <= pair[1]:
+                raise ConfigError(f"data.synth.patients.{name}: expected [low, high] with "
+                                  f"{'0 ≤' if not least else '0 <'} low ≤ high, got {list(pair)}")
 
     def count_scale_range(self) -> Range:
         """The smallest and largest count scale a subject of this population can draw."""
-        low = Patient(self.dose_mbq[0], self.weight_kg[1], self.uptake_min[1]).count_scale
-        high = Patient(self.dose_mbq[1], self.weight_kg[0], self.uptake_min[0]).count_scale
+        low = Patient(self.dose_mbq[0], self.weight_kg[1], self.uptake_min[1], 0.0).count_scale
+        high = Patient(self.dose_mbq[1], self.weight_kg[0], self.uptake_min[0], 0.0).count_scale
         return low, high
 
 
@@ -66,6 +69,7 @@ class Patient:
     dose_mbq: float
     weight_kg: float
     uptake_min: float  # injection to the start of the first frame
+    motion_mm: float  # head motion over the scan, as a blur FWHM added in quadrature to the scanner's
 
     @property
     def concentration_scale(self) -> float:
@@ -82,6 +86,7 @@ class Patient:
 
 
 def draw_patient(rng: np.random.Generator, population: Population) -> Patient:
-    """Dose, weight and uptake time drawn independently and uniformly over their ranges."""
-    return Patient(*(float(rng.uniform(*pair)) for pair in
-                     (population.dose_mbq, population.weight_kg, population.uptake_min)))
+    """Dose, weight, uptake time and motion drawn independently and uniformly over their ranges
+    (no motion drawn where its range is [0, 0]: the other subjects' streams stay as they were)."""
+    return Patient(*(float(rng.uniform(*getattr(population, name))) if getattr(population, name) != (0.0, 0.0)
+                     else 0.0 for name in FIELDS))

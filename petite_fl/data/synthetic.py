@@ -165,7 +165,8 @@ def synthesize(scanner: Scanner, index: int, spec: SynthSpec) -> Subject:
     patient = draw_patient(rng, spec.patients)
     activity, regions = render(anatomy, scanner.matrix, scanner.affine)
     counts = scanner.acquisition.counts_per_voxel * patient.count_scale
-    scan = acquire(activity, scanner, rng, spec.frames, spec.background, spec.explicit_frames, counts=counts)
+    scan = acquire(activity, scanner, rng, spec.frames, spec.background, spec.explicit_frames, counts=counts,
+                   motion_mm=patient.motion_mm)
     return Subject(scan=scan, regions=regions, patient=patient, counts_per_voxel=counts)
 
 
@@ -206,7 +207,7 @@ def _write_subject(job: tuple[Scanner, int, SynthSpec, str]) -> dict[str, Any]:
     return {"scanner": scanner.name, "id": sid, "split": spec.split_of(index, scanner.name),
             "noise_ratio": round(noise_ratio(scan), 4), "counts_per_voxel": round(subject.counts_per_voxel, 3),
             "dose_mbq": round(p.dose_mbq, 1), "weight_kg": round(p.weight_kg, 1),
-            "uptake_min": round(p.uptake_min, 1)}
+            "uptake_min": round(p.uptake_min, 1), "motion_mm": round(p.motion_mm, 2)}
 
 
 def is_current(out_dir: Path, expected: str) -> bool:
