@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,10 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from petite_fl.config import compose
 from petite_fl.data.acquisition import acquire, blur_to_resolution, noise_ratio
-from petite_fl.data.manifest import read_manifest
-from petite_fl.data.synthetic import SynthSpec, generate, synthesize_subject
-from petite_fl.errors import ConfigError
+from petite_fl.data.manifest import read_manifest, write_manifest
+from petite_fl.data.patients import Population, draw_patient
+from petite_fl.data.phantom import REGION_AD, REGION_REFERENCE
+from petite_fl.data.synthetic import SynthSpec, generate, synthesize, synthesize_subject
+from petite_fl.errors import ConfigError, DataError
 from petite_fl.scanners import get_scanner
 from tests.conftest import small_spec
 
@@ -115,7 +120,8 @@ def test_same_seed_gives_identical_bytes_whatever_the_worker_count(tmp_path: Pat
     generate(spec, tmp_path / "b", workers=2)
     generate(small_spec(scanners=("scanner5", "scanner4"), seed=99), tmp_path / "c", workers=1)
     a, b, c = (_digest(tmp_path / k) for k in "abc")
-    assert len(a) == 2 * (4 + 1) + 1  # 4 images + manifest per scanner, dataset.json
+    # per scanner: 2 subjects × (input, target, truth, regions) + manifest; dataset.json
+    assert len(a) == 2 * (2 * 4 + 1) + 1
     assert a == b
     assert a["scanner5/sub-001_input.nii.gz"] != c["scanner5/sub-001_input.nii.gz"]
 
@@ -172,3 +178,103 @@ def test_per_scanner_sizes_make_small_and_large_sites(tmp_path):
     assert [s["id"] for s in info["subjects"] if s["scanner"] == "scanner5" and s["split"] == "test"] == ["sub-003"]
     with pytest.raises(ConfigError, match="unknown scanner 'scanner9'"):
         SynthSpec.from_config(compose(overrides=["+data.synth.sizes.scanner9={train:1}"]).data.synth)
+
+
+@pytest.mark.parametrize("name", ["scanner1", "scanner5"])
+def test_truth_and_regions_are_written_listed_and_in_the_images_units(synthetic_dataset, name):
+    out, _ = synthetic_dataset
+    rows = json.loads((out / name / "manifest.json").read_text())["subjects"]
+    scanner = get_scanner(name)
+    for row in rows:
+        assert row["truth"] == f"{row['id']}_truth.nii.gz" and row["regions"] == f"{row['id']}_regions.nii.gz"
+        truth, regions, target = (nib.load(out / name / row[k]) for k in ("truth", "regions", "target"))
+        assert truth.get_data_dtype() == np.int16 and regions.get_data_dtype() == np.uint8
+        for img in (truth, regions):
+            assert img.shape == scanner.matrix and np.allclose(img.affine, scanner.affine, atol=1e-4)
+        labels = np.asarray(regions.dataobj)
+        assert set(np.unique(labels)) == {0, REGION_AD, REGION_REFERENCE}
+        t, y = truth.get_fdata(), target.get_fdata()
+        head = t > 0.1 * t.max()
+        # same units: the target is the truth plus zero-mean noise (clipping at 0 aside)
+        assert y[head].mean() == pytest.approx(t[head].mean(), rel=0.02)
+        # cortex of the AD-relevant regions (blurred by the scanner) against the cerebellum (0.85 × (1 ± 0.12))
+        ratio = t[labels == REGION_AD].mean() / t[labels == REGION_REFERENCE].mean()
+        assert 0.5 < ratio < 1.3
+        assert not np.array_equal(t, y)  # the truth is not a copy of the target
+
+
+def test_region_labels_have_anatomical_volumes_on_any_grid():
+    # 1-mm-ish and 2-mm grids label the same structures: cortex in 5 spheres of 20 mm, the cerebellum
+    for name in ("scanner4", "scanner5"):
+        scanner = get_scanner(name)
+        labels = synthesize(scanner, 0, small_spec()).regions
+        ml = [float((labels == k).sum() * np.prod(scanner.voxel_mm)) / 1000 for k in (REGION_AD, REGION_REFERENCE)]
+        assert 15 < ml[0] < 80  # grey matter only: a fraction of the spheres' 168 mL
+        assert 40 < ml[1] < 110  # the cerebellum ellipsoid: ~105 mL × the subject's size
+
+
+def test_write_manifest_keeps_the_optional_truth_fields_only_when_given(tmp_path):
+    rows = [{"id": "a", "split": "test", "input": "a_i.nii.gz", "target": "a_t.nii.gz", "truth": "a_x.nii.gz",
+             "regions": "a_r.nii.gz"}, {"id": "b", "split": "train", "input": "b_i.nii.gz", "target": "b_t.nii.gz"}]
+    written = json.loads(write_manifest(tmp_path / "m.json", "s", None, rows).read_text())["subjects"]
+    assert written[0] == rows[0] and written[1] == rows[1]
+    # a site is simulated or not: the truth on some rows only is refused when read, naming the row
+    with pytest.raises(DataError, match=r"row 2: no 'truth' field"):
+        read_manifest(tmp_path / "m.json")
+    rows[1] |= {"truth": "b_x.nii.gz", "regions": "b_r.nii.gz"}
+    write_manifest(tmp_path / "m.json", "s", None, rows)
+    assert read_manifest(tmp_path / "m.json").counts() == {"train": 1, "val": 0, "test": 1}
+
+
+def _population() -> Population:
+    return SynthSpec.from_config(compose(overrides=[]).data.synth).patients
+
+
+def test_count_levels_vary_per_subject_within_the_documented_ranges():
+    population = _population()
+    rng = np.random.default_rng(0)
+    patients = [draw_patient(rng, population) for _ in range(500)]
+    low, high = population.count_scale_range()
+    for field in ("dose_mbq", "weight_kg", "uptake_min"):
+        lo, hi = getattr(population, field)
+        values = [getattr(p, field) for p in patients]
+        assert lo <= min(values) and max(values) <= hi
+        assert np.ptp(values) > 0.8 * (hi - lo)  # the whole range is used
+    scales = np.array([p.count_scale for p in patients])
+    assert low <= scales.min() and scales.max() <= high
+    assert np.quantile(scales, 0.9) / np.quantile(scales, 0.1) > 2.0  # patients differ, not a global jitter
+    assert 0.8 < np.median(scales) < 1.2  # the scanner's counts_per_voxel stays its typical level
+
+
+def test_count_levels_overlap_across_scanners_and_are_recorded_per_subject(synthetic_dataset):
+    _, info = synthetic_dataset
+    low, high = _population().count_scale_range()
+    typical = sorted((get_scanner(n).acquisition.counts_per_voxel, n) for n in SCANNERS)
+    for (a, _), (b, _) in itertools.pairwise(typical):
+        assert b * low < a * high  # each scanner's range overlaps the next one's
+    for row in info["subjects"]:
+        counts = get_scanner(row["scanner"]).acquisition.counts_per_voxel
+        assert counts * low <= row["counts_per_voxel"] <= counts * high
+    for name in SCANNERS:
+        levels = [r["counts_per_voxel"] for r in info["subjects"] if r["scanner"] == name]
+        assert len(set(levels)) == len(levels)  # every subject its own
+
+
+def test_a_subject_noise_follows_its_own_count_level():
+    # the same scanner, two subjects: relative noise of one frame ∝ 1 / sqrt(counts)
+    scanner = get_scanner("scanner5")
+    subjects = [synthesize(scanner, i, small_spec()) for i in range(2)]
+    noise = []
+    for sub in subjects:
+        scan = sub.scan
+        gm = scan.noise_free > 0.7 * scan.noise_free.max()
+        noise.append(np.std((scan.input - scan.noise_free)[gm]) / np.mean(scan.noise_free[gm]))
+    expected = np.sqrt(subjects[1].counts_per_voxel / subjects[0].counts_per_voxel)
+    assert noise[0] / noise[1] == pytest.approx(expected, rel=0.15)
+
+
+def test_bad_patient_ranges_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"data\.synth\.patients\.weight_kg"):
+        SynthSpec.from_config(compose(overrides=["data.synth.patients.weight_kg=[90,50]"]).data.synth)
+    with pytest.raises(ConfigError, match=r"data\.synth\.patients"):
+        SynthSpec.from_config(compose(overrides=["data.synth.patients.dose_mbq=high"]).data.synth)

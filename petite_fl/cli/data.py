@@ -96,23 +96,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def _print_dataset(info: dict[str, Any], out: Path) -> None:
     table = Table(title=f"synthetic PET data set '{out.name}' (seed {info['spec']['seed']})")
-    for col in ("scanner", "vendor / site", "matrix", "voxel mm", "FWHM mm", "counts/voxel",
+    numbers = ("counts/voxel", "subjects' counts", "noise in/tgt", "size")
+    for col in ("scanner", "vendor / site", "matrix", "voxel mm", "FWHM mm", "counts/voxel", "subjects' counts",
                 "train/val/test", "noise in/tgt", "size"):
-        table.add_column(col, justify="right" if col in ("counts/voxel", "noise in/tgt", "size") else "left")
+        table.add_column(col, justify="right" if col in numbers else "left")
     for name, s in info["scanners"].items():
         subjects = [r for r in info["subjects"] if r["scanner"] == name]
         splits = "/".join(str(sum(r["split"] == k for r in subjects)) for k in ("train", "val", "test"))
         ratio = sum(r["noise_ratio"] for r in subjects) / len(subjects)
         acq = s["acquisition"]
+        levels = [r["counts_per_voxel"] for r in subjects if "counts_per_voxel" in r]
         table.add_row(
             name, f"{s['vendor']} / {s['site']}", "×".join(map(str, s["matrix"])),
             "×".join(f"{v:.4g}" for v in s["voxel_mm"]), "×".join(f"{v:g}" for v in acq["fwhm_mm"]),
-            f"{acq['counts_per_voxel']:g}", splits, f"{ratio:.3f}",
+            f"{acq['counts_per_voxel']:g}", f"{min(levels):.3g}–{max(levels):.3g}" if levels else "–",
+            splits, f"{ratio:.3f}",
             human_bytes(disk_size(out / name)),
         )
     console.print(table)
-    console.print("noise in/tgt: RMS error to the noise-free image, input over target, in the head "
-                  "(expected √6 ≈ 2.449 for 1 frame vs the mean of 6)")
+    console.print("counts/voxel: the scanner's reference patient (185 MBq, 75 kg, 30 min); subjects' counts: "
+                  "the range drawn (dose, weight, uptake time). noise in/tgt: RMS error to the noise-free "
+                  "image, input over target, in the head (expected √6 ≈ 2.449 for 1 frame vs the mean of 6)")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

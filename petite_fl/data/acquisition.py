@@ -38,10 +38,11 @@ class Scan:
     noise_free: np.ndarray  # resolution-blurred activity, the frames' expectation
 
 
-def blur_to_resolution(activity: np.ndarray, scanner: Scanner) -> np.ndarray:
-    """Gaussian system response with the scanner's FWHM (mm) on its voxel grid."""
+def blur_to_resolution(activity: np.ndarray, scanner: Scanner, motion_mm: float = 0.0) -> np.ndarray:
+    """Gaussian system response with the scanner's FWHM (mm) on its voxel grid, widened in
+    quadrature by a subject's head motion over the scan (`motion_mm`, a FWHM)."""
     sigma = [
-        f / FWHM_PER_SIGMA / v
+        float(np.hypot(f, motion_mm)) / FWHM_PER_SIGMA / v
         for f, v in zip(scanner.acquisition.fwhm_mm, scanner.voxel_mm, strict=True)
     ]
     return gaussian_filter(activity, sigma, mode="nearest", truncate=3.5).astype(np.float32)
@@ -88,12 +89,22 @@ def acquire(
     frames: int = 6,
     background: float = 0.02,
     explicit_frames: bool = False,
+    counts: float | None = None,
+    motion_mm: float = 0.0,
 ) -> Scan:
-    """Image an activity map (on the scanner's grid) as `frames` 5-min frames."""
+    """Image an activity map (on the scanner's grid) as `frames` 5-min frames.
+
+    `counts`: this scan's counts per voxel at grey-matter uptake in one frame (default: the
+    scanner's reference patient's, `counts_per_voxel`). `motion_mm`: the subject's head
+    motion, a blur of the activity (every frame alike); the noise keeps the reconstruction's
+    texture, which motion does not change.
+    """
     if frames < 1:
         raise ValueError("frames must be at least 1")
-    counts = scanner.acquisition.counts_per_voxel
-    noise_free = blur_to_resolution(activity, scanner)
+    counts = scanner.acquisition.counts_per_voxel if counts is None else float(counts)
+    if counts <= 0:
+        raise ValueError("counts must be positive")
+    noise_free = blur_to_resolution(activity, scanner, motion_mm)
     lam = counts * (np.clip(noise_free, 0.0, None) + background).astype(np.float64)
     first = rng.poisson(lam) - lam
     if explicit_frames:

@@ -33,6 +33,11 @@ BRAINSTEM = ((0.0, -22.0, -38.0), (11.0, 12.0, 26.0), 0.5)
 #: Regions that AD-like hypometabolism affects first: posterior cingulate, parietal
 #: and temporal cortex (Minoshima et al., Ann Neurol 1997).
 HYPO_REGIONS = ((0.0, -40.0, 25.0), (38.0, -48.0, 30.0), (50.0, -12.0, -14.0))
+#: Labels of the region map saved with the ground truth: the grey matter of the AD-relevant
+#: regions (spheres of this radius around `HYPO_REGIONS`, the middle of the lesions' 14-24 mm,
+#: in every subject) and the reference region a reader divides by (cerebellum).
+REGION_AD, REGION_REFERENCE = 1, 2
+REGION_RADIUS_MM = 20.0
 
 FIELD_SPACING_MM = 3.0  # grid of the smooth random fields that fold the cortex
 FIELD_EXTENT_MM = 240.0
@@ -132,6 +137,14 @@ def render_activity(
     anatomy: Anatomy, shape: tuple[int, int, int], affine: np.ndarray
 ) -> np.ndarray:
     """Activity (grey matter = 1) at every voxel of a grid given by shape and RAS affine."""
+    return render(anatomy, shape, affine)[0]
+
+
+def render(anatomy: Anatomy, shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activity (grey matter = 1) and region labels (uint8: `REGION_AD`, `REGION_REFERENCE`, 0) on a grid.
+
+    A voxel is labelled when more than half of it is the region's tissue (partial volume).
+    """
     edge = float(np.mean(np.linalg.norm(affine[:3, :3], axis=0)))
     u = _subject_coords(anatomy, shape, affine)
     head = _ellipsoid_depth(u, (0.0, 0.0, 0.0), HEAD_SEMI_AXES)
@@ -144,12 +157,23 @@ def render_activity(
     brain_w = _inside(head - BRAIN_DEPTH_MM, edge)
     sel = np.flatnonzero(brain_w > 0)
     ub, depth = u[:, sel], head[sel] - BRAIN_DEPTH_MM
-    act[sel] += brain_w[sel] * _brain_uptake(anatomy, ub, depth, edge)
-    return (act * anatomy.global_uptake).reshape(shape)
+    uptake, cortex, cerebellum = _brain_uptake(anatomy, ub, depth, edge)
+    act[sel] += brain_w[sel] * uptake
+    labels = np.zeros(head.shape, np.uint8)
+    inside = brain_w[sel] >= 0.5
+    ad = np.zeros(sel.size, bool)
+    for cx, cy, cz in HYPO_REGIONS:
+        for sign in ((1.0,) if cx == 0 else (1.0, -1.0)):
+            ad |= _ellipsoid_depth(ub, (sign * cx, cy, cz), (REGION_RADIUS_MM,) * 3) > 0
+    labels[sel[inside & ad & (cortex >= 0.5)]] = REGION_AD
+    labels[sel[inside & (cerebellum >= 0.5)]] = REGION_REFERENCE
+    return (act * anatomy.global_uptake).reshape(shape), labels.reshape(shape)
 
 
-def _brain_uptake(anatomy: Anatomy, u: np.ndarray, depth: np.ndarray, edge: float) -> np.ndarray:
-    """Uptake inside the brain: folded cortex, white matter, deep nuclei, cerebellum."""
+def _brain_uptake(anatomy: Anatomy, u: np.ndarray, depth: np.ndarray,
+                  edge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Uptake inside the brain (folded cortex, white matter, deep nuclei, cerebellum), and the
+    share of each voxel that is cortical grey matter and cerebellum after every structure is placed."""
     fold = _sample_field(anatomy.folding, u)
     texture = 1.0 + 0.06 * _sample_field(anatomy.texture, u)
     # Cortex: thickness varies with the folding field; sulci dip grey matter inwards.
@@ -165,6 +189,7 @@ def _brain_uptake(anatomy: Anatomy, u: np.ndarray, depth: np.ndarray, edge: floa
         lesion = _inside(_ellipsoid_depth(u, centre, (radius, radius, radius)), 8.0)
         uptake = uptake * (1.0 - drop * lesion * gm)
     uptake = uptake * (1.0 - fissure) + 0.03 * fissure
+    cortex = gm * (1.0 - fissure)
 
     vs = anatomy.ventricle_scale
     for (cx, cy, cz), semi, value in (CAUDATE, PUTAMEN, THALAMUS, VENTRICLE):
@@ -173,8 +198,10 @@ def _brain_uptake(anatomy: Anatomy, u: np.ndarray, depth: np.ndarray, edge: floa
         for sign in (1.0, -1.0):
             occ = _inside(_ellipsoid_depth(u, (sign * cx, cy, cz), axes), edge)
             uptake = uptake * (1.0 - occ) + value * occ
+            cortex = cortex * (1.0 - occ)
     for centre, semi, value in (BRAINSTEM, CEREBELLUM):
         occ = _inside(_ellipsoid_depth(u, centre, semi), edge)
         local = value * (1.0 + 0.12 * fold) if value > 0.8 else value
         uptake = uptake * (1.0 - occ) + local * occ
-    return uptake * texture
+        cortex = cortex * (1.0 - occ)
+    return uptake * texture, cortex, occ  # occ: the cerebellum's, placed last

@@ -15,7 +15,7 @@ import shutil
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,20 @@ from petite_fl.config import expand_path
 from petite_fl.data.acquisition import Scan, acquire, noise_ratio
 from petite_fl.data.manifest import SPLITS, write_manifest
 from petite_fl.data.nifti import save_volume
-from petite_fl.data.phantom import render_activity, sample_anatomy
+from petite_fl.data.patients import Patient, Population, draw_patient
+from petite_fl.data.phantom import render, sample_anatomy
 from petite_fl.errors import ConfigError
 from petite_fl.scanners import Scanner, get_scanner
 
 #: Bump when the generator's output changes for the same spec: caches are then rebuilt.
-GENERATOR_VERSION = 1
+#: 2: per-subject count level (dose, weight, uptake time); ground truth and region labels saved.
+GENERATOR_VERSION = 2
 DATASET_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.json"
+#: The images of a subject on disk: the two a site trains on, then the simulation's ground
+#: truth (noise-free activity) and region labels, which are never trained on.
+IMAGE_KINDS = ("input", "target")
+TRUTH_KINDS = ("truth", "regions")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class SynthSpec:
     gm_concentration: float = 10000.0
     #: per-scanner splits that replace `splits` for that scanner (small and large sites)
     sizes: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    #: per-subject protocol ranges (dose, weight, uptake time): `data.synth.patients`
+    patients: Population = field(default_factory=Population)
 
     @classmethod
     def from_config(cls, synth: Any) -> SynthSpec:
@@ -72,6 +80,7 @@ class SynthSpec:
             hypometabolism=float(synth.hypometabolism),
             background=float(synth.background),
             gm_concentration=float(synth.gm_concentration),
+            patients=Population.from_config(synth.get("patients")),
             sizes=tuple((str(name), tuple((k, {**splits, **_splits(sizes[name], f"data.synth.sizes.{name}")}.get(k, 0))
                                           for k in SPLITS)) for name in sorted(sizes)),
         )
@@ -100,6 +109,7 @@ class SynthSpec:
             raise ConfigError(f"data.synth.frames must be at least 1, got {self.frames}")
         if not 0.0 <= self.hypometabolism <= 1.0:
             raise ConfigError("data.synth.hypometabolism is a fraction in [0, 1]")
+        self.patients.validate()
 
     def splits_for(self, scanner: str) -> tuple[tuple[str, int], ...]:
         """The (split, count) pairs of one scanner: its `sizes` entry or the common `splits`."""
@@ -138,14 +148,31 @@ def subject_rng(seed: int, scanner: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(scanner.encode()), index]))
 
 
-def synthesize_subject(scanner: Scanner, index: int, spec: SynthSpec) -> Scan:
-    """One subject imaged by one scanner, in memory (activity units, grey matter ~ 1)."""
+@dataclass(frozen=True)
+class Subject:
+    """One patient imaged by one scanner, in memory."""
+
+    scan: Scan  # activity units (grey matter ~ 1 × the subject's global uptake)
+    regions: np.ndarray  # uint8 labels (phantom.REGION_AD, REGION_REFERENCE, 0)
+    patient: Patient
+    counts_per_voxel: float  # this scan's count level at grey-matter uptake, one frame
+
+
+def synthesize(scanner: Scanner, index: int, spec: SynthSpec) -> Subject:
+    """One subject imaged by one scanner: its scan, region labels and protocol."""
     rng = subject_rng(spec.seed, scanner.name, index)
     anatomy = sample_anatomy(rng, spec.hypometabolism)
-    activity = render_activity(anatomy, scanner.matrix, scanner.affine)
-    return acquire(
-        activity, scanner, rng, spec.frames, spec.background, spec.explicit_frames
-    )
+    patient = draw_patient(rng, spec.patients)
+    activity, regions = render(anatomy, scanner.matrix, scanner.affine)
+    counts = scanner.acquisition.counts_per_voxel * patient.count_scale
+    scan = acquire(activity, scanner, rng, spec.frames, spec.background, spec.explicit_frames, counts=counts,
+                   motion_mm=patient.motion_mm)
+    return Subject(scan=scan, regions=regions, patient=patient, counts_per_voxel=counts)
+
+
+def synthesize_subject(scanner: Scanner, index: int, spec: SynthSpec) -> Scan:
+    """One subject imaged by one scanner, in memory (activity units, grey matter ~ 1)."""
+    return synthesize(scanner, index, spec).scan
 
 
 def fingerprint(spec: SynthSpec, scanners: list[Scanner]) -> str:
@@ -166,14 +193,21 @@ def site_manifest(data_cfg: Any, scanner: str) -> Path:
 
 def _write_subject(job: tuple[Scanner, int, SynthSpec, str]) -> dict[str, Any]:
     scanner, index, spec, folder = job
-    scan = synthesize_subject(scanner, index, spec)
-    sid = subject_id(index)
-    for kind, volume in (("input", scan.input), ("target", scan.target)):
+    subject = synthesize(scanner, index, spec)
+    scan, sid = subject.scan, subject_id(index)
+    # Decay-corrected Bq/mL, as scanners export: the concentration scales with dose over weight.
+    units = spec.gm_concentration * subject.patient.concentration_scale
+    for kind, volume in (("input", scan.input), ("target", scan.target), ("truth", scan.noise_free)):
         # int16 with a scale slope, as scanners export: half the disk of float32.
-        save_volume(volume * spec.gm_concentration, scanner.affine,
+        save_volume(volume * units, scanner.affine,
                     Path(folder) / scanner.name / f"{sid}_{kind}.nii.gz", dtype=np.int16)
+    save_volume(subject.regions, scanner.affine, Path(folder) / scanner.name / f"{sid}_regions.nii.gz",
+                dtype=np.uint8)
+    p = subject.patient
     return {"scanner": scanner.name, "id": sid, "split": spec.split_of(index, scanner.name),
-            "noise_ratio": round(noise_ratio(scan), 4)}
+            "noise_ratio": round(noise_ratio(scan), 4), "counts_per_voxel": round(subject.counts_per_voxel, 3),
+            "dose_mbq": round(p.dose_mbq, 1), "weight_kg": round(p.weight_kg, 1),
+            "uptake_min": round(p.uptake_min, 1), "motion_mm": round(p.motion_mm, 2)}
 
 
 def is_current(out_dir: Path, expected: str) -> bool:
@@ -189,7 +223,7 @@ def is_current(out_dir: Path, expected: str) -> bool:
         return False
     return all(
         (out_dir / s["scanner"] / f"{s['id']}_{k}.nii.gz").is_file()
-        for s in info.get("subjects", []) for k in ("input", "target")
+        for s in info.get("subjects", []) for k in (*IMAGE_KINDS, *TRUTH_KINDS)
     )
 
 
@@ -237,8 +271,9 @@ def _generate_locked(
         rows = [r for r in results if r["scanner"] == scanner.name]
         write_manifest(
             staging / scanner.name / MANIFEST_FILE, site=scanner.name, scanner=scanner.name,
-            subjects=[{"id": r["id"], "split": r["split"], "input": f"{r['id']}_input.nii.gz",
-                       "target": f"{r['id']}_target.nii.gz"} for r in rows],
+            # truth and regions: optional fields, simulation only (never trained on)
+            subjects=[{"id": r["id"], "split": r["split"],
+                       **{k: f"{r['id']}_{k}.nii.gz" for k in (*IMAGE_KINDS, *TRUTH_KINDS)}} for r in rows],
         )
     info = {
         "format": "petite-fl/synthetic-dataset",
