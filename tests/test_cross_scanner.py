@@ -19,6 +19,9 @@ def test_cross_scanner_table_has_references_ablation_methods_and_intervals(tmp_p
     # the gap on each scanner is full fine-tuning on that scanner, not on the target
     assert [(g["scanner"], g["fine_tuned_on"]) for g in gaps] == [("scanner5", "scanner5"), ("scanner2", "scanner2")]
     assert (out / "gaps.csv").is_file() and "### The scanner gap" in (out / "results.md").read_text()
+    # a simulated scanner has its truth: the gap is given against it too, beside the target's
+    assert all("truth_delta" in g and g["truth_psnr_fg"] > 0 for g in gaps)
+    assert "| gap vs truth [95 %] |" in (out / "results.md").read_text()
     labels = [r["method"] for r in rows]
     assert labels[0] == "short-scan input itself (no network)"
     assert labels[1].startswith("no fine-tuning, on scanner4")

@@ -155,10 +155,13 @@ def run(overrides: list[str], quiet: bool = False) -> tuple[dict[str, Any], Path
     runs = [(n, s, int(lc.steps)) for n in lc.sizes for s in range(int(lc.seeds))]
     runs += [(n, s, check_steps(lc)) for n in lc.check.sizes for s in range(int(lc.seeds))]
     out = home / "runs" / config_hash(base)
+    # trained models are shared by every run of the experiment on this data and backbone (keyed by their
+    # own settings below), so that a longer convergence check or another gate reuses what is trained
+    models = home / "models" / config_hash(str(backbone), str(prep.target))
     backbone_model, _, _ = load_model(backbone, None, device)
     records = [{"size": 0, "seed": 0, "steps": 0, **row} for row in score(cfg, prep, backbone_model, device, amp)]
     for i, (size, seed, steps) in enumerate(runs, start=1):
-        rows = _one_run(base, backbone, prep, size, seed, steps, out, device, amp)
+        rows = _one_run(base, backbone, prep, size, seed, steps, models, device, amp)
         records += rows
         say(f"[{i}/{len(runs)}] {size} scan(s), seed {seed}, {steps} steps: {rows[-1]['train_s']:.0f} s "
             f"({rows[-1]['train_s'] / steps:.3f} s/step, CPU {rows[-1]['train_cpu_s'] / steps:.3f} s/step), "
@@ -169,13 +172,13 @@ def run(overrides: list[str], quiet: bool = False) -> tuple[dict[str, Any], Path
     return summary, out
 
 
-def _one_run(base: list[str], backbone: Path, prep: Prepared, size: int, seed: int, steps: int, out: Path,
+def _one_run(base: list[str], backbone: Path, prep: Prepared, size: int, seed: int, steps: int, models: Path,
              device: torch.device, amp: bool) -> list[dict[str, Any]]:
     """Fine-tune on the seed's first `size` scans (cached by its settings), score it on the test subjects."""
     manifest = subset_manifest(prep, size, seed)
     over = run_overrides(base, backbone, manifest, seed, steps)
     rcfg = compose(overrides=over)
-    folder = out / "models" / f"n{size}-seed{seed}-steps{steps}-{config_hash(rcfg.peft, rcfg.train, rcfg.data.loader)}"
+    folder = models / f"n{size}-seed{seed}-steps{steps}-{config_hash(rcfg.peft, rcfg.train, rcfg.data.loader)}"
     cpu = time.process_time()
     adapter, meta = finetune(compose(overrides=[*over, hydra_override("out", folder)]), quiet=True)
     cpu = time.process_time() - cpu  # ~0 when the adapter was already there (a resumed experiment)
