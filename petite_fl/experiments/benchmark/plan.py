@@ -17,6 +17,8 @@ def plan(quick: bool, device: str) -> dict[str, Any]:
             "overhead": [(3, 10), (5, 100)],  # (rounds, local steps): fixed vs per-round cost
             "scaling": {"sites": (5, 10, 20), "rounds": (1, 2, 4), "steps": 2},
             "compare_overrides": [],
+            # the default comparison's site round vs its bare steps: one site's CPU share in `petite compare` (1) and 2
+            "site_rounds": {"rounds": 3, "threads": (1, 2), "bare": (2, 6)},
         }
     return {
         "train_cases": [("unetr", "paper", 64, 4), ("cvtgan", "paper", 64, 4)],
@@ -26,4 +28,5 @@ def plan(quick: bool, device: str) -> dict[str, Any]:
         "overhead": [(3, 20), (5, 100)],
         "scaling": {"sites": (5, 10, 20), "rounds": (1, 2, 4), "steps": 5},
         "compare_overrides": ["model.preset=paper", "train=default", "federation.local_steps=50"],
+        "site_rounds": {"rounds": 3, "threads": (2,), "bare": (2, 6)},
     }
