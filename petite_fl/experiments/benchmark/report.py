@@ -19,7 +19,8 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for o in results.get("overhead", {}).get("rows", []):
         out.append(("overhead_ratio", "federated overhead (Flower / plain loop)", o["overhead_ratio"],
-                    f"{o['sites']} sites × {o['rounds']} rounds × {o['local_steps']} steps, {o['preset']} UNETR"))
+                    f"{o['sites']} sites × {o['rounds']} rounds × {o['local_steps']} steps, {o['preset']} UNETR"
+                    + (", the default comparison's arm" if o.get("workload") == "compare" else "")))
     for r in results.get("train", {}).get("ratios", []):
         where = f"{r['model']} {r['preset']}, {r['patch']}³ × {r['batch']}"
         out.append(("peak_memory_ratio", f"peak memory, PETITE / full ({r['memory']})", r["peak_memory_ratio"], where))
@@ -84,7 +85,8 @@ def markdown(report: dict[str, Any]) -> str:
                   *_table(["workload", "Flower s (SuperLink + `flwr run`)", "plain loop s", "ratio",
                            "rounds s (Flower / plain)",
                            "final evaluation s (Flower / plain)", "test PSNR (Flower / plain)"], [
-                      [f"{r['rounds']} rounds × {r['local_steps']} steps, {r['preset']}",
+                      [f"{r['rounds']} rounds × {r['local_steps']} steps, {r['preset']}"
+                       + (" (one arm of the default comparison)" if r.get("workload") == "compare" else ""),
                        f"{r['flower_seconds']:.1f}", f"{r['local_seconds']:.1f}", f"**{r['overhead_ratio']:.2f}**",
                        f"{r['flower_phase_seconds']['rounds']:.1f} / {r['local_phase_seconds']['rounds']:.1f}",
                        f"{r['flower_phase_seconds']['final_evaluation']:.1f} / "

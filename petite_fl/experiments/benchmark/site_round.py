@@ -1,12 +1,13 @@
 """Benchmark section `site`: a site's round as the federation runs it vs its bare network steps.
 
 A round should cost little more than its optimiser steps. Per scanner, in one fresh
-process (so that the two figures share the load and the thread count): the median of
-bare steps of the same network, PETITE spec, AdamW and batch (one volume's patches at the
-scanner's training window), timed before and after the rounds; and rounds of the default
+process (so that the two figures share the load and the thread count): bare steps of the
+same network, PETITE spec, AdamW and batch (one volume's patches at the scanner's training
+window), timed before every round and after the last; and rounds of the default
 comparison's budget answered by `SiteEndpoint` (what the ClientApp calls, Flower's codec
 aside), with the per-round validation the comparison runs. The ratios: the whole round and
-its training part (the round less validation) over `local_steps` × the bare step.
+its training part (the round less validation) over `local_steps` × the median bare step
+around that round; the medians over rounds 2… (the first fills the process's caches).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def site_round_speed(home: str, backbone: str, scanner: str, rounds: int, thread
 
     warmup, timed = bare
     step, batch_shape = _bare_step(cfg, SiteWorker(cfg, scanner), str(meta["sha256"]))
-    bare_times = time_steps(step, warmup, timed, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    between = [time_steps(step, warmup, timed, cpu)]  # bare steps before every round and after the last
     steps, rows = int(cfg.federation.local_steps), []
     for rnd in range(1, rounds + 1):
         PHASES.clear()
@@ -97,18 +99,20 @@ def site_round_speed(home: str, backbone: str, scanner: str, rounds: int, thread
         rows.append({"round": rnd, "seconds": time.perf_counter() - begin,
                      **{k.removeprefix("site."): v for k, v in PHASES.items()}})
         global_tensors = {n: reply.tensors[n] for n in global_tensors}
-    bare_times += time_steps(step, 1, timed, torch.device("cpu"))
-    step_seconds = statistics.median(bare_times)
-    for r in rows:
-        r["round_ratio"] = r["seconds"] / (steps * step_seconds)
-        r["train_ratio"] = (r["seconds"] - r.get("validate", 0.0)) / (steps * step_seconds)
+        between.append(time_steps(step, 0, timed, cpu))
+    for r, before, after in zip(rows, between, between[1:], strict=False):
+        # the bare step beside this round (the machine's load moves; the round is timed between two samples)
+        r["bare_step_seconds"] = bare_step = statistics.median(before + after)
+        r["round_ratio"] = r["seconds"] / (steps * bare_step)
+        r["train_ratio"] = (r["seconds"] - r.get("validate", 0.0)) / (steps * bare_step)
     later = rows[1:] or rows
+    every = [t for ts in between for t in ts]
     return {"scanner": scanner, "threads": int(threads), "batch": batch_shape, "local_steps": steps,
-            "bare_step_seconds": step_seconds, "bare_step_spread": [min(bare_times), max(bare_times)],
-            "rounds": rows, "round_ratio": statistics.mean(r["round_ratio"] for r in later),
-            "train_ratio": statistics.mean(r["train_ratio"] for r in later),
+            "bare_step_seconds": statistics.median(every), "bare_step_spread": [min(every), max(every)],
+            "rounds": rows, "round_ratio": statistics.median(r["round_ratio"] for r in later),
+            "train_ratio": statistics.median(r["train_ratio"] for r in later),
             "first_round_ratio": rows[0]["round_ratio"],
-            "validate_seconds": statistics.mean(r.get("validate", 0.0) for r in later)}
+            "validate_seconds": statistics.median(r.get("validate", 0.0) for r in later)}
 
 
 def site_rounds(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
@@ -129,4 +133,5 @@ def site_rounds(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
                   f"(first round {row['first_round_ratio']:.2f}×)", flush=True)
     return {"rows": rows, "rounds": q["rounds"], "note": "the default comparison's site round (tiny UNETR, PETITE, "
             "fedavg, per-round validation) answered by the site's endpoint in one process with the bare steps; "
-            "ratios over rounds 2… (the first fills this process's caches)"}
+            "medians over rounds 2… of each round against the bare steps around it (the first round fills "
+            "this process's caches)"}
