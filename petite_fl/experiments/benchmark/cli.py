@@ -13,7 +13,8 @@ size; 16-bit transport and FFA-LoRA, with their PSNR on the synthetic data), ove
 (`flwr run` vs the same training without Flower), train (PEFT vs full fine-tuning:
 patches/s and peak memory), inference (sliding window per scanner geometry), scaling
 (5/10/20 sites and 1/2/4 rounds: wall time, server memory, aggregation), site (each scanner's
-round as the federation runs it vs its bare network steps: the ratio). Timed parts run in
+round as the federation runs it vs its bare network steps: the ratio; 1–2 min per scanner and
+thread count on a shared 2-core machine). Timed parts run in
 child processes so that one arm's memory never counts for another.
 """
 
