@@ -41,3 +41,22 @@ def test_train_speed_times_float32_and_mixed_precision_on_the_same_device():
     assert (mixed["amp"], mixed["amp_dtype"]) == (True, "bfloat16")  # CPU autocast, as the trainer's
     assert 0 < mixed["trainable_parameters"] < mixed["total_parameters"]
     assert mixed["trainable_percent"] == 100.0 * mixed["trainable_parameters"] / mixed["total_parameters"]
+
+
+def test_the_site_section_times_rounds_through_the_endpoint_beside_bare_steps(tmp_path):
+    """The wiring of `site`: every round answered by the site's endpoint, split into its phases, each
+    set against the bare steps around it (tiny sizes: the wiring, not the speed)."""
+    from petite_fl.experiments.benchmark.federated import untrained_backbone
+    from petite_fl.experiments.benchmark.site_round import site_round_speed
+
+    backbone = untrained_backbone(tmp_path, "unetr", "tiny")
+    out = site_round_speed(str(tmp_path), str(backbone), "scanner5", 2, 1, [0, 1], [
+        "data=tiny", "data.synth.scanners=[scanner5]", "data.synth.workers=1", "train.patch_scale=0.5",
+        "data.loader.patches_per_volume=2", "federation.val.patches=2", "federation.local_steps=2",
+        "train.device=cpu"])
+    assert [r["round"] for r in out["rounds"]] == [1, 2] and out["batch"] == [2, 1, 32, 32, 16]
+    for r in out["rounds"]:
+        assert {"prepare", "validate", "data", "train"} <= set(r) and r["train"] < r["seconds"]
+        assert r["round_ratio"] == r["seconds"] / (2 * r["bare_step_seconds"])
+        assert r["train_ratio"] == (r["seconds"] - r["validate"]) / (2 * r["bare_step_seconds"])
+    assert out["round_ratio"] == out["rounds"][1]["round_ratio"]  # rounds 2…: the first fills the caches

@@ -48,6 +48,9 @@ def test_flwr_run_completes_and_a_failed_run_is_reported_as_failed(tmp_path):
         process = sim.process
     assert process.poll() is not None  # the private SuperLink is gone
     assert any("site scanner5" in line for line in lines)
+    # petite-fl's lines, every site's (Ray's deduplication off), no colour codes, no Ray FutureWarning
+    assert any("site scanner4 · round" in line for line in lines)
+    assert not [line for line in lines if "\x1b[" in line or "FutureWarning" in line or "repeated" in line]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -72,3 +72,21 @@ def test_synthetic_site_gives_scanner_sized_patches_in_unit_range(synthetic_data
     for p in patches:
         assert p["input"].shape == (1, *patch)
         assert float(p["input"].min()) >= 0.0 and float(p["input"].max()) <= 1.0
+
+
+@pytest.mark.parametrize("scaling", ["grey-matter", "minmax"])
+@pytest.mark.parametrize("patch", [(16, 16, 8), (32, 16, 8)])  # the second pads the first axis (24 voxels)
+def test_a_sites_patches_are_those_cut_from_its_scaled_volumes(small_site, scaling, patch):
+    """Patches cut from the volumes as loaded and scaled one by one are, value for value, the patches of
+    the whole scaled volumes (`patch_dataset` of `arrays`): the same training, without a scaled copy."""
+    site = load_site(small_site, splits=("train", "val", "test"), scaling=scaling)
+    loader = compose().data.loader
+    for split in ("train", "test"):
+        ours = site_patch_dataset(site, split, loader, seed=5, patch=patch)
+        whole = patch_dataset(site.arrays(split), patch, patches_per_volume=int(loader.patches_per_volume),
+                              foreground_threshold=float(loader.foreground_threshold),
+                              foreground_ratio=float(loader.foreground_ratio), seed=5)
+        for i in range(len(whole)):
+            for p, q in zip(ours[i], whole[i], strict=True):
+                assert p.keys() == q.keys()
+                assert all(torch.equal(p[k], q[k]) and p[k].dtype == torch.float32 for k in ("input", "target"))

@@ -106,6 +106,7 @@ class SiteData:
     pairs: dict[str, list[SubjectPair]]
     scaling: str
     _maps: dict[str, tuple[Intensity, Intensity]] = field(default_factory=dict, repr=False, compare=False)
+    _memo: dict[tuple, object] = field(default_factory=dict, repr=False, compare=False)  # arrays, masks
 
     @property
     def scaler(self) -> Scaling:
@@ -121,12 +122,33 @@ class SiteData:
         return self._maps[key]
 
     def arrays(self, split: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(subject id, scaled input, scaled target) for every subject of a split: what training sees."""
-        out = []
-        for p in self.pairs.get(split, []):
-            x_map, y_map = self.maps(p)
-            out.append((p.entry.id, x_map.apply(p.input.data), y_map.apply(p.target.data)))
-        return out
+        """(subject id, scaled input, scaled target) for every subject of a split, computed once (a held
+        site answers every round's validation from them). Read-only by convention: callers copy to change."""
+        key = ("arrays", split)
+        if key not in self._memo:
+            out = []
+            for p in self.pairs.get(split, []):
+                x_map, y_map = self.maps(p)
+                out.append((p.entry.id, x_map.apply(p.input.data), y_map.apply(p.target.data)))
+            self._memo[key] = out
+        return list(self._memo[key])
+
+    def foreground(self, pair: SubjectPair, threshold: float) -> np.ndarray:
+        """The scaled target above `threshold` × its maximum (patch sampling's mask), computed once."""
+        key = ("foreground", pair.entry.id, float(threshold))
+        if key not in self._memo:
+            y = self.maps(pair)[1].apply(pair.target.data)
+            self._memo[key] = y > threshold * float(y.max())
+        return self._memo[key]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the volumes held, loaded and computed (`data.cache` bounds the sites a process holds)."""
+        held = [v.data for ps in self.pairs.values() for p in ps for v in (p.input, p.target, p.truth, p.regions)
+                if v is not None]
+        for value in self._memo.values():
+            held += [value] if isinstance(value, np.ndarray) else [a for row in value for a in row[1:]]
+        return sum(a.nbytes for a in held)
 
     def subjects(self, split: str) -> list[ScaledSubject]:
         """Every subject of a split scaled for evaluation, with its truth (the target's map) and

@@ -14,8 +14,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from petite_fl.config import expand_path
+from petite_fl.data.cache import load_cached
 from petite_fl.data.manifest import read_manifest
-from petite_fl.data.site import SiteData, load_site
+from petite_fl.data.site import SiteData
 from petite_fl.data.synthetic import SynthSpec, dataset_dir, generate, site_manifest
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.scanners import available_scanners, get_scanner
@@ -68,7 +69,8 @@ def site_split(cfg: DictConfig, manifest: Path, split: str, multiple: int | None
     (evaluation only: training never asks). An empty split is refused in one line naming the
     site, its manifest and `purpose`.
     """
-    data = load_site(manifest, splits=(split,), scaling=str(cfg.data.loader.scaling), truth=truth)
+    # Held in memory for the process's later rounds and arms while the files are unchanged (`data.cache`).
+    data = load_cached(manifest, (split,), str(cfg.data.loader.scaling), truth)
     if not data.pairs[split]:
         who = f"site {site}: " if site else ""
         raise ConfigError(f"{who}{manifest} has no '{split}' subjects{' ' + purpose if purpose else ''}")

@@ -16,6 +16,7 @@ the report again (`compare_folder`). Sites may be manifests a consortium holds.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ from petite_fl.training.settings import check_settings
 
 #: the arms that train on every site's scans in this process (simulation only), by strategy label
 CENTRALISED_RUNS = {"pooled": run_pooled, "pooled-ft": run_pooled_ft}
+#: the first lines of a preset that is not a measurement (compare.demonstration)
+DEMONSTRATION = ("a demonstration, not a measurement: {seeds} training seed(s), {rounds} rounds × {steps} local steps, "
+                 "sized to show every arm in minutes on a CPU; the measurement is `petite compare compare=study`.")
 #: subjects a site needs per split for a comparison: training, per-round validation, a paired interval
 MIN_SUBJECTS = {"train": 1, "val": 1, "test": 2}
 
@@ -149,30 +153,58 @@ def run(overrides: list[str], arms: list[str] | None = None, out: Path | None = 
     where = f" at the deployed federation `{s.conn.name}` ({s.conn.address})" if s.conn else ""
     console.print(f"comparison ({cfg.compare.name}) of {', '.join(s.arms)} on {', '.join(s.sites)}{where}, "
                   f"{len(s.seeds)} seed(s) → {folder}", markup=False)
+    if cfg.compare.get("demonstration"):
+        console.print(DEMONSTRATION.format(seeds=len(s.seeds), rounds=int(cfg.federation.rounds),
+                                           steps=int(cfg.federation.local_steps)), markup=False)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
     # Data and backbone first, here, with progress: the sites then find them cached.
     if s.conn is None:
         for site in s.sites:
             resolve_site(cfg, site)
+    phases["data"], clock = time.perf_counter() - clock, time.perf_counter()
     backbone = backbone_for(cfg)
+    phases["backbone"], clock = time.perf_counter() - clock, time.perf_counter()
     console.print(f"backbone: {backbone}", markup=False)
     plan = Plan(s.arms, s.seeds, str(backbone), s.command, federation)
     save(folder, plan, cfg)  # what --report DIR rebuilds the report from
 
     failed = _federated(s, plan, folder, backbone) if s.federated else []
+    if s.federated:
+        phases["Flower run" if s.conn is None else "deployed run"] = time.perf_counter() - clock
     for arm in s.pooled:
         for seed in s.seeds:
+            clock = time.perf_counter()
             arm_cfg = compare_config([*s.overrides, *arm_overrides(cfg, arm, seed)])
             try:
                 CENTRALISED_RUNS[str(arm_cfg.strategy.name)](arm_cfg, backbone, arm_dir(folder, arm, seed))
             except PetiteError as exc:  # like a failed Flower arm: kept out of the report, named, then fail
                 write_json(arm_dir(folder, arm, seed) / "error.json", {"error": str(exc)})
                 failed.append(f"{arm}/seed-{seed}: {exc}")
+            phases[f"{arm} (centralised, seed {seed})"] = time.perf_counter() - clock
     plan.seconds = time.perf_counter() - begin
     save(folder, plan)
+    clock = time.perf_counter()
     path = report(folder, cfg, s.arms, s.seeds, backbone, s.command, plan.seconds, deployed=federation)
+    phases["report"] = time.perf_counter() - clock
+    console.print(phase_line(phases, folder, s, time.perf_counter() - begin), markup=False)
     if failed:
         raise PetiteError(f"{'; '.join(failed)}; the report of the arms that finished is {path}")
     return folder
+
+
+def phase_line(phases: dict[str, float], folder: Path, s: Setup, total: float) -> str:
+    """What each phase of the comparison took, the federated arms' share of the Flower run from their
+    summaries (hello, backbone, rounds and final evaluation; the rest is Flower's start and the apps')."""
+    arms = []
+    for arm in s.federated:
+        took = [sum(json.loads(p.read_text()).get("phase_seconds", {}).values())
+                for seed in s.seeds if (p := arm_dir(folder, arm, seed) / "summary.json").is_file()]
+        if took:
+            arms.append(f"{arm} {sum(took):.0f} s")
+    parts = [f"{name} {seconds:.0f} s" + (f" ({', '.join(arms)})" if name.endswith(" run") and arms else "")
+             for name, seconds in phases.items()]
+    return "time: " + " · ".join(parts) + f" · total {total:.0f} s"
 
 
 def _federated(s: Setup, plan: Plan, folder: Path, backbone: Path) -> list[str]:

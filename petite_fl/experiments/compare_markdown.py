@@ -290,9 +290,23 @@ def _communication(cfg, arms, data, payload) -> list[str]:
               f"size (PEFT `{cfg.peft.name}`):", "", "| model | " + " | ".join(first) + " |",
               "|---|" + "---:|" * len(first)]
     for model, per in payload.items():
-        lines.append(f"| {model} ({human_bytes(next(iter(per.values()))['backbone_bytes'])}) | "
+        lines.append(f"| {model} ({human_bytes(next(iter(per.values()))['backbone_bytes'])}){size_label(cfg, model)} | "
                      + " | ".join(f"{v['percent']:.3f} %" for v in per.values()) + " |")
     return lines
+
+
+def size_label(cfg, model: str) -> str:
+    """What a payload row's network is: this run's (a demonstration size unless paper) or the paper's."""
+    if model.endswith("-paper"):
+        return ", the paper's network" + (" (this run's)" if str(cfg.model.preset) == "paper" else "")
+    return ", this run's: a demonstration size" if model == f"{cfg.model.name}-{cfg.model.preset}" else ""
+
+
+def upload_line(cfg, payload: dict[str, dict[str, dict[str, float]]], strategy: str = "fedavg") -> str:
+    """The console's upload share: this run's network labelled for its size, beside the paper-size figure."""
+    parts = [f"{per[strategy]['percent']:.2f} % of {model}{size_label(cfg, model)}"
+             for model, per in payload.items() if strategy in per]
+    return f"upload per site per round ({strategy}, PEFT {cfg.peft.name}): " + "; ".join(parts)
 
 
 def print_tables(ctx: Context) -> None:

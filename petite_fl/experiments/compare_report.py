@@ -25,7 +25,7 @@ from petite_fl.data.sites import site_labels, split_counts
 from petite_fl.errors import PetiteError
 from petite_fl.experiments.compare_drift import drift_markdown, drift_rows
 from petite_fl.experiments.compare_endpoints import SUBJECT_METRICS, margin_of, primary_of
-from petite_fl.experiments.compare_markdown import Context, markdown, print_tables
+from petite_fl.experiments.compare_markdown import Context, markdown, print_tables, upload_line
 from petite_fl.experiments.compare_results import (
     ArmRuns,
     all_differences,
@@ -80,6 +80,7 @@ def report(folder: Path, cfg: DictConfig, arms: list[str], seeds: list[int], bac
     with atomic_path(folder / "report.md") as tmp:
         tmp.write_text(md)
     print_tables(ctx)
+    console.print(upload_line(cfg, payload), markup=False)
     console.print(f"report: {folder / 'report.md'}", markup=False)
     return folder / "report.md"
 

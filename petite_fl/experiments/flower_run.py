@@ -7,6 +7,9 @@ commands and tests, with three fixes for traps of flwr 1.42:
 - runtime dependency installation off (no network, no CUDA torch pulled in);
 - `--stream` exits 0 even when the run failed: the run's final status is read back with
   `flwr ls --run-id` and a failed run raises.
+The console carries petite-fl's lines: Ray's colour prefixes and log deduplication (which
+hid sites' lines that differ only in numbers) are off, its FutureWarning about accelerator
+variables is filtered, and Flower's own colour codes (always on in its logger) are taken out.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ from petite_fl.errors import PetiteError
 from petite_fl.runconfig import app_dir
 
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: Ray's tip about CUDA_VISIBLE_DEVICES at ray.init (the sites' GPU share is set by `resources`)
+_RAY_TIP = "ignore::FutureWarning:ray._private.worker"
+
+
+def quiet_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for Flower's simulation processes with Ray's console noise off (see the module's docstring)."""
+    warnings = ",".join(w for w in (env.get("PYTHONWARNINGS", ""), _RAY_TIP) if w)
+    return {**env, "RAY_COLOR_PREFIX": "0", "RAY_DEDUP_LOGS": "0", "PYTHONWARNINGS": warnings}
+
+
+def plain(line: str) -> str:
+    """A streamed line without ANSI colour codes (Flower colours its log levels whatever the output)."""
+    return _ANSI.sub("", line)
 
 
 @dataclass
@@ -50,7 +67,7 @@ class LocalSimulation:
         self.echo = echo or (lambda line: print(line, flush=True))
         self.bin = Path(sys.executable).parent
         self.http_port, self.control_port = free_port(), free_port()
-        self.env = {**os.environ, "FLWR_HOME": str(self.home),
+        self.env = {**quiet_env(os.environ), "FLWR_HOME": str(self.home),
                     "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.http_port),
                     "FLWR_LOCAL_CONTROL_API_PORT": str(self.control_port),
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -109,7 +126,7 @@ class LocalSimulation:
         with subprocess.Popen(cmd, env=self.env, cwd=str(app), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1) as proc:
             for line in proc.stdout:
-                line = line.rstrip("\n")
+                line = plain(line.rstrip("\n"))
                 m = _RUN_ID.search(line)
                 if m:
                     run_id = m.group(1)

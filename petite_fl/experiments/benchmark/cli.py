@@ -12,7 +12,9 @@ the command that made it and the machine it ran on):
 size; 16-bit transport and FFA-LoRA, with their PSNR on the synthetic data), overhead
 (`flwr run` vs the same training without Flower), train (PEFT vs full fine-tuning:
 patches/s and peak memory), inference (sliding window per scanner geometry), scaling
-(5/10/20 sites and 1/2/4 rounds: wall time, server memory, aggregation). Timed parts run in
+(5/10/20 sites and 1/2/4 rounds: wall time, server memory, aggregation), site (each scanner's
+round as the federation runs it vs its bare network steps: the ratio; 1–2 min per scanner and
+thread count on a shared 2-core machine). Timed parts run in
 child processes so that one arm's memory never counts for another.
 """
 
@@ -29,7 +31,7 @@ from typing import Any
 
 from petite_fl.experiments.benchmark.workers import RESULT
 
-SECTIONS = ("comm", "overhead", "train", "inference", "scaling")
+SECTIONS = ("comm", "overhead", "train", "inference", "scaling", "site")
 PROG = "python -m petite_fl.experiments.benchmark"
 
 
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         from petite_fl.experiments.benchmark.plan import plan
         from petite_fl.experiments.benchmark.report import goals, markdown
         from petite_fl.experiments.benchmark.scaling import scaling
+        from petite_fl.experiments.benchmark.site_round import site_rounds
         from petite_fl.experiments.benchmark.training import train_comparison
         from petite_fl.profiling import machine, machine_label
 
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = train_comparison(p, device)
             elif section == "inference":
                 result = inference(p, device)
+            elif section == "site":
+                result = site_rounds(home, p, device)
             else:
                 result = scaling(home, p, device)
             report["results"][section] = result
@@ -128,6 +133,10 @@ def run_worker(name: str, job: dict[str, Any]) -> int:
         from petite_fl.experiments.benchmark.plain_loop import plain_loop
 
         result = plain_loop(job["overrides"])
+    elif name == "site":
+        from petite_fl.experiments.benchmark.site_round import site_round_speed
+
+        result = site_round_speed(*job["args"])
     else:
         raise SystemExit(f"unknown worker {name}")
     print(RESULT + json.dumps(result), flush=True)

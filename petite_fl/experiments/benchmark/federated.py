@@ -7,11 +7,16 @@ from typing import Any
 
 
 def fl_overrides(home: Path, backbone: Path, p: dict[str, Any], sites: list[str], rounds: int, steps: int,
-                 name: str, extra: list[str] = ()) -> list[str]:
-    """Overrides of one timed federated run: its own cache, backbone, sites, rounds and run name."""
+                 name: str, extra: list[str] = (), workload: str = "bare") -> list[str]:
+    """Overrides of one timed federated run: its own cache, backbone, sites, rounds and run name.
+
+    `workload="bare"`: the tiny data set, no per-round validation; `"compare"`: the default
+    comparison's data, per-round validation and test windows (`compare.default`'s sizing)."""
+    sized = (["data=tiny", f"federation.eval_every={rounds + 1}"] if workload == "bare" else
+             ["federation.eval_every=1", "train.eval.overlap=0.25"])
     return [f"paths.cache={home}", f"backbone={backbone}", f"model.preset={p['fl_preset']}", f"train={p['fl_train']}",
-            "data=tiny", "data.synth.workers=1", "strategy=fedavg", f"federation.sites=[{','.join(sites)}]",
-            f"federation.rounds={rounds}", f"federation.local_steps={steps}", f"federation.eval_every={rounds + 1}",
+            *sized, "data.synth.workers=1", "strategy=fedavg", f"federation.sites=[{','.join(sites)}]",
+            f"federation.rounds={rounds}", f"federation.local_steps={steps}",
             f"federation.run_name={name}", "federation.resume=false", f"federation.site_root={home}/sites-{name}",
             *extra]
 

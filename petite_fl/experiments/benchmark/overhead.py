@@ -15,6 +15,10 @@ from petite_fl.experiments.benchmark.workers import run_child
 def overhead(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
     """`flwr run` vs the same coordinator and sites over the in-process transport, back to back.
 
+    Workloads (`plan["overhead"]`): (rounds, steps) on the tiny data set without per-round
+    validation, or (rounds, steps, "compare"): one arm of the default comparison (its data,
+    validation every round, its test windows).
+
     Both are timed from the command to its end as a user waits for it: Flower from starting
     its private SuperLink to stopping it, the plain loop as a fresh `python` process (imports
     included). Two workloads separate Flower's fixed cost (SuperLink, simulation engine, the
@@ -27,9 +31,10 @@ def overhead(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
     backbone = untrained_backbone(home, "unetr", p["fl_preset"])
     cores = os.cpu_count() or 1
     rows = []
-    for rounds, steps in p["overhead"]:
-        name = f"overhead-{rounds}x{steps}"
-        base = fl_overrides(home, backbone, p, sites, rounds, steps, name, [f"train.device={device}"])
+    for rounds, steps, *kind in p["overhead"]:
+        workload = kind[0] if kind else "bare"
+        name = f"overhead-{rounds}x{steps}-{workload}"
+        base = fl_overrides(home, backbone, p, sites, rounds, steps, name, [f"train.device={device}"], workload)
         prepare_data(base)
         # One site at a time, as the plain loop trains them: the ratio is Flower's cost, not parallelism.
         begin = time.perf_counter()
@@ -43,6 +48,7 @@ def overhead(home: Path, p: dict[str, Any], device: str) -> dict[str, Any]:
                                                   f"federation.site_root={home}/sites-{name}-plain"]})
         summary = json.loads((home / "runs" / "federated" / name / "summary.json").read_text())
         rows.append({"sites": len(sites), "rounds": rounds, "local_steps": steps, "preset": p["fl_preset"],
+                     "workload": workload,
                      "flower_seconds": flower_total, "flwr_run_seconds": flower.seconds,
                      "superlink_start_seconds": started, "local_seconds": local["wall_seconds"],
                      "overhead_ratio": flower_total / local["wall_seconds"],

@@ -14,9 +14,12 @@ def plan(quick: bool, device: str) -> dict[str, Any]:
             "train_steps": (2, 3),                                                   # (warm-up, timed)
             "infer_preset": "tiny", "infer_patch_scale": 0.5,
             "fl_preset": "tiny", "fl_train": "tiny",
-            "overhead": [(3, 10), (5, 100)],  # (rounds, local steps): fixed vs per-round cost
+            # (rounds, local steps): fixed vs per-round cost; "compare": one arm of the default comparison
+            "overhead": [(3, 10), (5, 100), (2, 8, "compare")],
             "scaling": {"sites": (5, 10, 20), "rounds": (1, 2, 4), "steps": 2},
             "compare_overrides": [],
+            # the default comparison's site round vs its bare steps: one site's CPU share in `petite compare` (1) and 2
+            "site_rounds": {"rounds": 5, "threads": (1, 2), "bare": (2, 3)},
         }
     return {
         "train_cases": [("unetr", "paper", 64, 4), ("cvtgan", "paper", 64, 4)],
@@ -26,4 +29,5 @@ def plan(quick: bool, device: str) -> dict[str, Any]:
         "overhead": [(3, 20), (5, 100)],
         "scaling": {"sites": (5, 10, 20), "rounds": (1, 2, 4), "steps": 5},
         "compare_overrides": ["model.preset=paper", "train=default", "federation.local_steps=50"],
+        "site_rounds": {"rounds": 5, "threads": (2,), "bare": (2, 3)},
     }

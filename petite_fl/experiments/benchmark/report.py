@@ -10,6 +10,7 @@ GOALS = {  # figure → (comparison, bound): the targets of issue #7
     "overhead_ratio": ("<=", 1.15),
     "peak_memory_ratio": ("<=", 0.7),
     "throughput_ratio": (">=", 1.2),
+    "site_train_ratio": ("<=", 1.3),  # issue #25: a site's round (less its validation) ≤ 1.3 × its bare steps
 }
 
 
@@ -18,11 +19,16 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for o in results.get("overhead", {}).get("rows", []):
         out.append(("overhead_ratio", "federated overhead (Flower / plain loop)", o["overhead_ratio"],
-                    f"{o['sites']} sites × {o['rounds']} rounds × {o['local_steps']} steps, {o['preset']} UNETR"))
+                    f"{o['sites']} sites × {o['rounds']} rounds × {o['local_steps']} steps, {o['preset']} UNETR"
+                    + (", the default comparison's arm" if o.get("workload") == "compare" else "")))
     for r in results.get("train", {}).get("ratios", []):
         where = f"{r['model']} {r['preset']}, {r['patch']}³ × {r['batch']}"
         out.append(("peak_memory_ratio", f"peak memory, PETITE / full ({r['memory']})", r["peak_memory_ratio"], where))
         out.append(("throughput_ratio", "training throughput, PETITE / full", r["throughput_ratio"], where))
+    for r in results.get("site", {}).get("rows", []):
+        out.append(("site_train_ratio", "site round less validation / its bare steps", r["train_ratio"],
+                    f"{r['scanner']}, {r['local_steps']} steps of {'×'.join(map(str, r['batch']))}, "
+                    f"{r['threads']} thread(s)"))
     rows = []
     for key, label, value, where in out:
         op, bound = GOALS[key]
@@ -79,7 +85,8 @@ def markdown(report: dict[str, Any]) -> str:
                   *_table(["workload", "Flower s (SuperLink + `flwr run`)", "plain loop s", "ratio",
                            "rounds s (Flower / plain)",
                            "final evaluation s (Flower / plain)", "test PSNR (Flower / plain)"], [
-                      [f"{r['rounds']} rounds × {r['local_steps']} steps, {r['preset']}",
+                      [f"{r['rounds']} rounds × {r['local_steps']} steps, {r['preset']}"
+                       + (" (one arm of the default comparison)" if r.get("workload") == "compare" else ""),
                        f"{r['flower_seconds']:.1f}", f"{r['local_seconds']:.1f}", f"**{r['overhead_ratio']:.2f}**",
                        f"{r['flower_phase_seconds']['rounds']:.1f} / {r['local_phase_seconds']['rounds']:.1f}",
                        f"{r['flower_phase_seconds']['final_evaluation']:.1f} / "
@@ -107,5 +114,14 @@ def markdown(report: dict[str, Any]) -> str:
                   *_table(["sites", "rounds", "`flwr run` s", "s/round", "aggregation ms/round", "server peak RSS"], [
                       [r["sites"], r["rounds"], f"{r['flower_run_seconds']:.0f}", f"{r['round_seconds_mean']:.1f}",
                        f"{r['aggregate_ms_mean']:.1f}", human_bytes(r["server_peak_rss_bytes"])]
+                      for r in s["rows"]]), ""]
+    if "site" in res:
+        s = res["site"]
+        lines += ["## A site's round vs its bare network steps", "", f"{s['note']}.", "",
+                  *_table(["scanner", "threads", "batch", "bare step s", "round / steps", "training part / steps",
+                           "first round / steps", "validation s/round"], [
+                      [r["scanner"], r["threads"], "×".join(map(str, r["batch"])), f"{r['bare_step_seconds']:.3f}",
+                       f"**{r['round_ratio']:.2f}**", f"**{r['train_ratio']:.2f}**", f"{r['first_round_ratio']:.2f}",
+                       f"{r['validate_seconds']:.2f}"]
                       for r in s["rows"]]), ""]
     return "\n".join(lines) + "\n"

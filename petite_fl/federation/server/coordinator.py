@@ -392,6 +392,7 @@ class Coordinator:
                 "backbone_sha256": sha, "backbone_payload_bytes": self.backbone_payload,
                 "shared_tensors": len(shared), "trainable_tensors": len(state.names),
                 "upload_bytes_per_round": up, "upload_percent_of_backbone": 100.0 * up / self.backbone_payload,
+                "backbone": f"{self.cfg.model.name} {self.cfg.model.preset}",
                 "test_mean": self.log.weighted_mean(self.rounds, "test"), "sites": per_site,
                 "protection": self.protection.describe(), "privacy": self.strategy.privacy_spent(),
                 "rejected": self.log.rejected, "rounds_timing": self.round_rows, "phase_seconds": self.phases,

@@ -108,5 +108,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if mean:
         table.add_row("mean", f"{mean['psnr']:.2f}", f"{mean['ssim']:.4f}", f"{mean['nrmse']:.4f}", "", "")
     console.print(table)
-    console.print(f"upload per site per round: {summary['upload_percent_of_backbone']:.3f} % of the backbone; "
+    size = f" ({summary['backbone']}" + (")" if summary.get("backbone", "").endswith("paper") else
+                                          ", a demonstration size; the paper-size share: `petite compare`'s report)")
+    console.print(f"upload per site per round: {summary['upload_percent_of_backbone']:.3f} % of this run's backbone"
+                  f"{size if summary.get('backbone') else ''}; "
                   f"results in {summary['run_dir']}")

@@ -38,6 +38,7 @@ from petite_fl.modelcard import inference_settings, make_card
 from petite_fl.models.registry import build_backbone
 from petite_fl.peft.apply import PeftModelState, adapter_state_dict, apply_peft, load_adapter_state
 from petite_fl.peft.spec import spec_from_config
+from petite_fl.profiling import phase
 from petite_fl.runconfig import site_list
 from petite_fl.tracking import Tracker, open_tracker
 from petite_fl.training.device import device_and_amp
@@ -184,22 +185,25 @@ class SiteWorker:
         """Validate the model the round starts from (optional), train, keep the personal part:
         (upload, training scans, metrics). What leaves is decided by the site's own spec."""
         begin = time.perf_counter()
-        model, state, meta, init = self._prepare(sha256)
-        received = self.own_shared(strategy, state, received)
-        self.policy.check_upload({n: init[n] for n in received}, transport)  # before any training
-        personal, extra = self._personal(run_name, rnd - 1)
+        with phase("site.prepare"):
+            model, state, meta, init = self._prepare(sha256)
+            received = self.own_shared(strategy, state, received)
+            self.policy.check_upload({n: init[n] for n in received}, transport)  # before any training
+            personal, extra = self._personal(run_name, rnd - 1)
         metrics: dict[str, float] = {}
         if validate:
-            load_adapter_state(model, state, strategy.current_adapter(init, received, personal))
-            metrics.update(self._evaluate(model, "val", per_round=True))
-        objective = make_objective(self.cfg.train, model.name, str(meta["provenance"].get("preset", "tiny")),
-                                   self.device)
-        if "objective" in extra:
-            objective.load_state_dict(extra["objective"])
-        site, patch = site_split(self.cfg, self.manifest, "train", model.size_multiple, self.site)
-        n_train = len(site.pairs["train"])  # the weight of this site's update
-        dataset = site_patch_dataset(site, "train", self.cfg.data.loader,
-                                     seed=round_seed(int(self.cfg.seed), self.site, rnd) % 2**31, patch=patch)
+            with phase("site.validate"):
+                load_adapter_state(model, state, strategy.current_adapter(init, received, personal))
+                metrics.update(self._evaluate(model, "val", per_round=True))
+        with phase("site.data"):
+            objective = make_objective(self.cfg.train, model.name, str(meta["provenance"].get("preset", "tiny")),
+                                       self.device)
+            if "objective" in extra:
+                objective.load_state_dict(extra["objective"])
+            site, patch = site_split(self.cfg, self.manifest, "train", model.size_multiple, self.site)
+            n_train = len(site.pairs["train"])  # the weight of this site's update
+            dataset = site_patch_dataset(site, "train", self.cfg.data.loader,
+                                         seed=round_seed(int(self.cfg.seed), self.site, rnd) % 2**31, patch=patch)
         calls, step_losses = [0], {}
 
         def train_steps(n: int, penalty, offset: int, total: int) -> float:
@@ -217,7 +221,8 @@ class SiteWorker:
         job = LocalTraining(names=state.names, load=lambda t: load_adapter_state(model, state, dict(t)),
                             read=lambda: adapter_state_dict(model, state), train=train_steps,
                             round=rnd, steps=steps, total_rounds=total_rounds)
-        update = strategy.local_update(job, init, received, personal)
+        with phase("site.train"):
+            update = strategy.local_update(job, init, received, personal)
         if set(update.upload) - set(received):
             raise PetiteError(f"site {self.site}: strategy {strategy.name} would upload "
                               f"{sorted(set(update.upload) - set(received))[:5]} beyond the shared tensors")
