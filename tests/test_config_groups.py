@@ -111,6 +111,15 @@ def check_train(cfg: DictConfig, entry: str) -> None:
     """No registry: composing is the check."""
 
 
+def check_learning_curve(cfg: DictConfig, entry: str) -> None:
+    """The experiment's own checks (sizes, gate, convergence check, source ≠ target), and a data set it can draw."""
+    from petite_fl.experiments.learning_curve import compose_experiment
+
+    composed, _ = compose_experiment([f"learning_curve={entry}"])
+    check_data(composed, entry)
+    assert composed.learning_curve.pool >= max(composed.learning_curve.sizes)
+
+
 #: group → (override that selects an entry, check); `+` for groups outside config.yaml's defaults
 GROUPS: dict[str, tuple[str, Callable[[DictConfig, str], None]]] = {
     "model": ("model", check_model),
@@ -122,6 +131,7 @@ GROUPS: dict[str, tuple[str, Callable[[DictConfig, str], None]]] = {
     "compare": ("compare", check_compare),
     "train": ("train", check_train),
     "tracking": ("tracking", check_tracking),
+    "learning_curve": ("+learning_curve", check_learning_curve),
 }
 
 
