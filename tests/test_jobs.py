@@ -77,7 +77,9 @@ def test_evaluate_reports_each_subject_and_mean_std(cache, backbone, adapter, tm
     cfg = compose(overrides=_overrides(cache))
     rows, summary = evaluate(cfg, "scanner5", backbone[0], adapter[0], out=tmp_path, quiet=True)
     assert [r["subject"] for r in rows] == ["sub-003"]  # tiny: one test subject
-    assert set(summary["metrics"]) == {"psnr", "ssim", "nrmse", "psnr_fg", "ssim_fg", "nrmse_fg"}
+    # a synthetic site has its truth and region labels: the metrics against them come too
+    assert set(summary["metrics"]) == {"psnr", "ssim", "nrmse", "psnr_fg", "ssim_fg", "nrmse_fg",
+                                       *TRUTH_METRICS, *RATIO_METRICS}
     assert (tmp_path / "metrics.csv").read_text().startswith("subject,psnr,ssim,nrmse")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["subjects"] == 1 and saved["per_subject"][0]["subject"] == "sub-003"
