@@ -1,7 +1,7 @@
 """Learning curve: does local PETITE on a data-poor scanner improve with more training scans?
 
 A federation can only help a site whose own scans do not suffice, so before any comparison
-relies on it, this experiment shows that the synthetic data set is data-limited. It
+relies on it, this experiment measures whether the synthetic data set is data-limited. It
 pretrains the backbone on `source` (the `training/jobs.py` pretraining), fine-tunes PETITE
 on `target` with 1, 3, 8 and 16 of its training scans (the `jobs.py` fine-tuning; per
 seed a nested draw of scans from the pool and its own training randomness), and scores
