@@ -11,6 +11,7 @@ from petite_fl.experiments.cross_scanner import run
 from tests.test_jobs import _overrides
 
 
+@pytest.mark.slow  # 67 s on 2 cores: an experiment's whole table (pretraining, every reference row, the gaps)
 def test_cross_scanner_table_has_references_ablation_methods_and_intervals(tmp_path: Path):
     rows, out = run(_overrides(tmp_path, f"out={tmp_path / 'exp'}", "data.synth.scanners=[scanner4,scanner5,scanner2]"),
                     quiet=True, methods=["none", "petite"], gaps=True)
