@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from petite_fl.config import compose
 from petite_fl.data.synthetic import SynthSpec, generate
 
 SMALL_SHAPE = (24, 22, 20)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs in one worker per core (pyproject: -n 2): one torch thread each, not two
+    # threads per worker spinning against each other on two cores.
+    torch.set_num_threads(1)
 
 
 def smooth_volume(seed: int = 0, shape: tuple[int, int, int] = SMALL_SHAPE) -> np.ndarray:

@@ -38,10 +38,11 @@ def rows(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def compare_rc(tmp_path_factory) -> tuple[dict, Path]:
     """The comparison's run-config and folder: two test subjects per scanner (a paired interval needs
-    two), two training seeds."""
+    two), two training seeds; only the two sites' scanners, windows that touch the head (as the study)."""
     tmp = tmp_path_factory.mktemp("compare")
     folder = tmp / "compare"
-    return run_config(tmp / "cache", **{"data.synth.subjects": 4, "overrides": (
+    return run_config(tmp / "cache", **{"data.synth.subjects": 4, "data.synth.scanners": "[scanner4,scanner5]",
+                                         "train.eval.region": "head", "overrides": (
         "federation.val.patches=4 data.synth.splits={train:1,val:1,test:2} compare.seeds=2 "
         f"compare.run=[{','.join(ARMS)}] compare.dir={folder}")}), folder
 

@@ -145,7 +145,8 @@ def _bytes(folder, data, arms, colors) -> str:
                     "o-", label=arm, color=colors[arm])
     ax.set(xlabel="round", ylabel="KiB uploaded (all sites)", title="upload per round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no arm uploaded anything (e.g. only no-finetune): no legend
+        ax.legend(fontsize=7)
     return _save(fig, folder / "bytes_per_round.png")
 
 
