@@ -55,6 +55,24 @@ def test_bad_experiment_settings_are_refused_in_one_line():
         compose_experiment(["learning_curve.check.sizes=[5]"])
     with pytest.raises(ConfigError, match=r"check\.factor=1\.0 must give another number of steps"):
         compose_experiment(["learning_curve.check.factor=1.0"])
+    with pytest.raises(ConfigError, match=r"learning_curve\.peft=bogus is not an entry of the peft group"):
+        compose_experiment(["learning_curve.peft=bogus"])
+    with pytest.raises(ConfigError, match=r"learning_curve\.lr=-0\.1 must be a learning rate > 0"):
+        compose_experiment(["learning_curve.lr=-0.1"])
+
+
+def test_every_run_fine_tunes_the_chosen_method_at_the_experiments_learning_rate(tmp_path):
+    """The method and its learning rate reach each run's own config; a null lr is the method's own."""
+    from petite_fl.config import compose
+    from petite_fl.experiments.learning_curve import run_overrides
+
+    for extra, method, lr in (([], "petite", 0.1), (["learning_curve.peft=full", "learning_curve.lr=null"], "full",
+                                                     float(compose(overrides=["peft=full"]).peft.lr))):
+        cfg, base = compose_experiment(extra)
+        assert cfg.learning_curve.lr == lr
+        rcfg = compose(overrides=run_overrides(base, cfg.learning_curve, tmp_path / "b.safetensors",
+                                               tmp_path / "manifest.json", 0, 7))
+        assert rcfg.peft.name == method and rcfg.peft.lr == lr and rcfg.train.finetune.steps == 7
 
 
 def test_the_data_set_has_the_pool_and_fixed_test_subjects():

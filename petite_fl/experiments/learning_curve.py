@@ -77,10 +77,21 @@ def compose_experiment(overrides: list[str]) -> tuple[DictConfig, list[str]]:
     if check_steps(lc) in (0, int(lc.steps)):
         raise ConfigError(f"learning_curve.check.factor={lc.check.factor} must give another number of steps than "
                           f"learning_curve.steps={lc.steps}")
-    shape = [f"data.synth.scanners=[{source},{target}]", f"data.synth.subjects={int(lc.source_scans)}",
+    # the learning rate every run uses: the experiment's, or (null) the method's own peft.lr; composing
+    # the method also refuses one that is not an entry of the peft group
+    try:
+        method_lr = float(compose(overrides=[f"peft={lc.peft}"]).peft.lr)
+    except ConfigError as exc:
+        raise ConfigError(f"learning_curve.peft={lc.peft} is not an entry of the peft group "
+                          "(petite_fl/configs/peft/, e.g. petite, lora, full)") from exc
+    lr = method_lr if lc.get("lr") is None else float(lc.lr)
+    if not lr > 0:
+        raise ConfigError(f"learning_curve.lr={lc.lr} must be a learning rate > 0 (or null: the method's own)")
+    shape = [f"data.synth.scanners=[{source},{target}]",
+             f"data.synth.subjects={int(lc.source_scans)}",
              f"data.synth.splits={{train:{int(lc.source_scans)},val:0,test:0}}",
              f"data.synth.sizes={{{target}:{{train:{int(lc.pool)},val:0,test:{int(lc.test_subjects)}}}}}"]
-    base = [*head, *lc.overrides, *shape, *rest]
+    base = [*head, *lc.overrides, *shape, *rest, f"learning_curve.lr={lr!r}"]  # resolved, after the user's
     return compose(overrides=base), base
 
 
@@ -122,9 +133,10 @@ def subset_manifest(prep: Prepared, size: int, seed: int) -> Path:
     return path
 
 
-def run_overrides(base: list[str], backbone: Path, manifest: Path, seed: int, steps: int) -> list[str]:
+def run_overrides(base: list[str], lc: DictConfig, backbone: Path, manifest: Path, seed: int,
+                  steps: int) -> list[str]:
     return [*base, hydra_override("backbone", backbone), hydra_override("target", manifest), f"seed={seed}",
-            "peft=petite", f"train.finetune.steps={steps}"]
+            f"peft={lc.peft}", f"peft.lr={float(lc.lr)!r}", f"train.finetune.steps={steps}"]
 
 
 def score(cfg: DictConfig, prep: Prepared, model: torch.nn.Module, device: torch.device,
@@ -144,7 +156,8 @@ def run(overrides: list[str], quiet: bool = False) -> tuple[dict[str, Any], Path
     torch.set_num_threads(int(lc.threads))
     home = expand_path(cfg.paths.cache) / "learning_curve"
     say = (lambda *_: None) if quiet else (lambda text: console.print(text, markup=False, highlight=False))
-    say(f"learning curve: local PETITE on {cfg.target}, pretrained on {cfg.source}; sizes {list(lc.sizes)}, "
+    say(f"learning curve: local {lc.peft} (lr {float(lc.lr):g}) on {cfg.target}, pretrained on {cfg.source}; "
+        f"sizes {list(lc.sizes)}, "
         f"{lc.seeds} seed(s), {lc.steps} steps, {lc.test_subjects} test subjects")
     prep = prepare(cfg, home)
     timings = {"data_s": time.perf_counter() - start}
@@ -161,7 +174,7 @@ def run(overrides: list[str], quiet: bool = False) -> tuple[dict[str, Any], Path
     backbone_model, _, _ = load_model(backbone, None, device)
     records = [{"size": 0, "seed": 0, "steps": 0, **row} for row in score(cfg, prep, backbone_model, device, amp)]
     for i, (size, seed, steps) in enumerate(runs, start=1):
-        rows = _one_run(base, backbone, prep, size, seed, steps, models, device, amp)
+        rows = _one_run(base, lc, backbone, prep, size, seed, steps, models, device, amp)
         records += rows
         say(f"[{i}/{len(runs)}] {size} scan(s), seed {seed}, {steps} steps: {rows[-1]['train_s']:.0f} s "
             f"({rows[-1]['train_s'] / steps:.3f} s/step, CPU {rows[-1]['train_cpu_s'] / steps:.3f} s/step), "
@@ -172,11 +185,11 @@ def run(overrides: list[str], quiet: bool = False) -> tuple[dict[str, Any], Path
     return summary, out
 
 
-def _one_run(base: list[str], backbone: Path, prep: Prepared, size: int, seed: int, steps: int, models: Path,
-             device: torch.device, amp: bool) -> list[dict[str, Any]]:
+def _one_run(base: list[str], lc: DictConfig, backbone: Path, prep: Prepared, size: int, seed: int, steps: int,
+             models: Path, device: torch.device, amp: bool) -> list[dict[str, Any]]:
     """Fine-tune on the seed's first `size` scans (cached by its settings), score it on the test subjects."""
     manifest = subset_manifest(prep, size, seed)
-    over = run_overrides(base, backbone, manifest, seed, steps)
+    over = run_overrides(base, lc, backbone, manifest, seed, steps)
     rcfg = compose(overrides=over)
     folder = models / f"n{size}-seed{seed}-steps{steps}-{config_hash(rcfg.peft, rcfg.train, rcfg.data.loader)}"
     cpu = time.process_time()

@@ -58,7 +58,8 @@ def summarise(records: list[dict[str, Any]], cfg: DictConfig, timings: dict[str,
     trained = [r for r in records if r["steps"]]
     per_step = [r["train_s"] / r["steps"] for r in trained]
     cpu_step = [r["train_cpu_s"] / r["steps"] for r in trained if r.get("train_cpu_s", 0) > 0]
-    return {"target": target, "source": str(cfg.source), "steps": steps, "seeds": int(lc.seeds),
+    return {"target": target, "source": str(cfg.source), "peft": str(lc.peft), "lr": float(lc.lr), "steps": steps,
+            "seeds": int(lc.seeds),
             "test_subjects": int(base.size), "no_finetune_psnr_truth": float(base.mean()), "sizes": sizes,
             "gate": gate, "convergence": check, "seconds_per_step": float(np.mean(per_step)) if per_step else None,
             "cpu_seconds_per_step": float(np.mean(cpu_step)) if cpu_step else None, "threads": int(lc.threads),
@@ -67,7 +68,8 @@ def summarise(records: list[dict[str, Any]], cfg: DictConfig, timings: dict[str,
 
 def markdown(s: dict[str, Any], cfg: DictConfig) -> str:
     lc = cfg.learning_curve
-    lines = [f"### Learning curve: local PETITE on {s['target']} (pretrained on {s['source']})", "",
+    lines = [f"### Learning curve: local {s['peft']} (lr {s['lr']:g}) on {s['target']} (pretrained on {s['source']})",
+             "",
              f"{s['test_subjects']} fixed test subjects × {s['seeds']} seed(s); {s['steps']} fine-tuning steps "
              f"(linear warm-up over {100 * float(cfg.train.warmup):g} % of them, then cosine to 0), batch "
              f"{cfg.train.batch_size} volume × {cfg.data.loader.patches_per_volume} patches; head-mask PSNR "
