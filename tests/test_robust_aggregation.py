@@ -139,7 +139,7 @@ _FLIPPED: dict[tuple[str, str], int] = {}
 
 
 def values_outside_the_honest_range(cache: Path, aggregate: str) -> int:
-    """One round with scanner4's update flipped around the global: how many values of the aggregate lie
+    """One round with the third site's update flipped around the global: how many values of the aggregate lie
     outside what the two honest sites sent (the mean's run is shared by the parametrized tests)."""
     from petite_fl.federation.flower.transport import FlowerTransport
     from petite_fl.federation.server.coordinator import Coordinator
