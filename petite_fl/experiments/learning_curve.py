@@ -41,7 +41,7 @@ from petite_fl.console import console, run_cli
 from petite_fl.data.manifest import OPTIONAL_FIELDS, read_manifest, write_manifest
 from petite_fl.data.sites import resolve_site
 from petite_fl.errors import ConfigError, DataError
-from petite_fl.experiments.learning_curve_report import write_report
+from petite_fl.experiments.learning_curve_report import check_steps, write_report
 from petite_fl.training.device import device_and_amp
 from petite_fl.training.inference import evaluate_split
 from petite_fl.training.jobs import finetune, load_model, pretrain
@@ -93,11 +93,6 @@ def compose_experiment(overrides: list[str]) -> tuple[DictConfig, list[str]]:
              f"data.synth.sizes={{{target}:{{train:{int(lc.pool)},val:0,test:{int(lc.test_subjects)}}}}}"]
     base = [*head, *lc.overrides, *shape, *rest, f"learning_curve.lr={lr!r}"]  # resolved, after the user's
     return compose(overrides=base), base
-
-
-def check_steps(lc: DictConfig) -> int:
-    """The convergence check's budget: `steps × check.factor` (2: doubled; 0.5: halved)."""
-    return round(int(lc.steps) * float(lc.check.factor))
 
 
 @dataclass(frozen=True)

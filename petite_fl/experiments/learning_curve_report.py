@@ -26,6 +26,11 @@ def grid(records: list[dict[str, Any]], size: int, steps: int, metric: str = MET
     return np.array([[r[metric] for r in rows if r["seed"] == s] for s in seeds])
 
 
+def check_steps(lc: DictConfig) -> int:
+    """The convergence check's budget: `steps × check.factor` (2: doubled; 0.5: halved)."""
+    return round(int(lc.steps) * float(lc.check.factor))
+
+
 def _interval(d: np.ndarray) -> dict[str, Any]:
     """A (seeds, subjects) array's mean with its 95 % interval and the verdict it supports."""
     iv = per_scanner(d)
@@ -49,9 +54,8 @@ def summarise(records: list[dict[str, Any]], cfg: DictConfig, timings: dict[str,
     gate = {"from_scans": low, "to_scans": high, "min_gain_db": float(lc.gate.min_gain_db), **gain,
             "passed": bool(gain["mean"] >= float(lc.gate.min_gain_db) and gain["verdict"] == BETTER)}
     check = []
+    short, long = sorted((steps, check_steps(lc)))
     for n in lc.check.sizes:
-        other = round(steps * float(lc.check.factor))
-        short, long = min(steps, other), max(steps, other)
         d = _interval(grid(records, int(n), long) - grid(records, int(n), short))
         check.append({"size": int(n), "steps": short, "longer_steps": long, **d,
                       "converged": bool(d["mean"] < float(lc.check.max_gain_db))})
