@@ -10,7 +10,7 @@ import pytest
 from petite_fl.config import compose
 from petite_fl.errors import ConfigError
 from petite_fl.experiments.learning_curve import compose_experiment, run
-from petite_fl.experiments.learning_curve_report import summarise
+from petite_fl.experiments.learning_curve_report import markdown, summarise
 
 
 def _records(gain: float, longer_gain: float, seeds: int = 3, subjects: int = 8) -> list[dict]:
@@ -42,6 +42,22 @@ def test_the_gate_needs_the_gain_and_an_interval_above_zero():
     small = summarise(_records(gain=0.1, longer_gain=0.2), _cfg(), timings)
     assert not small["gate"]["passed"] and small["gate"]["low"] > 0  # detectable, but below 0.3 dB
     assert not small["convergence"][0]["converged"]
+
+
+def test_the_table_gives_no_finetuning_against_the_target_and_says_when_convergence_was_not_checked():
+    timings = {"total_s": 1.0, "data_s": 0.0, "pretrain_s": 0.0}
+    records = _records(gain=0.5, longer_gain=0.01)
+    records[0] = {**records[0], "psnr_target": records[0]["psnr_target"] - 8.0}  # target ≠ truth for one subject
+    s = summarise(records, _cfg(), timings)
+    base = [r for r in records if r["size"] == 0]
+    assert s["no_finetune_psnr_target"] == pytest.approx(np.mean([r["psnr_target"] for r in base]))
+    assert s["no_finetune_psnr_target"] < s["no_finetune_psnr_truth"] - 0.5
+    assert f"| 0 (no fine-tuning) | {s['no_finetune_psnr_truth']:.2f} | – | {s['no_finetune_psnr_target']:.2f} |" \
+        in markdown(s, _cfg())
+    unchecked = compose(overrides=["+learning_curve=default", "learning_curve.sizes=[1,3,16]",
+                                   "learning_curve.steps=10", "learning_curve.check.sizes=[]"])
+    text = markdown(summarise(records, unchecked, timings), unchecked)
+    assert "not checked" in text and "| training scans | steps → steps" not in text
 
 
 def test_bad_experiment_settings_are_refused_in_one_line():
