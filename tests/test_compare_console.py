@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+from petite_fl.config import compose
 from petite_fl.experiments.compare import DEMONSTRATION, compare_config, compare_overrides, phase_line
 from petite_fl.experiments.compare_markdown import upload_line
-from petite_fl.federation.server.arms import arm_dir
+from petite_fl.federation.server.arms import arm_dir, arm_overrides
 
 
 def test_the_default_preset_is_a_demonstration_and_the_study_a_measurement_on_head_windows():
@@ -17,6 +18,17 @@ def test_the_default_preset_is_a_demonstration_and_the_study_a_measurement_on_he
     assert default.compare.demonstration and not study.compare.demonstration
     assert "compare=study" in DEMONSTRATION
     assert study.train.eval.region == "head" and default.train.eval.region == "full"
+
+
+def test_the_study_trains_peft_at_its_own_rate_and_full_fine_tuning_keeps_its_own():
+    """The study sets PETITE's rate for every arm; an added local-full arm must not inherit it (0.1 on every
+    weight of the backbone is not full fine-tuning's rate)."""
+    overrides = compare_overrides(["compare=study"])
+    study = compare_config(overrides)
+    rates = {arm: float(compare_config([*overrides, *arm_overrides(study, arm)]).peft.lr)
+             for arm in ("local", "fedavg-ft", "local-full")}
+    assert rates["local"] == rates["fedavg-ft"] == 0.1
+    assert rates["local-full"] == float(compose(overrides=["peft=full"]).peft.lr) == 1e-4
 
 
 def test_the_upload_share_names_the_demonstration_size_beside_the_paper_size():
