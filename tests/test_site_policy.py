@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from petite_fl.artifacts import load_backbone, save_backbone
 from petite_fl.config import compose
+from petite_fl.data.synthetic import dataset_dir
 from petite_fl.deploy.site import site_deployment
 from petite_fl.errors import ConfigError, PetiteError, PolicyError
 from petite_fl.federation.flower.codec import encode
@@ -161,6 +162,27 @@ def test_an_unknown_key_is_refused(site):
         site().hello(config=config)
     assert str(refused.value) == ("refused by the run-config whitelist: unknown key train.evil (a site takes only "
                                   "keys its own petite-fl configs define)")
+
+
+def test_a_data_set_name_that_leaves_the_data_root_is_refused_and_nothing_outside_is_touched(site, tmp_path):
+    """Issue 26 B1: generation replaces <data root>/<data.name> whole, so '../../victim' would replace a folder
+    outside the site's data root."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("a hospital's file")
+    hospital = site()
+    for name in ("../../victim", str(victim), "a/b", "..", "x\\..\\y"):
+        config = sections()
+        config["data"]["name"] = name
+        with pytest.raises(ConfigError) as refused:
+            hospital.hello(config=config)
+        assert str(refused.value).startswith(f"refused by the run-config whitelist: data.name {name!r} is not a "
+                                             "plain folder name")
+    assert (victim / "keep.txt").read_text() == "a hospital's file"
+    with pytest.raises(ConfigError, match="is not a plain folder name"):  # the generator's own door, the same rule
+        dataset_dir(OmegaConf.create({"root": str(tmp_path / "data"), "name": "../victim"}))
+    assert dataset_dir(OmegaConf.create({"root": str(tmp_path), "name": "synthetic-study"})) == \
+        tmp_path / "synthetic-study"
 
 
 def test_an_upload_bigger_than_allowed_is_refused_before_training(site, backbone):

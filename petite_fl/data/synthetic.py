@@ -25,6 +25,7 @@ import numpy as np
 from petite_fl.atomic import write_json
 from petite_fl.config import expand_path
 from petite_fl.data.acquisition import Scan, acquire, noise_ratio
+from petite_fl.data.dataset_name import check_dataset_name
 from petite_fl.data.manifest import SPLITS, write_manifest
 from petite_fl.data.nifti import save_volume
 from petite_fl.data.patients import Patient, Population, draw_patient
@@ -184,7 +185,7 @@ def fingerprint(spec: SynthSpec, scanners: list[Scanner]) -> str:
 
 def dataset_dir(data_cfg: Any) -> Path:
     """Where the configured data set lives: `<data.root>/<data.name>`."""
-    return expand_path(data_cfg.root) / str(data_cfg.name)
+    return expand_path(data_cfg.root) / check_dataset_name(data_cfg.name)
 
 
 def site_manifest(data_cfg: Any, scanner: str) -> Path:

@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from petite_fl.config import config_dirs
+from petite_fl.data.dataset_name import check_dataset_name
 from petite_fl.errors import ConfigError
 
 #: the config groups that fill a site section, one folder each
@@ -91,7 +92,8 @@ def _walk(value: Any, path: str, known: frozenset[str]) -> None:
 
 
 def check_sections(sections: Mapping[str, Any]) -> None:
-    """Refuse unknown keys and `${…}` anywhere in the sections a hello carries, before OmegaConf."""
+    """Refuse unknown keys and `${…}` anywhere in the sections a hello carries, before OmegaConf; and a
+    data set name that is not one plain folder name (the site replaces `<its data root>/<data.name>` whole)."""
     known = known_keys()
     for section, value in sections.items():
         section = str(section)
@@ -100,3 +102,9 @@ def check_sections(sections: Mapping[str, Any]) -> None:
             raise ConfigError(f"{WHERE}: unknown section {section} (a site takes only keys its own "
                               "petite-fl configs define)")
         _walk(value, section, known)
+    data = sections.get("data")
+    if isinstance(data, Mapping) and "name" in data:
+        try:
+            check_dataset_name(data["name"])
+        except ConfigError as exc:
+            raise ConfigError(f"{WHERE}: {exc}") from None
