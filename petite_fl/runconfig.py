@@ -127,22 +127,36 @@ def node_tracking(node_config: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def own_folders(node_config: Mapping[str, Any]) -> dict[str, str]:
+    """A deployed site's folders, from its node config only: the run's `data.root` and
+    `federation.site_root` are the coordinator's choice, and a site that took them would let the
+    coordinator name the folders it writes and replaces (its generated data set is swapped in whole)."""
+    site = str(node_config["site"])
+    root = node_config.get("site-root")
+    if not root:
+        raise ConfigError(f"site {site}: its node config names no 'site-root'; a deployed site's folders come "
+                          "from its own configuration, never from the run's")
+    return {"site-root": str(root), "data-root": str(node_config.get("data-root") or Path(str(root)) / "data")}
+
+
 def site_config(sections: Mapping[str, Any], node_config: Mapping[str, Any]) -> DictConfig:
     """The sections the server sent, with this site's own settings from its node config on top.
 
-    A deployed site's node config (written by `petite-client`) names its folders and device;
-    a simulated site (a partition of one machine) has none and uses the run's. Where a deployed
-    site's curves go is its own decision: its `tracking` section replaces whatever the server sent
+    A deployed site's node config (written by `petite-client`) names its folders (`own_folders`: never
+    the run's) and device; a simulated site (a partition of one machine) has none and uses the run's.
+    Where a deployed site's curves go is its own decision: its `tracking` section replaces whatever the server sent
     (a coordinator-chosen MLflow server would receive the site's curves)."""
     unknown = sorted(set(sections) - set(SITE_SECTIONS))
     if unknown:
         raise ConfigError(f"the run's site settings hold sections a site does not take: {unknown}")
     cfg = OmegaConf.create(dict(sections))
+    own = own_folders(node_config) if node_config.get("site") else {}
     if node_config.get("site"):
         cfg["tracking"] = node_tracking(node_config)
     for key, setting in NODE_SETTINGS.items():
-        if node_config.get(key):
-            OmegaConf.update(cfg, setting, str(node_config[key]))
+        value = own.get(key) or node_config.get(key)
+        if value:
+            OmegaConf.update(cfg, setting, str(value))
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

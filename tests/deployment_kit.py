@@ -16,6 +16,7 @@ from petite_fl.deploy.processes import BIN, stop_process_tree
 from petite_fl.runconfig import app_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = Path(__file__).resolve().parent / "hostile_coordinator"  # a sitecustomize for the coordinator
 TINY = ["data=tiny", "data.synth.scanners=[scanner4,scanner5]", "data.synth.workers=1", "source=scanner4",
         "train.pretrain.steps=4", "train.patch_scale=0.5", "train.batch_size=1",
         "data.loader.patches_per_volume=2", "train.eval.overlap=0",
@@ -92,12 +93,15 @@ class Link:
         self.control_port = free_port()  # the SuperLink on 127.0.0.1, for `flwr` (connection `petite`)
         self.server: subprocess.Popen | None = None
         self.clients: dict[str, subprocess.Popen] = {}
+        self.hostile_hello = folder / "hostile-hello.json"
 
     def start_server(self, *extra: str) -> subprocess.Popen:
         self.server = self.procs.start(f"server{len(self.procs.procs)}", [
             str(BIN / "petite-server"), "--tls", str(self.folder / "tls"), "--host", "127.0.0.1",
             "--port", str(self.port), "--control-port", str(self.control_port),
-            "--database", str(self.folder / "state.db"), *extra])
+            "--database", str(self.folder / "state.db"), *extra],
+            # inert until a test writes the file: then the hello carries what it says (a hostile coordinator)
+            PYTHONPATH=str(HOSTILE), PETITE_TEST_HOSTILE_HELLO=str(self.hostile_hello))
         return self.server
 
     def yaml(self, site: str, ca: str = "tls", key: str | None = None, port: int | None = None,
@@ -174,7 +178,8 @@ def _reference(link: Link, run_config: dict, name: str, fail=None):
     rc = {**run_config, "overrides": run_config["overrides"] + f" federation.run_name={name} "
                                                              "federation.wait_for_sites=1"}
     policy = SitePolicy.from_mapping(TEST_POLICY).to_json()  # as the deployed sites' node config has it
-    nodes = [{"site": s, "site-root": str(link.folder / name), "policy": policy} for s in ("scanner4", "scanner5")]
+    nodes = [{"site": s, "site-root": str(link.folder / name), "data-root": str(link.cache / "data"), "policy": policy}
+             for s in ("scanner4", "scanner5")]  # the data root the deployed sites have (paths.cache=link.cache)
     grid = InProcessGrid(client_app, rc, nodes, fail=fail)
     return Coordinator(compose_run(rc), FlowerTransport(grid), quiet=True).run()
 

@@ -317,3 +317,29 @@ def test_secagg_runs_across_real_supernodes(link):
     assert summary["protection"] == "SecAgg+" and sorted(summary["sites"]) == ["scanner3", "scanner4", "scanner5"]
     log = json.loads((link.cache / "runs" / "federated" / "secagg" / "log.json").read_text())
     assert {r["what"] for r in log["transfer"] if r["round"] == 1} == {"peft-secagg"}
+
+
+@pytest.mark.slow  # a run through the real processes (about a minute)
+def test_a_coordinator_cannot_name_a_folder_outside_a_sites_data_root(link):
+    """Issue 26 B1 with real processes: a coordinator's hello said `data.name=../../victim`; the site (its
+    YAML has `manifest: null`: it makes its own demo data) generated into `<data root>/../../victim` and the
+    atomic swap replaced that folder. The stock coordinator refuses such a name itself, so this one is
+    hostile (its installation changed, tests/hostile_coordinator): its hello carries the name and a
+    `data.root` of its choice. The sites refuse at the hello, in one line, and the folder is untouched."""
+    victim = link.folder / "victim"  # = <the sites' data root>/../../victim
+    victim.mkdir(exist_ok=True)
+    (victim / "keep.txt").write_text("the site's own file")
+    link.hostile_hello.write_text(json.dumps({"data": {"name": "../../victim", "root": str(link.folder / "x")}}))
+    try:
+        run_id = link.submit("federation.rounds=1", "federation.run_name=victim", "federation.wait_for_sites=60")
+        status = link.wait_finished(run_id, 300)
+    finally:
+        link.hostile_hello.unlink()
+    assert status.startswith("finished"), status
+    assert (victim / "keep.txt").read_text() == "the site's own file"
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"] and not (link.folder / "x").exists()
+    refusal = "data.name '../../victim' is not a plain folder name"
+    journal = json.loads((link.cache / "server" / "runs" / f"{run_id}.json").read_text())
+    assert journal["status"] == "failed" and "refused by the run-config whitelist" in journal["detail"], journal
+    for site in ("scanner4", "scanner5"):
+        assert refusal in link.procs.log(site), link.procs.log(site)[-3000:]

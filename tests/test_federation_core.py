@@ -169,6 +169,17 @@ def test_a_site_keeps_its_own_node_settings_over_the_runs():
         site_config({**sections, "paths": {"cache": "/x"}}, {})
 
 
+def test_a_deployed_site_never_takes_its_folders_from_the_run():
+    """Issue 26 B1, in process: a coordinator's `data.root` / `federation.site_root` named the folder a
+    deployed site generated into and swapped whole; a deployed site's folders are its own."""
+    sections = {"seed": 0, "data": {"root": "/victim/parent", "name": "victim"}, "train": {}, "peft": {},
+                "strategy": {}, "federation": {"site_root": "/victim/sites"}}
+    own = site_config(sections, {"site": "scanner4", "site-root": "/site/state"})
+    assert (own.data.root, own.federation.site_root) == ("/site/state/data", "/site/state")
+    with pytest.raises(ConfigError, match=r"^site scanner4: its node config names no 'site-root'"):
+        site_config(sections, {"site": "scanner4", "data-root": "/site/data"})
+
+
 @pytest.mark.parametrize("run_name", ["'../../x'", "a/b", "'..'"])
 def test_a_run_name_that_would_leave_its_folder_is_refused_before_any_work(run_name):
     with pytest.raises(ConfigError, match=r"federation.run_name: .* is not a name"):

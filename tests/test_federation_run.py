@@ -177,7 +177,8 @@ def test_resume_gives_the_same_final_adapters_as_an_uninterrupted_run(cache, run
 def test_a_site_with_bad_data_is_refused_by_name_and_the_others_go_on(cache, tmp_path, runs):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    nodes = [NODES[0], {"site": str(bad), "policy": json.dumps({"min_samples_per_update": 1})}]  # the data is bad
+    nodes = [NODES[0], {"site": str(bad), "site-root": str(tmp_path / "sites"),  # the data is bad
+                        "policy": json.dumps({"min_samples_per_update": 1})}]
     rc = run_config(cache, strategy="fedavg", **{"federation.sites": f"[scanner4,{bad}]",
                                                  "federation.min_sites": 1, "federation.rounds": 1})
     summary, grid = federate(rc, nodes=nodes)
