@@ -160,7 +160,7 @@ def test_a_refused_bundle_is_never_installed_and_an_approved_one_runs_from_where
     probe = modified_app(tmp_path / "approved", marks=tmp_path)  # approved here; its ClientApp imports quickly
     app = ApprovedApp("scanner4", [app_folder_hash(probe)], install_from_fab, get_load_client_app_fn)
     installed = app.install(build_fab_from_disk(probe), skip_prompt=True)
-    assert installed.parent == tmp_path / "flwr" / "apps" and (installed / "probe_client.py").is_file()
+    assert installed.is_relative_to(tmp_path / "flwr") and (installed / "probe_client.py").is_file()
     load = app.loader(default_app_ref="", app_path=None, multi_app=True)
     assert isinstance(load("petite-fl/petite-fl", "0.1.0", "0" * 64), ClientApp)
     with pytest.raises(LoadClientAppError, match="mismatch"):

@@ -146,7 +146,9 @@ def cmd_join(args) -> int:
                              {**site.node_config(), "data-root": str(data_root)})
     secret = write_secret(site.cache / site.name / "superexec.secret")  # new at every start
     cmd = supernode_command(superlink=site.server, ca_cert=site.ca_cert, private_key=site.private_key,
-                            node_config=node_config, port=site.port, superexec_secret=secret)
+                            node_config=node_config, port=site.port, superexec_secret=secret, site=site.name,
+                            approved=approved, limits=site.bundle_limits)
+    home = site.cache / site.name  # the site's processes run in its own folder, not in the caller's
     # A marker for "joined and not left cleanly": after a crash, Flower's SuperLink still counts the
     # site as connected until two heartbeats are missed (~60 s) and refuses to activate it again
     # meanwhile, with the same error as for an unregistered key; so a crashed site retries.
@@ -162,11 +164,11 @@ def cmd_join(args) -> int:
         # Apps are installed under the site's own folder, where only approved bundles are ever written.
         superexec = subprocess.Popen(
             site_superexec_command(site=site.name, port=site.port, approved=approved, superexec_secret=secret,
-                                   parent_pid=os.getpid()),
-            env={**os.environ, "FLWR_HOME": str(site.cache / site.name / "flwr")}, start_new_session=True)
+                                   parent_pid=os.getpid(), limits=site.bundle_limits),
+            env={**os.environ, "FLWR_HOME": str(home / "flwr")}, start_new_session=True, cwd=home)
         while True:
             try:
-                run_foreground(cmd, explain=lambda tail: _explain(tail, site.name))
+                run_foreground(cmd, explain=lambda tail: _explain(tail, site.name), cwd=home)
                 break
             except PetiteError as exc:
                 if KEY_REFUSED not in str(exc) or time.monotonic() > deadline:

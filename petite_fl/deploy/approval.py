@@ -4,7 +4,8 @@ in `approved_apps` of its site config).
 
 The coordinator's `flwr run` ships an app bundle (FAB: a zip of the app folder) that every
 SuperNode would install and import; without this check, a coordinator could put any code
-into it and have it run inside every hospital.
+into it and have it run inside every hospital. The bundle is measured first
+(`deploy.bundle`): nothing of it is unpacked before its sizes are within the site's bounds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 
+from petite_fl.deploy.bundle import BundleLimits, BundleRefused, measure, read_entry
 from petite_fl.errors import ConfigError, PetiteError
 
 #: what an app hash looks like (sha256, lower-case hex)
@@ -24,13 +26,15 @@ HASH = re.compile(r"[0-9a-f]{64}")
 #: reading a bundle fails in these ways (a damaged or hostile zip)
 _UNREADABLE = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
                ValueError, KeyError, zlib.error)
+#: the most of pyproject.toml the refusal line's name is read from
+_DESCRIBE_CAP = 64 << 10
 
 
 class AppNotApproved(PetiteError):
     """An app the site has not approved; its message is the site's one-line refusal."""
 
 
-def app_hash(bundle: bytes) -> str:
+def app_hash(bundle: bytes, limits: BundleLimits | None = None) -> str:
     """The app's identity: sha256 over its bundle's members, in archive order, each as its name
     and the sha256 of its uncompressed bytes.
 
@@ -39,36 +43,46 @@ def app_hash(bundle: bytes) -> str:
     have two FAB hashes on a coordinator and a site built differently; its files have one hash.
     Names and contents are exactly what Flower's installer extracts; the order is Flower's
     (sorted, fixed), and an order-sensitive digest leaves no two archives that extract
-    differently with the same hash. Raises ValueError if the bundle is not a readable zip.
+    differently with the same hash. With `limits`, the bundle is measured first (`bundle.measure`);
+    every entry is read as a stream that must unpack to the size its header declares. Raises
+    ValueError (BundleRefused for a bound) if the bundle is not a readable zip within them.
     """
+    if limits is not None:
+        measure(bundle, limits)
     digest = hashlib.sha256()
     try:
         with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
             for info in archive.infolist():
-                with archive.open(info) as member:
-                    content = hashlib.file_digest(member, "sha256").digest()
+                member = hashlib.sha256()
+                for chunk in read_entry(archive, info, limits.max_entry if limits else info.file_size):
+                    member.update(chunk)
                 name = info.filename.encode("utf-8")
-                digest.update(len(name).to_bytes(4, "big") + name + content)
+                digest.update(len(name).to_bytes(4, "big") + name + member.digest())
+    except BundleRefused:
+        raise
     except _UNREADABLE as exc:
         raise ValueError(f"not a Flower app bundle ({type(exc).__name__}: {exc})"[:300]) from None
     return digest.hexdigest()
 
 
 def describe(bundle: bytes) -> str:
-    """'publisher/name version' from the bundle's pyproject.toml, for the refusal line; never raises."""
+    """'publisher/name version' from the bundle's pyproject.toml (its first 64 KiB at most), for the
+    refusal line; never raises."""
     try:
         with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
-            config = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+            text = b"".join(read_entry(archive, archive.getinfo("pyproject.toml"), _DESCRIBE_CAP))
+        config = tomllib.loads(text.decode("utf-8"))
         name = f"{config['tool']['flwr']['app']['publisher']}/{config['project']['name']}"
         return f"'{name}' {config['project']['version']}"[:120].replace("\n", " ")
     except (*_UNREADABLE, tomllib.TOMLDecodeError, TypeError, UnicodeDecodeError):
         return "an unnamed app"
 
 
-def check_app(bundle: bytes, approved: Iterable[str], site: str) -> str:
-    """The bundle's app hash if `site` approved it; otherwise AppNotApproved with one line."""
+def check_app(bundle: bytes, approved: Iterable[str], site: str, limits: BundleLimits | None = None) -> str:
+    """The bundle's app hash if `site` approved it; otherwise AppNotApproved with one line.
+    The bundle is measured against `limits` (default: `BundleLimits()`) before anything of it is read."""
     try:
-        digest = app_hash(bundle)
+        digest = app_hash(bundle, BundleLimits() if limits is None else limits)
     except ValueError as exc:
         raise AppNotApproved(f"site {site}: refused the app the coordinator sent: {exc}; nothing of it was "
                              "installed or run") from None

@@ -65,8 +65,7 @@ def serve(plan: CoordinatorPlan) -> None:
     _port_free(host, plan.port)
     if proxy is not None:
         _port_free("127.0.0.1", link_port)
-    database = plan.database or state / "state.db"
-    database.parent.mkdir(parents=True, exist_ok=True)
+    database = private_database(plan.database or state / "state.db")
     cmd = superlink_command(tls=link_tls, auth=not (plan.insecure or plan.no_auth), host="127.0.0.1",
                             port=link_port, database=database)
     address = f"127.0.0.1:{link_port}"
@@ -96,6 +95,20 @@ def serve(plan: CoordinatorPlan) -> None:
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def private_database(database: Path) -> Path:
+    """The SuperLink's database file, 0600 wherever it is (`--database` may name a shared folder):
+    created empty by this user before the SuperLink opens it, so SQLite, which gives its -wal and
+    -shm files the database file's mode, creates them 0600 as well; existing ones are made 0600."""
+    if database.name.startswith(":"):  # Flower's in-memory names (":flwr-in-memory:"): no file
+        return database
+    database.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    for path in (database, *(database.with_name(database.name + s) for s in ("-wal", "-shm", "-journal"))):
+        if path.exists():
+            os.chmod(path, 0o600)
+    return database
 
 
 def _loopback_only(host: str) -> None:

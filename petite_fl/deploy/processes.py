@@ -2,8 +2,10 @@
 
 petite-fl does not reimplement any of Flower's transport: `flower-superlink` and
 `flower-supernode` run as they are, with TLS and SuperNode authentication switched on
-unless `insecure` is asked for explicitly; a site's apps run in Flower's SuperExec and
+unless `insecure` is asked for explicitly; a site's SuperNode measures and approves a bundle
+before Flower reads it (`site_node`), and its apps run in Flower's SuperExec and
 `flwr-clientapp` code behind petite-fl's approval check (`site_superexec_command`).
+A site's own Python processes start with `-P`: the working directory is not on sys.path.
 These functions only build their arguments,
 so that the CLIs start exactly the same processes everywhere, and `stop_process_tree`
 stops what they started. (The `flwr` connection entry is written by `connection.py`.)
@@ -25,6 +27,7 @@ from typing import Any
 import tomli_w
 
 from petite_fl.atomic import atomic_path
+from petite_fl.deploy.bundle import BundleLimits
 from petite_fl.errors import ConfigError
 
 BIN = Path(sys.executable).parent
@@ -79,14 +82,18 @@ def write_toml(path: Path, values: Mapping[str, Any]) -> Path:
 
 
 def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path | None,
-                      node_config: Path, port: int, superexec_secret: Path) -> list[str]:
-    """`flower-supernode` for one site: TLS with the coordinator's CA, authenticated by its key.
+                      node_config: Path, port: int, superexec_secret: Path, site: str, approved: Sequence[str],
+                      limits: BundleLimits | None = None) -> list[str]:
+    """`flower-supernode` for one site (`site_node`: a bundle measured against `limits` and its hash
+    in `approved` before Flower reads it): TLS with the coordinator's CA, authenticated by its key.
 
     `node_config` is a `.toml` file (`write_toml`) with the site's node config. The SuperNode
     runs no app itself (`--isolation process`): the site's own SuperExec (`site_superexec_command`),
     the only holder of `superexec_secret` besides it, takes its tasks and runs approved apps only.
     """
-    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink, "--node-config", str(node_config),
+    cmd = [sys.executable, "-P", "-m", "petite_fl.deploy.site_node", "--site", site,
+           *[a for h in approved for a in ("--approve", h)], "--bundle-limits", (limits or BundleLimits()).to_json(),
+           "--superlink", superlink, "--node-config", str(node_config),
            "--port", str(port), "--isolation", "process", "--superexec-auth-secret-file", str(superexec_secret)]
     if ca_cert is None:
         cmd.append("--insecure")
@@ -99,13 +106,14 @@ def supernode_command(*, superlink: str, ca_cert: Path | None, private_key: Path
 
 
 def site_superexec_command(*, site: str, port: int, approved: Sequence[str], superexec_secret: Path,
-                           parent_pid: int) -> list[str]:
+                           parent_pid: int, limits: BundleLimits | None = None) -> list[str]:
     """The site's SuperExec for the SuperNode whose Runtime API is on 127.0.0.1:`port`: it runs
     ClientApp tasks only, and only apps whose hash is in `approved`
     (`petite_fl.deploy.site_exec`). It exits with `parent_pid` (petite-client)."""
-    return [sys.executable, "-m", "petite_fl.deploy.site_exec", "superexec",
+    return [sys.executable, "-P", "-m", "petite_fl.deploy.site_exec", "superexec",
             "--runtime-api-address", f"127.0.0.1:{port}", "--superexec-auth-secret-file", str(superexec_secret),
-            "--parent-pid", str(parent_pid), "--site", site, *[a for h in approved for a in ("--approve", h)]]
+            "--parent-pid", str(parent_pid), "--site", site, *[a for h in approved for a in ("--approve", h)],
+            "--bundle-limits", (limits or BundleLimits()).to_json()]
 
 
 def write_secret(path: Path) -> Path:

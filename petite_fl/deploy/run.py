@@ -25,7 +25,7 @@ class Companion:
 
 def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
                    explain: Callable[[list[str]], str | None] | None = None,
-                   companions: Sequence[Companion] = ()) -> int:
+                   companions: Sequence[Companion] = (), cwd: str | os.PathLike | None = None) -> int:
     """Run `cmd` (and its companions) until it exits or Ctrl-C; a failure is explained from its last lines.
 
     Flower's processes start helpers (a SuperNode its SuperExec) that inherit the output
@@ -39,7 +39,7 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
     launched: list[subprocess.Popen] = []
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, start_new_session=True)
+                                bufsize=1, start_new_session=True, cwd=cwd)
         launched.append(proc)
         for companion in companions:
             launched.append(subprocess.Popen(companion.cmd, env=env, start_new_session=True))
@@ -70,7 +70,7 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
                 if p.poll() is not None:
                     stop_process_tree(proc)
                     raise PetiteError(f"{companion.name} exited with code {p.returncode}: {companion.why_exited()}; "
-                                      f"{os.path.basename(cmd[0])} stopped with it")
+                                      f"{_name(cmd)} stopped with it")
     except KeyboardInterrupt:
         stop_process_tree(proc)
         raise
@@ -84,5 +84,10 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
     stop_process_tree(proc, grace=5.0)
     if code != 0:
         why = explain(list(tail)) if explain else None
-        raise PetiteError(f"{os.path.basename(cmd[0])} exited with code {code}" + (f": {why}" if why else ""))
+        raise PetiteError(f"{_name(cmd)} exited with code {code}" + (f": {why}" if why else ""))
     return code
+
+
+def _name(cmd: Sequence[str]) -> str:
+    """What a command is called in a message: its program, or the module a `python -m` runs."""
+    return cmd[cmd.index("-m") + 1] if "-m" in cmd[:4] else os.path.basename(cmd[0])

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from petite_fl.config import compose, config_dirs, expand_path
 from petite_fl.deploy.approval import approved_apps
+from petite_fl.deploy.bundle import BundleLimits
 from petite_fl.errors import ConfigError, DataError
 from petite_fl.federation.site.policy import NODE_KEY, SitePolicy
 from petite_fl.runconfig import NODE_TRACKING, SITE_TRACKING
@@ -25,6 +26,7 @@ from petite_fl.tracking import tracker_name
 FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_key", "port")
 #: fields a site config may leave out, with their default
 OPTIONAL_FIELDS = {"approved_apps": None,   # app hashes this site runs besides petite-fl's own (deploy.approval)
+                   "bundle_limits": None,   # bounds on an app bundle before it is read; None: the defaults
                    "policy": None,          # the site's own policy; None: its safe defaults (federation.site.policy)
                    "tracking": None}        # where its own curves go; None: TensorBoard at the site
 
@@ -40,6 +42,7 @@ class SiteDeployment:
     private_key: Path | None   # None: no SuperNode authentication
     port: int
     approved_apps: tuple[str, ...] = ()  # besides petite-fl's own app as installed here
+    bundle_limits: BundleLimits = field(default_factory=BundleLimits)  # deploy.bundle
     policy: SitePolicy = field(default_factory=SitePolicy)
     tracking: dict[str, Any] = field(default_factory=lambda: dict(SITE_TRACKING))
 
@@ -88,6 +91,7 @@ def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ())
         ca_cert=None if insecure else expand_path(d["ca_cert"]),
         private_key=None if insecure or not d["private_key"] else expand_path(d["private_key"]),
         port=int(d["port"]), approved_apps=approved_apps(d["approved_apps"], f"site config '{ref}'"),
+        bundle_limits=BundleLimits.from_mapping(d["bundle_limits"], f"site config '{ref}'"),
         policy=SitePolicy.from_mapping(d["policy"], f"site {d['name']}: policy"),
         tracking=site_tracking(d["tracking"], f"site config '{ref}'"))
 

@@ -14,8 +14,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from petite_fl.errors import PetiteError
-from petite_fl.federation.flower.codec import decode, encode
-from petite_fl.federation.messages import BY_KIND, TrainIns
+from petite_fl.federation.flower.codec import declared_tensors, decode, encode
+from petite_fl.federation.messages import BY_KIND, BackboneOffer, TrainIns
 from petite_fl.federation.site.endpoint import SiteEndpoint, for_coordinator
 
 #: Error code of a site that refused a message for a reason it states (bad data, config).
@@ -40,6 +40,8 @@ def handle(message: Message, context: Context) -> Message:
         kind = BY_KIND.get(message.metadata.message_type)
         if kind is None:
             raise PetiteError(f"unknown message type '{message.metadata.message_type}'")
+        if kind is BackboneOffer:  # its size against the site's policy before any tensor is decoded
+            endpoint.policy.check_backbone(declared_tensors(message.content), "the offered backbone's headers declare")
         ins = decode(kind, message.content)
         if _STATE not in context.state.config_records:
             context.state.config_records[_STATE] = ConfigRecord()

@@ -9,6 +9,7 @@ and the field. Replies are encoded and decoded knowing the instruction they answ
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -78,6 +79,35 @@ def _decode_hello_res(content: RecordDict, asked: Hello | None = None) -> HelloR
 def _encode_offer(m: BackboneOffer, asked: Any = None) -> RecordDict:
     return RecordDict({_ARRAYS: ArrayRecord(m.tensors),
                        _CONFIG: ConfigRecord({"run": m.run, "meta": json.dumps(m.meta)})})
+
+
+def declared_tensors(content: RecordDict) -> dict[str, Any]:
+    """An offered backbone's tensors as their headers declare them: shape-only (meta) tensors, nothing
+    decoded or allocated, so that a site's policy can refuse a backbone too large before Flower's
+    decoder allocates what a 100-byte header claims. Each tensor's npy header (what the decoder
+    allocates from) must agree with the shape its record declares."""
+    import torch
+    from flwr.common.constant import SType
+    from numpy.lib import format as npy
+
+    record = content.array_records.get(_ARRAYS)
+    if record is None or not len(record):
+        raise Unreadable("backbone offer: no tensors")
+    out = {}
+    for key, array in record.items():
+        stream = io.BytesIO(array.data)
+        try:
+            version = npy.read_magic(stream) if array.stype == SType.NUMPY else None
+            read_header = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}[version]
+            shape = tuple(read_header(stream)[0])
+        except (KeyError, ValueError, TypeError, EOFError) as exc:
+            raise Unreadable(f"backbone offer: tensor {key[:80]!r} has no readable header "
+                             f"({type(exc).__name__})") from None
+        if shape != tuple(array.shape):
+            raise Unreadable(f"backbone offer: tensor {key[:80]!r} declares shape {str(shape)[:60]} in its header "
+                             f"and {str(tuple(array.shape))[:60]} in its record")
+        out[key] = torch.empty(shape, device="meta")
+    return out
 
 
 def _decode_offer(content: RecordDict, asked: Any = None) -> BackboneOffer:
