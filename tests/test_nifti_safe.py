@@ -121,5 +121,5 @@ def test_the_voxel_bound_is_configurable(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(DataError, match=r"24×22×20 float32 image .* more than the 10000 voxels"):
         load_volume(path)
     monkeypatch.setenv("PETITE_FL_MAX_VOXELS", "many")
-    with pytest.raises(ConfigError, match="PETITE_FL_MAX_VOXELS=.many. is not a positive whole number"):
+    with pytest.raises(ConfigError, match=r"PETITE_FL_MAX_VOXELS=.many. is not a positive whole number"):
         load_volume(path)
