@@ -63,7 +63,7 @@ def load_sidecar(path: Path, series: DynamicSeries) -> dict[str, Any]:
         series.problems.append(f"{series.label}: no BIDS-PET sidecar {path.name} (frame times and units unknown)")
         return {}
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(), strict=False)  # dcm2niix copies control characters raw
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         series.problems.append(f"{series.label}: unreadable sidecar {path.name} ({_why(exc)})")
         return {}
