@@ -31,6 +31,7 @@ def forged(path: Path, shape: tuple[int, ...], dtype: type, payload: bytes = b""
     header = nib.Nifti1Header()
     header.set_data_shape(shape)
     header.set_data_dtype(dtype)
+    header.set_data_offset(352)
     header.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
     raw = header.binaryblock + b"\0" * 4 + payload   # 348 bytes, the extension flag, then the "data"
     path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
