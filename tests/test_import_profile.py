@@ -46,6 +46,6 @@ def test_a_foreign_grid_gets_a_draft_that_loads_through_the_scanner_registry(
     monkeypatch.setenv("PETITE_FL_CONFIG_PATH", str(tmp_path / "configs"))
     scanner = get_scanner("siemens-hr")
     assert scanner.matrix == (128, 128, 63) and scanner.voxel_mm == (2.0, 2.0, 2.425)
-    assert scanner.vendor == "SIEMENS" and scanner.patch == (64, 64, 48)
+    assert scanner.vendor == "Siemens" and scanner.patch == (64, 64, 48)   # the vendor list's spelling
     assert scanner.acquisition.recon.algorithm == "FBP" and scanner.acquisition.recon.noise_ramp == 1.0
     assert scanner.acquisition.fwhm_mm == (5.0, 5.0, 5.0)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from petite_fl.config import compose
-from petite_fl.console import console, human_bytes, run_cli
+from petite_fl.console import console, human_bytes, one_line, run_cli
 from petite_fl.data.check import SiteReport, check_site
 from petite_fl.data.importer import ImportReport, import_site, parse_splits
 from petite_fl.data.synthetic import SynthSpec, dataset_dir, disk_size, generate
@@ -21,6 +21,8 @@ from petite_fl.errors import DataError
 from petite_fl.scanners import available_scanners, get_scanner
 
 PROG = "petite-data"
+#: an import line is printed as one printable line (a header's escape codes never reach the terminal)
+LINE_LIMIT = 2000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,11 +199,11 @@ def _print_import(report: ImportReport) -> None:
                           str(len(row.get("notes", []))))
         console.print(table)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        console.print(f"[yellow]note:[/] {escape(one_line(note, LINE_LIMIT))}", soft_wrap=True)
     if report.skipped:
         console.print(f"[bold red]{len(report.skipped)} series skipped:[/]")
         for line in report.skipped:
-            console.print(f"  [red]✗[/] {escape(line)}", soft_wrap=True)
+            console.print(f"  [red]✗[/] {escape(one_line(line, LINE_LIMIT))}", soft_wrap=True)
     if report.imported and not report.dry_run:
         if report.changed:
             console.print(f"imported {len(report.imported)} subjects, scanner "

@@ -29,6 +29,8 @@ from petite_fl.data.manifest import SPLITS, write_manifest
 from petite_fl.data.nifti import save_volume
 from petite_fl.data.pairing import MOTION_NCC, check_series, input_frames, make_pair
 from petite_fl.data.profile import scanner_profile, series_geometry
+from petite_fl.data.provenance import public_header
+from petite_fl.data.source_tree import screen
 from petite_fl.data.synthetic import MANIFEST_FILE, subject_id
 from petite_fl.data.synthetic import _swap_in as swap_in  # the same build-beside-and-swap steps
 from petite_fl.errors import ConfigError, DataError, PetiteError
@@ -40,8 +42,6 @@ IMPORT_FILE = "import.json"
 MAPPING_FILE = "private/pseudonyms.json"
 SCANNER_DRAFT = "scanner-draft.yaml"
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
-#: Header facts copied into provenance: a whitelist, so a reader's extra keys never leak.
-PROVENANCE_INFO = ("Manufacturer", "ManufacturersModelName", "ReconMethodName", "Modality", "TracerName")
 
 Finder = Callable[[Path], list[Path]]
 Reader = Callable[[Path], DynamicSeries]
@@ -152,7 +152,8 @@ def import_site(
         find, read = find or default_find, read or default_read
     splits = splits or dict(DEFAULT_SPLITS)
     report = ImportReport(out=out, site=site or out.name, dry_run=dry_run)
-    sources = sorted(Path(p) for p in find(src))
+    sources, refused = screen(src, sorted(Path(p) for p in find(src)))  # no link followed out of src
+    report.skipped += refused
     if on_found:
         on_found(len(sources))
     params = {"site": report.site, "scanner": scanner, "splits": splits, "seed": seed,
@@ -247,18 +248,23 @@ def _write_subject(staging: Path, sid: str, series: DynamicSeries, input_minutes
     write_json(staging / f"{sid}_provenance.json", {
         "subject": sid,
         "source_format": series.fmt,
-        **{k: series.info.get(k) for k in PROVENANCE_INFO},
+        **public_header(series.info),  # vocabulary values only: free text stays in the private mapping
         "matrix": list(matrix),
         "voxel_mm": [round(v, 5) for v in voxel],
         "frame_start_s": [float(t) for t in series.frame_start],
         "frame_duration_s": [float(t) for t in series.frame_duration],
         "input_frames": [k + 1 for k in chosen],
         "input_minutes": input_minutes,
-        "units": series.units,
+        "units": series.units if series.units == "Bq/mL" else "other",
         "decay_corrected": series.decay_corrected,
         "series_uid_sha256": hashlib.sha256(str(uid).encode()).hexdigest() if uid else None,
         "notes": [n.replace(series.label, sid) for n in notes],  # the source path may carry an ID
     })
+
+
+def _raw_header(series: DynamicSeries) -> dict[str, Any]:
+    """The header's own text (vendor, model, reconstruction, descriptions), for the private mapping only."""
+    return {k: v for k, v in series.info.items() if isinstance(v, str)}
 
 
 def _finish(staging: Path, report: ImportReport, accepted: list[tuple[str, DynamicSeries]],
@@ -279,7 +285,8 @@ def _finish(staging: Path, report: ImportReport, accepted: list[tuple[str, Dynam
         for (sid, _), split in zip(accepted, labels, strict=True)])
     private_dir(staging / Path(MAPPING_FILE).parent)
     write_json(staging / MAPPING_FILE, {
-        sid: {"source": str(s.source), "identity_sha256": _sha256(s.identity)} for sid, s in accepted})
+        sid: {"source": str(s.source), "identity_sha256": _sha256(s.identity), "header": _raw_header(s)}
+        for sid, s in accepted})
     write_json(staging / IMPORT_FILE, {
         "format": "petite-fl/site-import", "importer_version": IMPORTER_VERSION,
         "fingerprint": fingerprint, "scanner": report.scanner, "skipped": len(report.skipped),

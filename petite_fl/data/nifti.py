@@ -13,9 +13,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
 
 from petite_fl.atomic import atomic_path
+from petite_fl.data.nifti_safe import load_nifti
 from petite_fl.errors import DataError
 
 AFFINE_TOLERANCE_MM = 1e-3
@@ -40,14 +40,7 @@ def load_volume(path: str | Path, what: str | None = None) -> Volume:
     label = f"{what}: {path}" if what else str(path)
     if not path.is_file():
         raise DataError(f"{label}: file not found")
-    try:
-        img = nib.load(path)
-    except ImageFileError:
-        raise DataError(f"{label}: not a NIfTI file") from None
-    except (EOFError, OSError, zlib.error, ValueError) as exc:
-        raise DataError(f"{label}: cannot read the NIfTI header ({_why(exc)})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise DataError(f"{label}: not a NIfTI file (nibabel reads it as {type(img).__name__})")
+    img = load_nifti(path, label)  # the header checked against the file before any voxel is allocated
     shape = img.shape
     if len(shape) < 3:
         raise DataError(f"{label}: a {len(shape)}D image (shape {shape}); a 3D volume is required")

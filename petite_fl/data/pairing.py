@@ -77,6 +77,8 @@ def check_series(
     label = series.label
     problems, notes = list(series.problems), list(series.notes)
     n = series.n_frames
+    if problems and n == 0:  # the reader could not read a frame: its lines say why, nothing else to check
+        return problems, notes
     if len(series.frame_start) != n or len(series.frame_duration) != n:
         problems.append(f"{label}: {n} frames but {len(series.frame_start)} start and "
                         f"{len(series.frame_duration)} duration times in the header")

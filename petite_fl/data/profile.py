@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from petite_fl.data.dynamic import DynamicSeries
+from petite_fl.data.provenance import OTHER, public_header
 from petite_fl.scanners import available_scanners, get_scanner
 
 #: relative voxel-size difference per axis still taken as the same scanner (header rounding, 2 %)
@@ -62,8 +63,9 @@ def scanner_profile(series: DynamicSeries, name: str | None = None) -> Profile:
 
 
 def draft_name(series: DynamicSeries) -> str:
-    """A file-name-safe name from the header's vendor and model, e.g. `siemens-hr`."""
-    parts = [str(series.info.get(k, "")) for k in ("Manufacturer", "ManufacturersModelName")]
+    """A file-name-safe name from the vendor and model as the vocabulary names them, e.g. `siemens-hr`."""
+    header = public_header(series.info)
+    parts = [v for v in (header["Manufacturer"], header["ManufacturersModelName"]) if v and v != OTHER]
     slug = re.sub(r"[^a-z0-9]+", "-", " ".join(parts).lower()).strip("-")
     return slug or "imported-scanner"
 
@@ -71,19 +73,21 @@ def draft_name(series: DynamicSeries) -> str:
 def draft_yaml(series: DynamicSeries, name: str) -> str:
     """A scanner YAML from the header; every field the header cannot give is marked `# review:`."""
     matrix, voxel = series_geometry(series)
-    vendor = str(series.info.get("Manufacturer") or "unknown")
-    model = str(series.info.get("ManufacturersModelName") or "")
-    recon = str(series.info.get("ReconMethodName") or series.info.get("ReconstructionMethod") or "unknown")
+    header = public_header(series.info)  # the header's free text stays in the site's private mapping
+    vendor = header["Manufacturer"] or "unknown"
+    model = header["ManufacturersModelName"]
+    model_note = json.dumps(model) if model else "not in petite's list (the header's text: private/pseudonyms.json)"
+    recon = header["ReconMethodName"] or "unknown"
     patch = [_patch_edge(n) for n in matrix]
     # resolution no finer than 2 voxels nor than a clinical ~5 mm: the safe side for synthetic blur
     fwhm = [round(max(5.0, 2.0 * v), 2) for v in voxel]
-    ramp = 1.0 if re.search(r"\bfbp\b|back.?proj", recon, re.IGNORECASE) else 0.6
+    ramp = 1.0 if recon == "FBP" else 0.6
     return "\n".join([
         f"# Drafted by `petite-data import` from the header of a {series.fmt} series of this site "
         "(its path stays in the site's private mapping).",
         "# Copy into a config folder as <name>.yaml (see README, adding a scanner) after the `# review:` lines.",
         f"name: {name}",
-        f"vendor: {json.dumps(vendor)}  # model: {json.dumps(model)}",
+        f"vendor: {json.dumps(vendor)}  # model: {model_note}",
         "site: imported  # review: the site (hospital) that owns this scanner",
         f"matrix: {json.dumps(list(matrix))}",
         f"voxel_mm: {json.dumps([round(v, 6) for v in voxel])}",
@@ -95,7 +99,8 @@ def draft_yaml(series: DynamicSeries, name: str) -> str:
         f"    algorithm: {json.dumps(recon)}",
         f"    noise_ramp: {ramp}  # review: 1 for FBP, ~0.5 for iterative with PSF (guessed from the algorithm)",
         "rationale:",
-        "  drafted: geometry and vendor from the image header; acquisition values are placeholders",
+        "  drafted: geometry from the image header, vendor and recon mapped to petite's lists; acquisition values "
+        "are placeholders",
         "",
     ])
 

@@ -249,7 +249,7 @@ def predict_file(model: Backbone, input_path: Path, output_path: Path, settings:
                           sw_batch_size=int(settings["sw_batch_size"]), amp=amp,
                           region=str(settings.get("region", "full")))
     pred = to_network.invert(pred)  # back to the input's units
-    original = nib.load(input_path)
+    original = nib.load(input_path)  # header and affine only: load_volume above bounded this file's claim
     # The model ran on the RAS+ array: put the result back in the file's own orientation.
     to_original = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
                                                   nib.orientations.io_orientation(original.affine))

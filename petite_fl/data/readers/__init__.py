@@ -16,6 +16,7 @@ from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.readers.dicom import read_dicom
 from petite_fl.data.readers.ecat import read_ecat
 from petite_fl.data.readers.nifti import read_nifti, sidecar_of
+from petite_fl.data.source_tree import source_top, stays_in
 from petite_fl.errors import DataError
 
 __all__ = ["find_series", "read_series"]
@@ -29,6 +30,7 @@ def find_series(src: Path) -> list[Path]:
     if src.is_file():
         return [src.parent] if src.name == "DICOMDIR" or is_dicom(src) else [src] if _format(src) else []
     found: list[Path] = []
+    top = source_top(src)
     for root, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(root)
@@ -36,7 +38,8 @@ def find_series(src: Path) -> list[Path]:
             found.append(here)         # dcm2niix reads the folders below it
             dirs[:] = []
             continue
-        paths = [here / name for name in sorted(files) if not name.startswith(".")]
+        # a link out of the tree is never opened here; the importer's screen names it in one line
+        paths = [here / name for name in sorted(files) if not name.startswith(".") and stays_in(here / name, top)]
         found += [p for p in paths if _format(p) in ("ecat", "nifti-bids")]
         if any(is_dicom(p) for p in paths if _format(p) is None):
             found.append(here)

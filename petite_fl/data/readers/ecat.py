@@ -15,7 +15,9 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.wrapstruct import WrapStructError
 
 from petite_fl.data.dynamic import DynamicSeries
+from petite_fl.data.nifti_safe import check_claim
 from petite_fl.data.readers.nifti import normalise_units
+from petite_fl.errors import DataError
 
 ECAT_IMAGE_FILE_TYPES = {7}   # 7: "Volume16", the reconstructed image; others are sinograms or normalisations
 
@@ -26,7 +28,12 @@ def read_ecat(path: Path) -> DynamicSeries:
     try:
         img = nib.ecat.load(path)
         header, subs = img.header, img.get_subheaders().subheaders
+        # nibabel allocates every frame the subheaders claim before reading one: bound the claim first
+        check_claim(series.label, tuple(img.shape), img.get_data_dtype(0), available=path.stat().st_size)
         data = np.asarray(img.get_fdata(dtype=np.float32))
+    except DataError as exc:
+        series.problems.append(str(exc))
+        return series
     except (ImageFileError, WrapStructError, EOFError, OSError, zlib.error, ValueError, IndexError) as exc:
         series.problems.append(f"{series.label}: unreadable ECAT 7 file ({_why(exc)})")
         return series

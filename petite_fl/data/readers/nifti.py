@@ -18,6 +18,8 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.wrapstruct import WrapStructError
 
 from petite_fl.data.dynamic import DynamicSeries
+from petite_fl.data.nifti_safe import load_nifti
+from petite_fl.errors import DataError
 
 #: BIDS-PET / dcm2niix sidecar keys copied into `info`
 INFO_KEYS = ("Modality", "Manufacturer", "ManufacturersModelName", "ReconMethodName", "ReconstructionMethod",
@@ -36,11 +38,11 @@ def read_nifti(path: Path, fmt: str = "nifti-bids") -> DynamicSeries:
     """Read a 4D NIfTI and its sidecar; bad files become problem lines, never exceptions."""
     empty = DynamicSeries(path, fmt, np.zeros((0, 0, 0, 0), np.float32), np.eye(4), [], [])
     try:
-        img = nib.load(path)
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise ImageFileError(f"not NIfTI ({type(img).__name__})")
-        img = nib.as_closest_canonical(img)
+        img = nib.as_closest_canonical(load_nifti(path, empty.label))  # the header bounded before allocation
         data = np.asarray(img.get_fdata(dtype=np.float32))
+    except DataError as exc:
+        empty.problems.append(f"{empty.label}: unreadable image file ({str(exc).removeprefix(empty.label + ': ')})")
+        return empty
     except (ImageFileError, WrapStructError, EOFError, OSError, zlib.error, ValueError) as exc:
         empty.problems.append(f"{empty.label}: unreadable image file ({_why(exc)})")
         return empty
@@ -61,7 +63,7 @@ def load_sidecar(path: Path, series: DynamicSeries) -> dict[str, Any]:
         series.problems.append(f"{series.label}: no BIDS-PET sidecar {path.name} (frame times and units unknown)")
         return {}
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_text(), strict=False)  # dcm2niix copies control characters raw
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         series.problems.append(f"{series.label}: unreadable sidecar {path.name} ({_why(exc)})")
         return {}
