@@ -96,6 +96,7 @@ def test_the_coordinators_tracking_server_comes_from_its_environment_and_reaches
     uri = f"sqlite:///{server / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
+    monkeypatch.chdir(tmp_path)  # an SQLite server's default artifact folder is ./mlruns
     rc = run_config(federation_cache, strategy="fedavg", **{"federation.rounds": 1, "overrides": (
         "federation.val.patches=4 tracking=mlflow federation.run_name=track-environment")})
     _, grid = federate(rc)
