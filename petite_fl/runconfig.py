@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from petite_fl.config import compose, hydra_override
+from petite_fl.credentials import check_run_config
 from petite_fl.errors import ConfigError, PetiteError
 
 #: Run-config key holding further Hydra overrides (Flower only overrides keys it lists).
@@ -72,7 +73,9 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
     `["model=cvtgan", "train.finetune.steps=50", "peft.bitfit=false"]`; an empty string
     keeps the default of the built-in configs (TOML has no null). Strings are quoted
     for Hydra unless they are plain words, so paths and values with spaces survive.
+    A credential is refused first (`credentials`): Flower hands the run-config to every site.
     """
+    check_run_config(run_config)
     overrides, extra = [], []
     for key, value in run_config.items():
         if value == "":  # pyproject's way of saying "the configs' default" (TOML has no null)

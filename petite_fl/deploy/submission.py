@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from petite_fl.console import one_line
+from petite_fl.credentials import check_run_config
 from petite_fl.deploy.processes import BIN, write_toml
 from petite_fl.errors import PetiteError
 
@@ -25,7 +26,9 @@ COMPLETED = "finished:completed"
 
 def submit(app: Path, connection: str, run_config: Mapping[str, Any], timeout: float = 300,
            what: str = "submitting the run") -> int:
-    """`flwr run <app> <connection>` with this run-config; returns the run id."""
+    """`flwr run <app> <connection>` with this run-config; returns the run id. A credential in it is
+    refused before it is written anywhere (the SuperLink would hand it to every site)."""
+    check_run_config(run_config)
     fd, config = tempfile.mkstemp(suffix=".toml")
     os.close(fd)
     write_toml(Path(config), run_config)

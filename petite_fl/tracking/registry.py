@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from petite_fl.tracking.base import Tracker
 TRACKERS: Registry[type[Tracker]] = Registry("tracker", "petite_fl.tracking", order=("tensorboard", "mlflow", "none"))
 #: the tracker of a config without a `tracking` section (the group's default)
 DEFAULT = "tensorboard"
+#: MLflow's own variable for its tracking server (the coordinator's, never a run-config's)
+ENV_URI = "MLFLOW_TRACKING_URI"
 
 
 def register_tracker(cls: type[Tracker]) -> type[Tracker]:
@@ -54,12 +57,23 @@ def open_tracker(cfg: Any, folder: Path, name: str, tags: Mapping[str, str], sto
                                                 Path(store) if store is not None else None)
 
 
+def environment_uri(cfg: Any) -> dict[str, Any]:
+    """A `tracking` section whose null MLflow `uri` is `MLFLOW_TRACKING_URI` where the environment sets it
+    (MLflow's client reads the user name, password or token from the environment itself)."""
+    settings = _settings(cfg)
+    if settings.get("name") == "mlflow" and not settings.get("uri") and os.environ.get(ENV_URI):
+        settings["uri"] = os.environ[ENV_URI]
+    return settings
+
+
 def job_tracker(cfg: DictConfig, folder: Path, job: str, run: str, site: str) -> Tracker:
     """A job's tracker (`cfg.tracking`) in `folder`, its resolved config recorded (close it: `with`).
 
     MLflow's local store is one per machine (`<cache>/mlflow`), so that `mlflow ui` compares runs.
+    Without a `tracking.uri`, MLflow's own `MLFLOW_TRACKING_URI` from this machine's environment names
+    the server: how a coordinator sets it without a run-config, which Flower hands to every site.
     """
-    tracker = open_tracker(cfg.get("tracking"), folder, run, {"job": job, "run": run, "site": site},
+    tracker = open_tracker(environment_uri(cfg.get("tracking")), folder, run, {"job": job, "run": run, "site": site},
                            store=expand_path(cfg.paths.cache) / "mlflow")
     try:
         tracker.config(OmegaConf.to_container(cfg, resolve=True))

@@ -7,6 +7,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid
 
+from petite_fl.credentials import check_run_config
 from petite_fl.errors import PetiteError
 from petite_fl.federation.flower import journal
 from petite_fl.federation.flower.transport import FlowerTransport
@@ -16,7 +17,9 @@ from petite_fl.runconfig import compose_run
 
 def serve(grid: Grid, context: Context) -> dict[str, Any]:
     """One federated run (or a comparison's arms), journaled so that `petite-server --resume`
-    can resubmit a killed run."""
+    can resubmit a killed run. A run-config holding a credential is refused before anything: not
+    journaled, and no site has had a message of the run, so no ClientApp was given its run-config."""
+    check_run_config(context.run_config)
     journal.record_start(context.run_id, dict(context.run_config))
     try:
         run_config = dict(context.run_config)

@@ -85,7 +85,8 @@ class SiteEndpoint:
                 raise PetiteError(f"the round's message lists {len(ins.names)} shared tensors, this site shares "
                                   f"{len(upload)} of them; Flower's legacy layout (SecAgg+, DP clipping) is "
                                   "positional, so nothing is sent")
-            return TrainRes(upload, 1 if ins.uniform_weight else n_train, worker.backbone_sha256, metrics)
+            return TrainRes(upload, 1 if ins.uniform_weight else n_train, worker.backbone_sha256,
+                            policy.reported(metrics))
         if isinstance(ins, EvaluateIns):
             metrics, path = worker.finish(strategy, ins.run, ins.round, ins.sha256, ins.tensors, ins.splits)
             return EvaluateRes(metrics, str(path))

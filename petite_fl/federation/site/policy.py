@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from petite_fl.config import config_dirs
 from petite_fl.console import human_bytes
 from petite_fl.errors import ConfigError, PolicyError
+from petite_fl.federation.site.limits import BOUNDS, check_learning, check_resources, check_round
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +39,8 @@ DEFAULT_STRATEGIES = ("local", "fedavg", "shared-encoder", "fedbn", "split-lora"
 DEFAULT_PEFT = ("none", "layernorm", "bitfit", "lora", "adapter", "ssf", "vpt")
 DP_REQUIREMENTS = ("none", "central", "client")
 EVAL_SPLITS = ("val", "test")  # never `train`: metrics on the training scans are an oracle on them
+FLOAT_BOUNDS = ("max_patch_scale", "max_eval_overlap")
+INT_BOUNDS = tuple(k for k in BOUNDS if k not in FLOAT_BOUNDS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,21 @@ class SitePolicy:
     require_dp: str = "none"                       # none | central | client
     eval_splits: tuple[str, ...] = EVAL_SPLITS
     max_backbone_parameters: int | None = 150_000_000  # the paper UNETR has 101.7 M
+    # What a run may spend here (`limits.BOUNDS` names the settings): room above every shipped preset,
+    # compare=paper (the paper-size run) included, and no more (10¹² steps or 10⁴ workers ask no science).
+    max_rounds: int | None = 100                   # compare=paper runs 10 rounds, the default 5
+    max_local_steps: int | None = 1000             # compare=paper 50 per round; the learning curve's longest 400
+    max_batch_size: int | None = 16                # volumes per step: the paper's 2, ×8
+    max_num_workers: int | None = 8                # loader processes: every preset uses 0 (in the trainer's process)
+    max_patch_scale: float | None = 2.0            # × the scanner's training patch: presets 0.75-1.0; 2 = 8× voxels
+    max_patches_per_volume: int | None = 32        # patches per volume and step: the paper's 4, ×8
+    max_eval_batch_size: int | None = 32           # train.eval.sw_batch_size, windows per forward pass: 8, ×4
+    max_eval_overlap: float | None = 0.75          # sliding-window overlap: the paper's 0.5 (8× windows); 0.75 is 64×
+    max_val_patches: int | None = 64               # federation.val.patches per val subject: the default 16, ×4
+    # The loss on training patches at weights the coordinator chose is an oracle on the training scans
+    # (what eval_splits keeps from it); the coordinator's run log, curves and the comparison's report
+    # read train_loss where a site sends it and do without where it does not. Simulations keep it.
+    report_train_loss: bool = False
 
     # -- reading and writing ---------------------------------------------------------------
     @classmethod
@@ -70,16 +88,20 @@ class SitePolicy:
 
             out = replace(out, peft_methods=_names(data["peft_methods"], f"{where}.peft_methods",
                                                    available_methods()))
-        for key in ("max_upload_bytes", "max_backbone_parameters"):
+        for key in ("max_upload_bytes", "max_backbone_parameters", *INT_BOUNDS):
             if key in data:
                 out = replace(out, **{key: _count(data[key], f"{where}.{key}", nullable=True)})
+        for key in FLOAT_BOUNDS:
+            if key in data:
+                out = replace(out, **{key: _fraction(data[key], f"{where}.{key}")})
         if "min_samples_per_update" in data:
             out = replace(out, min_samples_per_update=_count(data["min_samples_per_update"],
                                                              f"{where}.min_samples_per_update"))
-        if "require_secagg" in data:
-            if not isinstance(data["require_secagg"], bool):
-                raise ConfigError(f"{where}.require_secagg must be true or false, got {data['require_secagg']!r}")
-            out = replace(out, require_secagg=data["require_secagg"])
+        for key in ("require_secagg", "report_train_loss"):
+            if key in data:
+                if not isinstance(data[key], bool):
+                    raise ConfigError(f"{where}.{key} must be true or false, got {data[key]!r}")
+                out = replace(out, **{key: data[key]})
         if "require_dp" in data:
             if data["require_dp"] not in DP_REQUIREMENTS:
                 raise ConfigError(f"{where}.require_dp must be one of {', '.join(DP_REQUIREMENTS)}, "
@@ -109,6 +131,8 @@ class SitePolicy:
         """The run's settings (at the hello, and again at every message: the policy may have changed)."""
         from petite_fl.federation.strategies import build_strategy
 
+        check_resources(self, cfg)
+        check_learning(cfg)
         self._check_strategy(cfg.strategy)
         methods = configured_methods(cfg.peft)
         if methods is not None:
@@ -162,6 +186,7 @@ class SitePolicy:
         Flower carries them when `carried` says), the validation split."""
         if ins.validate and "val" not in self.eval_splits:
             raise self.refusal("eval_splits", "the round asks a validation on 'val'")
+        check_round(self, ins)
         behind = steps_behind_upload(strategy, ins.round, ins.steps, ins.rounds)
         if not ins.tensors or not behind:
             return  # nothing leaves the site this round
@@ -192,6 +217,12 @@ class SitePolicy:
             raise self.refusal("max_upload_bytes", f"the round would upload {total} bytes ({human_bytes(total)}) "
                                                    f"of {len(tensors)} shared tensors")
 
+    def reported(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """A train reply's metrics as this site sends them: its training losses only where allowed."""
+        if self.report_train_loss:
+            return dict(metrics)
+        return {k: v for k, v in metrics.items() if not k.endswith("train_loss")}
+
     def check_splits(self, splits: Sequence[str]) -> None:
         refused = [s for s in splits if s not in self.eval_splits]
         if refused:
@@ -208,7 +239,7 @@ class SitePolicy:
 
 #: simulated partitions: one machine, one party; the experiments vary everything but the splits
 SIMULATION = SitePolicy(strategies=None, peft_methods=None, max_upload_bytes=None, min_samples_per_update=1,
-                        max_backbone_parameters=None)
+                        max_backbone_parameters=None, **dict.fromkeys(BOUNDS), report_train_loss=True)
 
 
 def policy_for_node(node_config: Mapping[str, Any]) -> SitePolicy:
@@ -296,6 +327,14 @@ def _count(value: Any, where: str, nullable: bool = False) -> int | None:
         raise ConfigError(f"{where} must be a whole number ≥ {0 if nullable else 1}"
                           + (" (or null for no limit)" if nullable else "") + f", got {value!r}")
     return value
+
+
+def _fraction(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{where} must be a number > 0 (or null for no limit), got {value!r}")
+    return float(value)
 
 
 def _show(value: Any) -> str:

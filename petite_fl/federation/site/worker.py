@@ -31,6 +31,7 @@ from petite_fl.data.sites import resolve_site, site_split, training_patch
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.messages import HelloRes
 from petite_fl.federation.site.backbone_cache import BackboneCache
+from petite_fl.federation.site.limits import check_trainable
 from petite_fl.federation.site.paths import run_folder, site_dir
 from petite_fl.federation.site.policy import SIMULATION, SitePolicy, spec_methods
 from petite_fl.federation.strategies import LocalTraining, Strategy
@@ -187,6 +188,7 @@ class SiteWorker:
         begin = time.perf_counter()
         with phase("site.prepare"):
             model, state, meta, init = self._prepare(sha256)
+            check_trainable(state.trainable)
             received = self.own_shared(strategy, state, received)
             self.policy.check_upload({n: init[n] for n in received}, transport)  # before any training
             personal, extra = self._personal(run_name, rnd - 1)
