@@ -17,6 +17,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 
+from petite_fl.console import printable
 from petite_fl.errors import ConfigError, PetiteError
 
 #: what an app hash looks like (sha256, lower-case hex)
@@ -60,7 +61,7 @@ def describe(bundle: bytes) -> str:
         with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
             config = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
         name = f"{config['tool']['flwr']['app']['publisher']}/{config['project']['name']}"
-        return f"'{name}' {config['project']['version']}"[:120].replace("\n", " ")
+        return printable(f"'{name}' {config['project']['version']}", 120)  # the coordinator's text: escaped
     except (*_UNREADABLE, tomllib.TOMLDecodeError, TypeError, UnicodeDecodeError):
         return "an unnamed app"
 
@@ -70,8 +71,8 @@ def check_app(bundle: bytes, approved: Iterable[str], site: str) -> str:
     try:
         digest = app_hash(bundle)
     except ValueError as exc:
-        raise AppNotApproved(f"site {site}: refused the app the coordinator sent: {exc}; nothing of it was "
-                             "installed or run") from None
+        raise AppNotApproved(f"site {site}: refused the app the coordinator sent: {printable(exc, 300)}; nothing of "
+                             "it was installed or run") from None
     if digest not in set(approved):
         raise AppNotApproved(
             f"site {site}: refused app {describe(bundle)} with app hash {digest}: it is neither petite-fl's own "
