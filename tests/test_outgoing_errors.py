@@ -252,3 +252,10 @@ def test_a_whitelisted_line_is_the_same_for_any_text():
     assert for_coordinator(a, "hospital") == for_coordinator(b, "hospital") == (
         "site hospital: refused (DataError: file not found; manifest row 3); the whole error is in the site's own log")
     assert "train.patch_scale" in for_coordinator(DataError(f"{STUDY}: train.patch_scale must be positive"), "h")
+
+
+def test_a_site_named_by_a_manifest_path_is_not_named_to_the_coordinator():
+    from petite_fl.federation.site.outgoing_errors import for_coordinator
+
+    assert for_coordinator(KeyError(STUDY), f"/data/{STUDY}/manifest.json").startswith("a site: site error: KeyError")
+    assert for_coordinator(KeyError(STUDY), "partition 1").startswith("site partition 1: site error: KeyError")

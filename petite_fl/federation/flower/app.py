@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from petite_fl.federation.flower.client import error_reply, handle
 from petite_fl.federation.flower.secagg import TRAIN_MODS
 from petite_fl.federation.flower.server import serve
+from petite_fl.federation.site.endpoint import SiteEndpoint
 
 
 class SiteClientApp(ClientApp):
@@ -22,7 +23,7 @@ class SiteClientApp(ClientApp):
         try:
             return super().__call__(message, context)
         except Exception as exc:  # see the class docstring
-            return error_reply(message, exc, str(context.node_config.get("site") or "") or None)
+            return error_reply(message, exc, SiteEndpoint(dict(context.node_config), {}).name())
 
 
 server_app = ServerApp()

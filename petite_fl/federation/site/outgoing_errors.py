@@ -38,7 +38,7 @@ KINDS = (
     "has no 'val' subjects", "has no 'test' subjects", "no 'scanner' field", "unknown key", "unknown section",
     "holds an interpolation", "must be a whole number", "no personal state", "missed the run's hello",
 )
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}|partition \d{1,6}")  # a simulated node without a site: its partition
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
