@@ -1,5 +1,6 @@
 """The shared rich consoles (stdout and stderr), and how text reaches a terminal: one-line user
-errors (`run_cli`), foreign text made one printable line (`one_line`), byte counts for people."""
+errors (`run_cli`), foreign text made one printable line (`one_line`) or a peer's name made safe to
+print (`printable`), byte counts for people."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ def one_line(value: Any, limit: int = 400) -> str:
     if wrapped:
         text = wrapped.group(1)
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def printable(value: Any, limit: int = 80) -> str:
+    """A string a peer chose (a site's name or device, an app's name), safe in a log line: control and
+    other non-printable characters shown escaped (`\\x1b`, `\\n`), so an ANSI sequence or a newline can
+    neither restyle a terminal nor forge a line; at most `limit` characters."""
+    text = value if isinstance(value, str) else str(value)
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -185,5 +185,6 @@ def test_a_simulated_partition_follows_the_run_and_a_deployed_site_its_own_node_
     assert simulated.name == "mlflow" and "uri" not in simulated  # the run's tracker, the site's own local store
     assert OmegaConf.to_container(site_config(sections, {"site": "a", "site-root": "/x"}).tracking) == {
         "name": "tensorboard"}
-    own = site_config(sections, {"site": "a", "site-root": "/x", "tracking": '{"name": "mlflow", "uri": null}'}).tracking
+    node = {"site": "a", "site-root": "/x", "tracking": '{"name": "mlflow", "uri": null}'}
+    own = site_config(sections, node).tracking
     assert own.name == "mlflow" and own.uri is None

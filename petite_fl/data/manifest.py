@@ -93,26 +93,35 @@ def read_manifest(path: str | Path) -> Manifest:
         raise DataError(f"{path}: field 'subjects' must be a list of subject entries")
     if not rows:
         raise DataError(f"{path}: the manifest lists no subjects")
-    subjects = tuple(_entry(path, i, row) for i, row in enumerate(rows, start=1))
+    subjects = tuple(_row(path, i, row) for i, row in enumerate(rows, start=1))
     seen: dict[str, int] = {}
     for entry in subjects:
         if entry.id in seen:
             raise DataError(
-                f"{path}: duplicate subject '{entry.id}' (rows {seen[entry.id]} and {entry.row})"
-            )
+                f"{path}: duplicate subject '{entry.id}' (rows {seen[entry.id]} and {entry.row})",
+                rows=(seen[entry.id], entry.row))
         seen[entry.id] = entry.row
     for name in OPTIONAL_FIELDS:
         have = [e.row for e in subjects if getattr(e, name) is not None]
         if have and len(have) < len(subjects):
             lacking = next(e.row for e in subjects if getattr(e, name) is None)
             raise DataError(f"{path} row {lacking}: no '{name}' field, which rows {_rows(have)} have; "
-                            "give it for every subject or for none")
+                            "give it for every subject or for none", rows=(lacking,))
     return Manifest(
         path=path,
         site=str(raw.get("site") or path.parent.name),
         scanner=None if raw.get("scanner") is None else str(raw["scanner"]),
         subjects=subjects,
     )
+
+
+def _row(path: Path, row: int, raw: object) -> SubjectEntry:
+    """One row read, its error knowing its row (what a site may tell the coordinator of it)."""
+    try:
+        return _entry(path, row, raw)
+    except DataError as exc:
+        exc.rows = (row,)
+        raise
 
 
 def _entry(path: Path, row: int, raw: object) -> SubjectEntry:

@@ -89,12 +89,18 @@ def load_pair(entry: SubjectEntry, manifest_path: Path, truth: bool = False) -> 
 def load_pairs(manifest: Manifest, entries: Sequence[SubjectEntry], truth: bool = False
                ) -> tuple[list[SubjectPair], list[str]]:
     """Every valid pair, and one problem line per invalid one (nothing raised)."""
+    pairs, problems = _load_pairs(manifest, entries, truth)
+    return pairs, [text for _, text in problems]
+
+
+def _load_pairs(manifest: Manifest, entries: Sequence[SubjectEntry], truth: bool
+                ) -> tuple[list[SubjectPair], list[tuple[int, str]]]:
     pairs, problems = [], []
     for entry in entries:
         try:
             pairs.append(load_pair(entry, manifest.path, truth))
         except DataError as exc:
-            problems.append(str(exc))
+            problems.append((entry.row, str(exc)))
     return pairs, problems
 
 
@@ -174,9 +180,10 @@ def load_site(manifest_path: str | Path, splits: Sequence[str] = SPLITS, scaling
     get_scaling(scaling)
     manifest = read_manifest(manifest_path)
     entries = manifest.split(*splits)
-    pairs, problems = load_pairs(manifest, entries, truth)
+    pairs, problems = _load_pairs(manifest, entries, truth)
     if problems:
         head = f"{manifest.path}: {len(problems)} of {len(entries)} subjects are invalid"
-        raise DataError("\n".join([head, *problems]) if len(problems) > 1 else problems[0])
+        lines = [text for _, text in problems]
+        raise DataError("\n".join([head, *lines]) if len(lines) > 1 else lines[0], rows=[r for r, _ in problems])
     by_split = {name: [p for p in pairs if p.entry.split == name] for name in splits}
     return SiteData(manifest=manifest, pairs=by_split, scaling=scaling)

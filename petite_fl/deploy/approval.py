@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 
+from petite_fl.console import printable
 from petite_fl.deploy.bundle import BundleLimits, BundleRefused, measure, read_entry
 from petite_fl.errors import ConfigError, PetiteError
 
@@ -73,7 +74,7 @@ def describe(bundle: bytes) -> str:
             text = b"".join(read_entry(archive, archive.getinfo("pyproject.toml"), _DESCRIBE_CAP))
         config = tomllib.loads(text.decode("utf-8"))
         name = f"{config['tool']['flwr']['app']['publisher']}/{config['project']['name']}"
-        return f"'{name}' {config['project']['version']}"[:120].replace("\n", " ")
+        return printable(f"'{name}' {config['project']['version']}", 120)  # the coordinator's text: escaped
     except (*_UNREADABLE, tomllib.TOMLDecodeError, TypeError, UnicodeDecodeError):
         return "an unnamed app"
 
@@ -84,8 +85,8 @@ def check_app(bundle: bytes, approved: Iterable[str], site: str, limits: BundleL
     try:
         digest = app_hash(bundle, BundleLimits() if limits is None else limits)
     except ValueError as exc:
-        raise AppNotApproved(f"site {site}: refused the app the coordinator sent: {exc}; nothing of it was "
-                             "installed or run") from None
+        raise AppNotApproved(f"site {site}: refused the app the coordinator sent: {printable(exc, 300)}; nothing of "
+                             "it was installed or run") from None
     if digest not in set(approved):
         raise AppNotApproved(
             f"site {site}: refused app {describe(bundle)} with app hash {digest}: it is neither petite-fl's own "

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from petite_fl.console import one_line
-from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.errors import ConfigError
 from petite_fl.federation.aggregate import payload_bytes
 from petite_fl.federation.server.protections import Protection
 from petite_fl.federation.strategies import Strategy
@@ -82,7 +82,7 @@ class LocalTransport:
         return list(self.sites)
 
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
-        from petite_fl.federation.site.endpoint import for_coordinator
+        from petite_fl.federation.site.outgoing_errors import report
 
         out = Exchange()
         for node, message in messages.items():
@@ -90,11 +90,8 @@ class LocalTransport:
             wire = getattr(message, "transport", "float32")
             try:
                 reply = _copy(self.sites[node].answer(_copy(message, wire)), wire)
-            except PetiteError as exc:
-                out.errors[node] = one_line(for_coordinator(f"site {self.sites[node].name()}: {exc}"))
-                continue
-            except Exception as exc:
-                out.errors[node] = one_line(f"site {self.sites[node].name()} failed: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # what a ClientApp would send: a whitelisted line (`site.outgoing_errors`)
+                out.errors[node] = one_line(report(exc, self.sites[node].name()))
                 continue
             out.replies[node] = reply
             out.bytes_up[node] = message_bytes(reply)

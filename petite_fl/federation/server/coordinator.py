@@ -25,14 +25,14 @@ from petite_fl import __version__
 from petite_fl.artifacts import load_backbone, save_adapter
 from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.config import config_hash, expand_path
-from petite_fl.console import console, human_bytes
+from petite_fl.console import console, human_bytes, printable
 from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.fields import bad_name, check_transport
 from petite_fl.federation.messages import BackboneOffer, EvaluateIns, Hello, HelloRes, TrainIns
 from petite_fl.federation.server.checkpoint import load_checkpoint, save_checkpoint
 from petite_fl.federation.server.checks import honest_update_bound, max_update_norm
 from petite_fl.federation.server.drift import drift_rows, lora_a_names, tracked
-from petite_fl.federation.server.evaluation import read_final_metrics
+from petite_fl.federation.server.evaluation import adapter_file, read_final_metrics
 from petite_fl.federation.server.given import file_sha256, given_adapter
 from petite_fl.federation.server.protections import MIN_SECAGG_SITES, check_combination, protection_from_config
 from petite_fl.federation.server.rounds import RoundContext, group_id
@@ -147,15 +147,16 @@ class Coordinator:
         errors, infos = dict(exchange.errors), {}
         registered = getattr(self.transport, "registered_sites", lambda: None)()
         for node, info in exchange.replies.items():
+            said = printable(info.site)  # a peer's text: escaped before it reaches a terminal or a log
             if registered is not None and registered.get(node) != info.site:
-                errors[node] = (f"registered as site '{registered[node]}' but says it is '{info.site}'"
+                errors[node] = (f"registered as site '{registered[node]}' but says it is '{said}'"
                                 if node in registered else
-                                f"says it is '{info.site}' but no site was registered as this node "
+                                f"says it is '{said}' but no site was registered as this node "
                                 "(petite-server register --site NAME --key KEY.pub)")
             elif info.site in {i.site for i in infos.values()}:
-                errors[node] = f"a second node claims site '{info.site}'"
+                errors[node] = f"a second node claims site '{said}'"
             elif info.site not in self.sites:
-                errors[node] = f"site '{info.site}' is not in federation.sites {self.sites}"
+                errors[node] = f"site '{said}' is not in federation.sites {self.sites}"
             else:
                 infos[node] = info
         for node, why in errors.items():
@@ -163,7 +164,7 @@ class Coordinator:
         if len(infos) < self.min_sites:
             raise PetiteError(f"{len(infos)} site(s) ready, {self.min_sites} needed: "
                               + "; ".join(f"node {n}: {w}" for n, w in errors.items()))
-        self.say("sites: " + ", ".join(f"{i.site} ({i.num_examples} training scans, {i.device})"
+        self.say("sites: " + ", ".join(f"{i.site} ({i.num_examples} training scans, {printable(i.device, 40)})"
                                        for i in sorted(infos.values(), key=lambda i: i.site)))
         return infos
 
@@ -369,7 +370,7 @@ class Coordinator:
                 self.log.rejected.append({"round": self.rounds, "site": site, "reason": errors[node]})
                 continue
             self.log.final(self.rounds, site, *read)
-            adapters[site] = reply.adapter
+            adapters[site] = adapter_file(reply.adapter, expand_path(self.cfg.federation.site_root))
         for node, why in errors.items():
             self.say(f"final evaluation: site {infos[node].site} left out: {why}")
         return adapters

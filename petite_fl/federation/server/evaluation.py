@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from petite_fl.training.inference import METRICS, RATIO_METRICS, TRUTH_METRICS
@@ -66,3 +67,17 @@ def read_final_metrics(metrics: Mapping[str, Any], splits: tuple[str, ...]
             columns[key] = numbers
         subjects = [{key: column[i] for key, column in columns.items()} for i in range(n)]
     return means, subjects
+
+
+def adapter_file(name: str | None, site_root: Path) -> str | None:
+    """Where a site's final adapter is, as far as this coordinator can tell: a site names it under its
+    own root (`<site>/runs/<run>/adapter.safetensors`, never an absolute path); where this coordinator's
+    `federation.site_root` holds that file (a simulation, sites in this process), the file's path;
+    otherwise the site's name for it. A name that is absolute or climbs out (`..`) is not kept."""
+    if not name:
+        return None
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive or not parts or ".." in parts:
+        return None
+    here = Path(site_root).joinpath(*parts)
+    return str(here) if here.is_file() else name

@@ -3,7 +3,8 @@
 The run's settings arrive once, in `Hello`: the site adds its own settings from its node
 config, keeps the result in its run folder (`config.yaml`) and remembers where in its
 node state, so later messages carry only the run's name and nothing is composed again.
-A refusal is a `PetiteError`; the carrier turns it into one line for the coordinator.
+A refusal is a `PetiteError`; the carrier turns it into one line for the coordinator, built from a
+whitelist (`outgoing_errors`), never from the error's text.
 
 Every message is checked against the site's own policy (`policy.SitePolicy`, from the node
 config, never from the server) before any work: the hello's settings also against the
@@ -12,7 +13,6 @@ run-config whitelist (`runkeys`), before OmegaConf reads them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from petite_fl.atomic import atomic_path
 from petite_fl.config import expand_path
-from petite_fl.errors import PetiteError
+from petite_fl.console import printable
+from petite_fl.errors import ConfigError, PetiteError
 from petite_fl.federation.messages import (
     BackboneOffer,
     BackboneRes,
@@ -40,15 +41,11 @@ from petite_fl.federation.strategies import build_strategy
 from petite_fl.runconfig import site_config
 
 _STATE_PREFIX = "run:"
-_SUBJECT = re.compile(r" ?\(subject '[^']*'\)|subject '[^']*'")
-_PATH = re.compile(r"(?<![\w<.-])(?:~|\.{0,2})/[^\s:'\",()]*")
 
 
-def for_coordinator(text: str) -> str:
-    """A site's refusal as the coordinator may read it: the manifest row and the problem, without the
-    site's file paths or subject names (the site's own log keeps the whole line)."""
-    text = _SUBJECT.sub(lambda m: "" if m.group(0).startswith((" (", "(")) else "subject <id>", text)
-    return _PATH.sub(lambda m: "manifest" if m.group(0).endswith(".json") else "<file>", text)
+def _refusal(text: str) -> PetiteError:
+    """A refusal made only of what the coordinator sent and fixed text: it may read all of it."""
+    return PetiteError(text, public=text)
 
 
 class SiteEndpoint:
@@ -82,15 +79,15 @@ class SiteEndpoint:
                                                           ins.sha256, ins.tensors, ins.validate,
                                                           "float32" if ins.legacy else ins.transport)
             if ins.legacy and upload and set(upload) != set(ins.names):
-                raise PetiteError(f"the round's message lists {len(ins.names)} shared tensors, this site shares "
-                                  f"{len(upload)} of them; Flower's legacy layout (SecAgg+, DP clipping) is "
-                                  "positional, so nothing is sent")
+                raise _refusal(f"the round's message lists {len(ins.names)} shared tensors, this site shares "
+                               f"{len(upload)} of them; Flower's legacy layout (SecAgg+, DP clipping) is "
+                               "positional, so nothing is sent")
             return TrainRes(upload, 1 if ins.uniform_weight else n_train, worker.backbone_sha256,
                             policy.reported(metrics))
         if isinstance(ins, EvaluateIns):
             metrics, path = worker.finish(strategy, ins.run, ins.round, ins.sha256, ins.tensors, ins.splits)
-            return EvaluateRes(metrics, str(path))
-        raise PetiteError(f"unknown instruction {type(ins).__name__}")
+            return EvaluateRes(metrics, worker.shared_name(path))
+        raise _refusal(f"unknown instruction {printable(type(ins).__name__, 60)}")
 
     @staticmethod
     def _admit(ins: Any, cfg: DictConfig, policy: SitePolicy, carried: tuple[bool, bool] | None) -> Any:
@@ -107,7 +104,10 @@ class SiteEndpoint:
         return strategy
 
     def _hello(self, ins: Hello) -> HelloRes:
-        check_sections(ins.config)  # known keys, no `${…}`: before OmegaConf sees any of it
+        try:
+            check_sections(ins.config)  # known keys, no `${…}`: before OmegaConf sees any of it
+        except ConfigError as exc:  # it names only keys and values of the hello: the coordinator's own
+            raise ConfigError(str(exc), public=str(exc)) from None
         policy, cfg = self.policy, site_config(ins.config, self.node)
         policy.check_run(cfg)
         worker = SiteWorker(cfg, site_for_node(cfg, self.node), self.node.get("manifest") or None, policy)
@@ -127,8 +127,8 @@ class SiteEndpoint:
             root = expand_path(str(self.node["site-root"]))
             kept = str(run_folder(root, str(self.node["site"]), run) / "config.yaml")
         if kept is None or not Path(str(kept)).is_file():
-            raise PetiteError(f"no settings of run '{run}' at this site: it missed the run's hello"
-                              + ("" if self.node.get("site-root") else " (and its node config names no site-root "
-                                 "to find them in)"))
+            raise _refusal(f"no settings of run '{printable(run)}' at this site: it missed the run's hello"
+                           + ("" if self.node.get("site-root") else " (and its node config names no site-root "
+                              "to find them in)"))
         # The node's own settings as they are now (a site restarted with another device keeps it).
         return site_config(OmegaConf.to_container(OmegaConf.load(str(kept))), self.node)

@@ -102,6 +102,11 @@ class SiteWorker:
     def run_dir(self, run_name: str) -> Path:
         return run_folder(expand_path(self.cfg.federation.site_root), self.site, run_name)
 
+    def shared_name(self, path: Path) -> str:
+        """A file of the site's as the coordinator may read it: its name under the site root
+        (`<site>/runs/<run>/adapter.safetensors`), never the site's absolute path (its home, its user)."""
+        return path.relative_to(expand_path(self.cfg.federation.site_root)).as_posix()
+
     def tracker(self, run_name: str) -> Tracker:
         """This site's own tracking of a run, in its run folder: the site's `tracking` section (a deployed
         site's own choice, `runconfig.site_config`). Opened and closed per message (`with`)."""
@@ -133,8 +138,9 @@ class SiteWorker:
         done = [r for r in rounds if r <= rnd]
         if not done:
             if self._trained_before(run_name):
-                raise PetiteError(f"site {self.site}: no personal state of run '{run_name}' up to round {rnd} "
-                                  f"in {folder}; was the site's folder cleared?")
+                why = f"no personal state of run '{run_name}' up to round {rnd}"
+                raise PetiteError(f"site {self.site}: {why} in {folder}; was the site's folder cleared?",
+                                  public=f"{why} (was the site's folder cleared?)")
             return {}, {}  # the site joins this run now: it starts from the initial adapter
         rnd = done[0]
         path = folder / f"personal-r{rnd:04d}.safetensors"
@@ -226,8 +232,9 @@ class SiteWorker:
         with phase("site.train"):
             update = strategy.local_update(job, init, received, personal)
         if set(update.upload) - set(received):
-            raise PetiteError(f"site {self.site}: strategy {strategy.name} would upload "
-                              f"{sorted(set(update.upload) - set(received))[:5]} beyond the shared tensors")
+            extra = sorted(set(update.upload) - set(received))[:5]  # names of the run's model: the coordinator's own
+            why = f"strategy {strategy.name} would upload {extra} beyond the shared tensors"
+            raise PetiteError(f"site {self.site}: {why}", public=why)
         self._save_personal(run_name, rnd, update.personal, objective.state_dict(), sha256)
         seconds = time.perf_counter() - begin
         metrics.update(update.logs)
