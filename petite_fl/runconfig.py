@@ -109,11 +109,14 @@ def site_sections(cfg: DictConfig) -> dict[str, Any]:
     """What a site needs of the run's configuration, as plain resolved values.
 
     The tracking section travels without its `uri`: a tracking server's address may hold
-    credentials, which never leave the coordinator (simulated sites write their own local stores)."""
+    credentials, which never leave the coordinator (simulated sites write their own local stores); nor
+    does `federation.attested`, the operator's bounds on every site's weight."""
     sections = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                 for k in SITE_SECTIONS}
     if isinstance(sections.get("tracking"), dict):
         sections["tracking"] = {k: v for k, v in sections["tracking"].items() if k != "uri"}
+    if isinstance(sections.get("federation"), dict):  # the coordinator's bounds on each site's weight: its own
+        sections["federation"] = {k: v for k, v in sections["federation"].items() if k != "attested"}
     return sections
 
 

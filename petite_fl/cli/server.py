@@ -4,6 +4,8 @@
     petite-server [--tls DIR] [--host 0.0.0.0] [--port 9092]     # run the coordinator (TLS + site auth)
     petite-server --resume                                         # restart after a crash, runs continue
     petite-server register --site scanner1 --key scanner1.key.pub  # admit a site's key
+        [--max-train-weight N --max-eval-count N]                  # and attest how much it may weigh
+    petite-server attest --site scanner1 --max-train-weight N      # change that later
 
 Runs Flower's own SuperLink with TLS and SuperNode authentication on (plain text only with
 --insecure), bound to 127.0.0.1:--control-port, where the operators' `flwr` reaches it; nginx
@@ -57,7 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("register", help="admit a site: register its public key with the running SuperLink")
     p.add_argument("--site", required=True, help="site name (shown in `flwr supernode list`)")
     p.add_argument("--key", type=Path, required=True, help="the site's .key.pub (from petite-client keygen)")
+    _attest_options(p)
+    p = sub.add_parser("attest", help="set how much a registered site may weigh (its own counts are claims)")
+    p.add_argument("--site", required=True, help="a registered site's name")
+    _attest_options(p)
     return parser
+
+
+def _attest_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-train-weight", type=int, metavar="N",
+                   help="the most training scans this site is known to hold: its FedAvg weight is at most N "
+                        "(default: unattested, it weighs federation.unattested_weight, uniform = 1)")
+    p.add_argument("--max-eval-count", type=int, metavar="N",
+                   help="the most validation/test subjects it is known to hold: its weight in the run's reported "
+                        "means is at most N (default: unattested)")
 
 
 def _cache() -> Path:
@@ -93,6 +108,7 @@ def cmd_register(args) -> int:
     why = bad_name(args.site)
     if why:
         raise ConfigError(f"--site: {why}")
+    registry.attestation(args.max_train_weight, args.max_eval_count)  # a bad figure before Flower registers
     out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site,
                           "--format", "json"], capture_output=True, text=True, timeout=120)
     try:
@@ -103,10 +119,39 @@ def cmd_register(args) -> int:
         lines = [ln.strip(" │╭╮╰╯─") for ln in (out.stdout + out.stderr).splitlines()]
         raise PetiteError(f"registering {args.key} failed: " + " ".join(ln for ln in lines if ln)[:400])
     # The site's name is bound to this node: its hello is accepted under no other name.
-    registry.record(registry.registry_path(_cache() / "server"), args.site, node_id,
-                    hashlib.sha256(args.key.read_bytes()).hexdigest())
+    admit(args, node_id, hashlib.sha256(args.key.read_bytes()).hexdigest())
     console.print(f"site {escape(args.site)} registered as node {node_id} ({escape(str(args.key))})")
     return 0
+
+
+def admit(args, node_id: int, key_sha256: str) -> None:
+    """The site table's entry of a site Flower registered as `node_id`, with the operator's attestation."""
+    from petite_fl.deploy import registry
+
+    registry.record(registry.registry_path(_cache() / "server"), args.site, node_id, key_sha256,
+                    args.max_train_weight, args.max_eval_count)
+    _say_attested(args)
+
+
+def cmd_attest(args) -> int:
+    from petite_fl.deploy import registry
+    from petite_fl.errors import ConfigError
+
+    path = registry.registry_path(_cache() / "server")
+    entry = registry.read_table(path).get(args.site)
+    if entry is None:
+        raise ConfigError(f"site {args.site} is not registered (petite-server register --site NAME --key KEY.pub)")
+    registry.record(path, args.site, entry["node_id"], entry["key_sha256"],
+                    args.max_train_weight, args.max_eval_count)
+    _say_attested(args)
+    return 0
+
+
+def _say_attested(args) -> None:
+    figures = [f"{what} ≤ {n}" for what, n in (("training weight", args.max_train_weight),
+                                                ("evaluation subjects", args.max_eval_count)) if n is not None]
+    console.print(f"site {escape(args.site)}: " + (", ".join(figures) + " (attested)" if figures else
+                  "unattested: it weighs federation.unattested_weight (uniform = 1) in training and in the means"))
 
 
 def cmd_serve(args) -> int:
@@ -118,7 +163,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"certs": cmd_certs, "register": cmd_register, None: cmd_serve}
+COMMANDS = {"certs": cmd_certs, "register": cmd_register, "attest": cmd_attest, None: cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,8 +177,10 @@ def _curves(data: dict[str, ArmRuns]) -> list[dict[str, Any]]:
         metrics, train = _read_csv(folder / "metrics.csv"), _read_csv(folder / "train.csv")
         for rnd in sorted({int(r["round"]) for r in metrics if r["split"] == "val"}):
             val = [r for r in metrics if r["split"] == "val" and int(r["round"]) == rnd]
-            w = sum(int(r["subjects"]) for r in val)
-            row = {"arm": arm, "round": rnd, **{f"val_{k}": sum(float(r[k]) * int(r["subjects"]) for r in val) / w
+            weight = [int(r.get("weight") or r["subjects"]) for r in val]  # bounded (server/weights.py) where logged
+            w = sum(weight)
+            row = {"arm": arm, "round": rnd, **{f"val_{k}": sum(float(r[k]) * n for r, n in zip(val, weight,
+                                                                                                 strict=True)) / w
                                                 for k in ("psnr", "ssim")}}
             losses = [float(r["train_loss"]) for r in train if int(r["round"]) == rnd and r["train_loss"]]
             row["train_loss"] = sum(losses) / len(losses) if losses else None

@@ -79,6 +79,7 @@ class TrainIns:
     transport: str = "float32"        # precision of floating tensors on the wire
     clipping_norm: float | None = None    # client-side DP clipping (Flower's fixedclipping_mod)
     secagg_range: float | None = None     # SecAgg+ clipping range: a site refuses values beyond it
+    max_weight: int | None = None         # the most this site weighs (the coordinator's bound on its claim)
 
     @property
     def legacy(self) -> bool:

@@ -140,6 +140,8 @@ def _train_fields(m: TrainIns) -> dict[str, Any]:
            "weight": "uniform" if m.uniform_weight else "examples", "transport": m.transport}
     if m.secagg_range is not None:
         out["secagg_clipping_range"] = m.secagg_range
+    if m.max_weight is not None:
+        out["max_weight"] = m.max_weight
     if m.clipping_norm is not None:
         out[_CLIP_KEY] = m.clipping_norm
     return out
@@ -169,7 +171,8 @@ def _decode_train(content: RecordDict, asked: Any = None) -> TrainIns:
                     whole(c, "steps", what, 1), text(c, "sha256", what), flag(c, "validate", what),
                     text(c, "weight", what) == "uniform", tensors, str(c.get("transport", "float32")),
                     float(c[_CLIP_KEY]) if _CLIP_KEY in c else None,
-                    float(c["secagg_clipping_range"]) if "secagg_clipping_range" in c else None)
+                    float(c["secagg_clipping_range"]) if "secagg_clipping_range" in c else None,
+                    whole(c, "max_weight", what, 1) if "max_weight" in c else None)
 
 
 def _encode_train_res(m: TrainRes, asked: TrainIns) -> RecordDict:

@@ -11,7 +11,7 @@ to messages that ask for them (the FitIns/FitRes layout itself is `messages.Trai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import FitIns, FitRes, Parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -90,12 +90,21 @@ TRAIN_MODS = [secagg_when_asked, clip_when_asked]
 
 
 class CountingGrid(Grid):
-    """A Grid that counts the bytes each node receives and sends (the protocol's real cost)."""
+    """A Grid that counts the bytes each node receives and sends (the protocol's real cost), and
+    keeps out of the sum every masked upload whose declared weight is above its site's bound.
 
-    def __init__(self, grid: Grid) -> None:
+    Flower's mod multiplies a site's upload by the weight its FitRes declares before masking it; the
+    FitRes travels beside the masked vector, so the bound is checked there, before the workflow adds
+    the vector to the sum. Left out, the site counts as dropped out: its masks are removed with its
+    neighbours' shares, and the sum holds only the others.
+    """
+
+    def __init__(self, grid: Grid, bounds: Mapping[int, int] | None = None) -> None:
         self.grid = grid
+        self.bounds = dict(bounds or {})
         self.down: dict[int, int] = {}
         self.up: dict[int, int] = {}
+        self.refused: dict[int, str] = {}  # node → why its masked upload was kept out of the sum
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         messages = list(messages)
@@ -107,7 +116,24 @@ class CountingGrid(Grid):
             if not r.has_error():
                 n = r.metadata.src_node_id
                 self.up[n] = self.up.get(n, 0) + content_bytes(r.content)
-        return replies
+        return [r for r in replies if not self._over_bound(r)]
+
+    def _over_bound(self, reply: Message) -> bool:
+        """Whether `reply` is a masked upload weighted above its site's bound (then it is recorded)."""
+        configs = reply.content.config_records.get(RECORD_KEY_CONFIGS) if not reply.has_error() else None
+        node = reply.metadata.src_node_id
+        if configs is None or Key.MASKED_PARAMETERS not in configs or node not in self.bounds:
+            return False
+        try:
+            weight = compat.recorddict_to_fitres(reply.content, keep_input=True).num_examples
+        except Exception as exc:  # a reply that is no FitRes declares no weight we could bound
+            self.refused[node] = f"its masked upload declares no readable weight ({type(exc).__name__})"
+            return True
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= self.bounds[node]:
+            self.refused[node] = (f"its masked upload is weighted {weight!r}, above its bound "
+                                  f"{self.bounds[node]} (kept out of the SecAgg+ sum)")
+            return True
+        return False
 
     def get_node_ids(self) -> Iterable[int]:
         return self.grid.get_node_ids()
@@ -138,6 +164,7 @@ class SecureRound:
     failures: list[str] = field(default_factory=list)
     bytes_down: dict[int, int] = field(default_factory=dict)
     bytes_up: dict[int, int] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)  # node → why its upload was kept out of the sum
 
 
 class _Collect(LegacyStrategy):
@@ -176,24 +203,29 @@ class _Collect(LegacyStrategy):
         return None
 
 
-def secure_round(grid: Grid, nodes: Sequence[int], ins: TrainIns, protection: Protection, max_weight: float,
-                 timeout: float | None) -> SecureRound:
-    """One training round whose shared tensors are summed under SecAgg+; returns the weighted mean."""
-    fitins = codec.fitins(ins)
-    counting = CountingGrid(grid)
-    collect = _Collect({n: fitins for n in nodes}, counting)
+def secure_round(grid: Grid, instructions: Mapping[int, TrainIns], protection: Protection,
+                 bounds: Mapping[int, int], timeout: float | None) -> SecureRound:
+    """One training round whose shared tensors are summed under SecAgg+; returns the weighted mean.
+
+    `bounds`: the most each node weighs; the largest is Flower's `max_weight`, and a masked upload
+    weighted above its node's bound never enters the sum."""
+    ins = next(iter(instructions.values()))
+    fitins = {n: codec.fitins(i) for n, i in instructions.items()}
+    counting = CountingGrid(grid, bounds)
+    collect = _Collect(fitins, counting)
     base = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
     context = LegacyContext(base, strategy=collect)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: ins.round})
-    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(fitins.parameters, True)
+    context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        next(iter(fitins.values())).parameters, True)
     workflow = SecAggPlusWorkflow(protection.num_shares, protection.reconstruction_threshold,
-                                  max_weight=max_weight, clipping_range=protection.clipping_range,
+                                  max_weight=float(max(bounds.values())), clipping_range=protection.clipping_range,
                                   quantization_range=protection.quantization_range, timeout=timeout)
     workflow(counting, context)
     average = from_parameters(collect.average, ins.names, ins.tensors) if collect.average is not None else None
     sites = {proxy.node_id: (int(res.num_examples), dict(res.metrics)) for proxy, res in collect.results}
     failures = [getattr(f.args[0], "reason", None) or str(f) if f.args else str(f) for f in collect.failures]
-    return SecureRound(average, sites, failures, counting.down, counting.up)
+    return SecureRound(average, sites, failures, counting.down, counting.up, counting.refused)
 
 
 class SecAggPlus(Protected):
@@ -214,12 +246,16 @@ class SecAggPlus(Protected):
         if len(ctx.infos) < MIN_SECAGG_SITES:
             raise PetiteError(f"round {rnd}: SecAgg+ with only {len(ctx.infos)} site(s) taking part; at least "
                               f"{MIN_SECAGG_SITES} are needed, or each could read another's upload from the sum")
-        weights = [1 if ins.uniform_weight else i.num_examples for i in ctx.infos.values()]
-        sec = secure_round(self.grid, list(ctx.infos), ins, self.protection, float(max(weights)), ctx.timeout)
+        # Each site's bound (DP's plain mean: 1) is told to it and checked before its upload enters the sum.
+        bounds = {n: 1 if ins.uniform_weight else ctx.cap(n) for n in ctx.infos}
+        sec = secure_round(self.grid, ctx.instructions(ins), self.protection, bounds, ctx.timeout)
         result = RoundResult(aggregated=True)
         for node, info in ctx.infos.items():
             if node not in sec.sites:
-                result.errors[node] = "dropped out of SecAgg+ (its masked upload is not in the sum)"
+                result.errors[node] = sec.refused.get(node, "dropped out of SecAgg+ (its masked upload is not in "
+                                                            "the sum)")
+                if node in sec.refused:
+                    result.rejected.append({"round": rnd, "site": info.site, "reason": sec.refused[node]})
                 continue
             _, m = sec.sites[node]
             made_on = str(m.pop("backbone_sha256", None))
@@ -234,9 +270,11 @@ class SecAggPlus(Protected):
                                     "bytes_down": sec.bytes_down.get(node, 0), "bytes_up": sec.bytes_up.get(node, 0)})
         if sec.average is not None and len(sec.sites) < MIN_SECAGG_SITES:
             # Flower's workflow unmasks whatever sum it has; a sum of two is one site's upload to the other.
+            left = "; ".join(f"{ctx.infos[n].site}: {why}" for n, why in sec.refused.items())
             raise PetiteError(f"round {rnd}: the SecAgg+ sum holds the uploads of only {len(sec.sites)} site(s) "
-                              f"({len(ctx.infos) - len(sec.sites)} dropped out); at least {MIN_SECAGG_SITES} are "
-                              f"needed, so it is discarded; the last completed round ({rnd - 1}) is checkpointed")
+                              f"({len(ctx.infos) - len(sec.sites)} left out{': ' + left if left else ''}); at least "
+                              f"{MIN_SECAGG_SITES} are needed, so it is discarded; the last completed round "
+                              f"({rnd - 1}) is checkpointed")
         if sec.failures:
             result.notes.append(f"SecAgg+ reported {len(sec.failures)} failure(s): {sec.failures[:2]}")
         if sec.average is None or any(node in result.errors for node in result.accepted):

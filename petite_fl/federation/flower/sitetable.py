@@ -2,7 +2,8 @@
 
 `petite-server register` writes it (`deploy.registry`); the ServerApp, started by the SuperLink
 that petite-server runs, finds it through an environment variable and accepts a node's hello
-only under the site name it was registered with.
+only under the site name it was registered with, and weighs each site at most what the operator
+attested there (`--max-train-weight`, `--max-eval-count`; `server.weights`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from petite_fl.errors import ConfigError
+from petite_fl.federation.server.weights import Attested, from_registry
 
 ENV = "PETITE_FL_SITE_REGISTRY"
 
@@ -21,7 +23,7 @@ def registry_path(state: Path) -> Path:
 
 
 def read_table(path: Path) -> dict[str, dict]:
-    """{site: {"node_id", "key_sha256"}}; {} where no site is registered yet."""
+    """{site: {"node_id", "key_sha256"[, "max_train_weight", "max_eval_count"]}}; {} where none is registered yet."""
     if not path.is_file():
         return {}
     try:
@@ -34,12 +36,26 @@ def read_table(path: Path) -> dict[str, dict]:
     return data
 
 
+def _kept(path: Path | None) -> Path | None:
+    if path is None:
+        value = os.environ.get(ENV)
+        return Path(value) if value else None
+    return path
+
+
+def attested_sites(path: Path | None = None) -> dict[str, Attested] | None:
+    """{site: what the operator attested at `petite-server register`}; None where no table is kept."""
+    path = _kept(path)
+    if path is None:
+        return None
+    table = read_table(path)
+    return {site: a for site, e in table.items() if (a := from_registry(e, site)) is not None}
+
+
 def sites_by_node(path: Path | None = None) -> dict[int, str] | None:
     """{node id: site} of the running coordinator; None where none is kept (simulation, a
     SuperLink not started by petite-server): then names are only checked against federation.sites."""
+    path = _kept(path)
     if path is None:
-        value = os.environ.get(ENV)
-        if not value:
-            return None
-        path = Path(value)
+        return None
     return {e["node_id"]: site for site, e in read_table(path).items()}

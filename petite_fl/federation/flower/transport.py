@@ -54,6 +54,12 @@ class FlowerTransport:
 
         return sites_by_node()
 
+    def attested_sites(self) -> dict[str, Any] | None:
+        """{site: the operator's attested bounds} from `petite-server register`, where the coordinator keeps a table."""
+        from petite_fl.federation.flower.sitetable import attested_sites
+
+        return attested_sites()
+
     def exchange(self, messages: Mapping[int, Any], group: str, timeout: float) -> Exchange:
         out, encoded, sent = Exchange(), {}, []
         for node, ins in messages.items():

@@ -37,6 +37,7 @@ from petite_fl.federation.server.given import file_sha256, given_adapter
 from petite_fl.federation.server.protections import MIN_SECAGG_SITES, check_combination, protection_from_config
 from petite_fl.federation.server.rounds import RoundContext, group_id
 from petite_fl.federation.server.runlog import RunLog, print_summary
+from petite_fl.federation.server.weights import influence_for
 from petite_fl.federation.strategies import build_strategy
 from petite_fl.peft.apply import adapter_state_dict, apply_peft
 from petite_fl.peft.spec import spec_from_config
@@ -100,6 +101,10 @@ class Coordinator:
         self.protection = p = protection_from_config(cfg)
         check_combination(p, self.base.name, bool(self.base.rule.share), len(self.sites))
         self.min_sites = min_sites(cfg.federation.min_sites, len(self.sites), p.secagg)
+        # What each site may weigh: its claims bounded by what the operator attests (server/weights.py).
+        self.influence = influence_for(cfg, self.sites, getattr(transport, "attested_sites", lambda: None)())
+        self.caps: dict[int, int] = {}  # node → the most it weighs in training, from the hello on
+        self.declared: dict[str, int] = {}  # site → the training scans it declared at the hello
         self.precision = check_transport(cfg.federation.transport)
         if self.precision != "float32" and p.legacy_messages:
             raise ConfigError(f"federation.transport={self.precision} applies to plain rounds; SecAgg+ and "
@@ -164,8 +169,12 @@ class Coordinator:
         if len(infos) < self.min_sites:
             raise PetiteError(f"{len(infos)} site(s) ready, {self.min_sites} needed: "
                               + "; ".join(f"node {n}: {w}" for n, w in errors.items()))
+        ordered = sorted(infos.values(), key=lambda i: i.site)
         self.say("sites: " + ", ".join(f"{i.site} ({i.num_examples} training scans, {printable(i.device, 40)})"
-                                       for i in sorted(infos.values(), key=lambda i: i.site)))
+                                       for i in ordered))
+        self.caps = {n: self.influence.train(i.site, i.num_examples) for n, i in infos.items()}
+        self.declared = {i.site: i.num_examples for i in ordered}
+        self.say("training weights: " + "; ".join(self.influence.train_line(i.site, i.num_examples) for i in ordered))
         return infos
 
     def distribute(self, infos: dict[int, HelloRes], run_name: str, model: torch.nn.Module,
@@ -246,7 +255,7 @@ class Coordinator:
         session = 1 + max((int(r.get("session", 1)) for r in self.log.transfer_rows), default=0)
         self.backbone_rows = [{**r, "session": session} for r in self.backbone_rows]
         self.log.transfer_rows.extend(self.backbone_rows)  # what this start of the run received
-        ctx = RoundContext(self.transport, infos, self.strategy, sha, 0.0, self.timeout, self.label)
+        ctx = RoundContext(self.transport, infos, self.strategy, sha, 0.0, self.timeout, self.label, self.caps)
         every = max(1, int(cfg.federation.eval_every))
         for rnd in range(start + 1, self.rounds + 1):
             global_tensors = self._round(ctx, rnd, run_name, sha, global_tensors, (rnd - 1) % every == 0)
@@ -293,7 +302,7 @@ class Coordinator:
             self.log.train_rows.append({"round": rnd, "site": site, "train_loss": m.get("train_loss"),
                                         "seconds": m.get("seconds"), "update_norm": m.get("update_norm")})
             if validate:
-                self.log.eval_row(rnd - 1, site, "val", m)
+                self.log.eval_row(rnd - 1, site, "val", m, self.influence.eval)
         if len(result.accepted) < self.min_sites:
             raise PetiteError(f"round {rnd}: {len(result.accepted)} valid update(s), {self.min_sites} needed "
                               f"(federation.min_sites); the last completed round ({rnd - 1}) is checkpointed")
@@ -369,8 +378,11 @@ class Coordinator:
                 errors[node] = f"final evaluation refused: {read}"
                 self.log.rejected.append({"round": self.rounds, "site": site, "reason": errors[node]})
                 continue
-            self.log.final(self.rounds, site, *read)
+            self.log.final(self.rounds, site, *read, weigh=self.influence.eval)
             adapters[site] = adapter_file(reply.adapter, expand_path(self.cfg.federation.site_root))
+        self.say("final evaluation weights in the means (declared → used): " + "; ".join(
+            f"{r['site']} {r['split']} {r['subjects']} → {r['weight']}" for r in self.log.eval_rows
+            if r["round"] == self.rounds and r["split"] in ("val", "test") and "weight" in r))
         for node, why in errors.items():
             self.say(f"final evaluation: site {infos[node].site} left out: {why}")
         return adapters
@@ -395,6 +407,7 @@ class Coordinator:
                 "upload_bytes_per_round": up, "upload_percent_of_backbone": 100.0 * up / self.backbone_payload,
                 "backbone": f"{self.cfg.model.name} {self.cfg.model.preset}",
                 "test_mean": self.log.weighted_mean(self.rounds, "test"), "sites": per_site,
+                "weights": self.influence.summary(self.declared),
                 "protection": self.protection.describe(), "privacy": self.strategy.privacy_spent(),
                 "rejected": self.log.rejected, "rounds_timing": self.round_rows, "phase_seconds": self.phases,
                 "server_peak_rss_bytes": peak_rss_bytes()}

@@ -9,7 +9,7 @@ standing for each site's update. The coordinator does not know which driver it r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -36,9 +36,17 @@ class RoundContext:
     bound: float                     # federation.robust.max_update_norm, resolved
     timeout: float
     label: str | None = None         # group prefix of a compare arm
+    caps: Mapping[int, int] | None = None  # node → the most it weighs (server.weights); None: its hello count
 
     def group(self, name: str) -> str:
         return group_id(self.label, name)
+
+    def cap(self, node: int) -> int:
+        return self.caps[node] if self.caps is not None else self.infos[node].num_examples
+
+    def instructions(self, ins: TrainIns) -> dict[int, TrainIns]:
+        """`ins` for every site, each told the most it weighs (an honest site reports no more)."""
+        return {n: replace(ins, max_weight=self.cap(n)) for n in self.infos}
 
 
 @dataclass
@@ -56,7 +64,7 @@ class RoundResult:
 def plain_round(ctx: RoundContext, rnd: int, ins: TrainIns, expected: Tensors) -> RoundResult:
     """Send `ins` to every site and keep the uploads that pass the checks against `expected`
     (the global shared tensors, or nothing in a local round)."""
-    exchange = ctx.transport.exchange({n: ins for n in ctx.infos}, ctx.group(f"round-{rnd}"), ctx.timeout)
+    exchange = ctx.transport.exchange(ctx.instructions(ins), ctx.group(f"round-{rnd}"), ctx.timeout)
     result = RoundResult(errors=dict(exchange.errors))
     for node in exchange.unreadable:
         result.rejected.append({"round": rnd, "site": ctx.infos[node].site, "reason": exchange.errors[node]})
@@ -70,8 +78,8 @@ def plain_round(ctx: RoundContext, rnd: int, ins: TrainIns, expected: Tensors) -
             result.rejected.append({"round": rnd, "site": site, "reason": reason})
             continue
         result.accepted[node] = {**reply.metrics, "update_norm": verdict.norm}
-        # A site weighs at most the training scans it declared at the hello: claiming 10⁹ buys nothing.
-        result.updates.append((reply.tensors, min(reply.num_examples, ctx.infos[node].num_examples)))
+        # A site weighs at most its bound (min of its hello count and what the operator attests): a claim buys nothing.
+        result.updates.append((reply.tensors, min(reply.num_examples, ctx.cap(node))))
         result.uploads[node] = reply.tensors
         result.transfer.append({"round": rnd, "site": site, "what": "peft",
                                 "bytes_down": exchange.bytes_down.get(node, 0),

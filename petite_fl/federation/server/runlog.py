@@ -7,7 +7,7 @@ every round so that a killed run still leaves its curves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,9 @@ from petite_fl.atomic import write_csv, write_json
 from petite_fl.console import console, human_bytes
 from petite_fl.training.inference import ALL_METRICS
 from petite_fl.training.inference import METRICS as METRIC_NAMES
+
+#: (site, split, declared subjects) → what the site's row weighs in the run's mean
+Weigh = Callable[[str, str, int], int]
 
 
 @dataclass
@@ -36,29 +39,36 @@ class RunLog:
         return cls(list(data["train"]), list(data["eval"]), list(data["transfer"]), list(data.get("rejected", [])),
                    list(data.get("subjects", [])), list(data.get("lora_a", [])))
 
-    def eval_row(self, rnd: int, site: str, split: str, m: Mapping[str, Any]) -> None:
-        """A per-round validation row from a train reply's metrics (when the site validated)."""
-        if f"{split}_psnr" not in m or not isinstance(m.get(f"{split}_subjects", 1), int):
+    def eval_row(self, rnd: int, site: str, split: str, m: Mapping[str, Any], weigh: Weigh | None = None) -> None:
+        """A per-round validation row from a train reply's metrics (when the site validated); `weigh`
+        bounds its declared subject count to what the row may weigh in the mean (`server.weights`)."""
+        n = m.get(f"{split}_subjects", 1)
+        if f"{split}_psnr" not in m or isinstance(n, bool) or not isinstance(n, int) or n < 1:
             return
-        self.eval_rows.append({"round": rnd, "site": site, "split": split,
-                               "subjects": int(m.get(f"{split}_subjects", 1)),
+        self.eval_rows.append({"round": rnd, "site": site, "split": split, "subjects": n,
+                               "weight": weigh(site, split, n) if weigh else n,
                                **{k: float(m[f"{split}_{k}"]) for k in METRIC_NAMES if f"{split}_{k}" in m}})
 
     def final(self, rnd: int, site: str, means: Mapping[str, Mapping[str, float]],
-              subjects: list[dict[str, float]]) -> None:
+              subjects: list[dict[str, float]], weigh: Weigh | None = None) -> None:
         """A site's final evaluation replaces whatever an earlier start of the run recorded."""
         self.eval_rows = [r for r in self.eval_rows if not (r["site"] == site and r["round"] == rnd)]
-        self.eval_rows += [{"round": rnd, "site": site, "split": split, **row} for split, row in means.items()]
+        self.eval_rows += [{"round": rnd, "site": site, "split": split, **row,
+                            "weight": weigh(site, split, int(row["subjects"])) if weigh else row["subjects"]}
+                           for split, row in means.items()]
         self.subject_rows = [r for r in self.subject_rows if r["site"] != site]
         self.subject_rows += [{"site": site, "split": "test", "position": i, **row} for i, row in enumerate(subjects)]
 
     def weighted_mean(self, rnd: int, split: str) -> dict[str, float]:
+        """The sites' means weighted by their bounded subject counts (a claim of 10⁹ subjects buys nothing)."""
         rows = [r for r in self.eval_rows if r["round"] == rnd and r["split"] == split]
-        total = sum(r["subjects"] for r in rows)
+        weights = [r.get("weight", r["subjects"]) for r in rows]  # a log from before the bound: its counts
+        total = sum(weights)
         if not total:
             return {}
         # the truth's metrics only where every site has them (simulated sites)
-        return {k: sum(r[k] * r["subjects"] for r in rows) / total for k in ALL_METRICS if all(k in r for r in rows)}
+        return {k: sum(r[k] * w for r, w in zip(rows, weights, strict=True)) / total for k in ALL_METRICS
+                if all(k in r for r in rows)}
 
     def val_line(self, rnd: int) -> str:
         mean = self.weighted_mean(rnd, "val")

@@ -82,8 +82,9 @@ class SiteEndpoint:
                 raise _refusal(f"the round's message lists {len(ins.names)} shared tensors, this site shares "
                                f"{len(upload)} of them; Flower's legacy layout (SecAgg+, DP clipping) is "
                                "positional, so nothing is sent")
-            return TrainRes(upload, 1 if ins.uniform_weight else n_train, worker.backbone_sha256,
-                            policy.reported(metrics))
+            # The weight the coordinator allows (it would count no more), which SecAgg+ masks with the upload.
+            weight = 1 if ins.uniform_weight else min(n_train, ins.max_weight or n_train)
+            return TrainRes(upload, weight, worker.backbone_sha256, policy.reported(metrics))
         if isinstance(ins, EvaluateIns):
             metrics, path = worker.finish(strategy, ins.run, ins.round, ins.sha256, ins.tensors, ins.splits)
             return EvaluateRes(metrics, worker.shared_name(path))
