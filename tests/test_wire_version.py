@@ -135,3 +135,55 @@ def test_the_coordinator_leaves_out_a_site_of_another_protocol_and_sends_it_no_b
                                         rf"site scanner4 {NEXT} \(petite-fl 9\.0\.0\)"):
         coordinator.hello("run-w")
     assert {m.metadata.message_type for m in grid.sent} == {"query.hello"}
+
+
+# -- the protocol number follows the layout -------------------------------------------------------------------
+
+#: the records and keys of every message, per protocol: a change of the layout without a new protocol fails below
+LAYOUTS = {1: {
+    "query.hello": {"config:config": ["config", "petite_fl", "protocol", "run"]},
+    "query.hello reply": {"config:config": ["device", "held", "num_examples", "petite_fl", "protocol", "site"]},
+    "query.backbone": {"config:config": ["meta", "run"], "array:arrays": 1},
+    "query.backbone reply": {"config:config": ["stored"]},
+    "train": {"config:config": ["max_weight", "round", "rounds", "run", "sha256", "steps", "transport", "validate",
+                                "weight"], "array:arrays": 1},
+    "train reply": {"config:config": ["backbone_sha256"], "metric:metrics": ["num-examples", "train_loss"],
+                    "array:arrays": 1},
+    "train legacy": {"config:fitins.config": ["clipping_norm", "max_weight", "names", "round", "rounds", "run",
+                                              "secagg_clipping_range", "sha256", "steps", "transport", "validate",
+                                              "weight"], "array:fitins.parameters": 1},
+    "train legacy reply": {"config:fitres.metrics": ["backbone_sha256", "train_loss"],
+                           "config:fitres.status": ["code", "message"],
+                           "metric:fitres.num_examples": ["num_examples"], "array:fitres.parameters": 1},
+    "evaluate": {"config:config": ["round", "run", "sha256", "splits", "transport"], "array:arrays": 1},
+    "evaluate reply": {"config:config": ["adapter"], "metric:metrics": ["test_psnr"]},
+}}
+
+
+def _layout(content: RecordDict) -> dict:
+    records = (("config", content.config_records), ("metric", content.metric_records), ("array", content.array_records))
+    return {f"{kind}:{name}": len(record) if kind == "array" else sorted(record) for kind, found in records
+            for name, record in found.items()}
+
+
+def test_the_wire_layout_is_the_one_its_protocol_number_names():
+    """A message's records or keys changed without a new `messages.PROTOCOL` would let two petite-fl versions
+    pass the hello and misread each other."""
+    import torch
+
+    from petite_fl.federation.messages import BackboneOffer, BackboneRes, EvaluateIns, EvaluateRes, TrainIns, TrainRes
+
+    t = {"x.lora.A": torch.ones(2, 3)}
+    plain = TrainIns("r", 1, 2, 3, "a" * 64, True, False, t, max_weight=4)
+    legacy = TrainIns("r", 1, 2, 3, "a" * 64, True, False, t, clipping_norm=0.5, secagg_range=8.0, max_weight=4)
+    res = TrainRes(t, 3, "a" * 64, {"train_loss": 1.0})
+    layout = {"query.hello": encode(Hello("r", {})), "query.hello reply": encode(HelloRes("s", (), 1, "cpu")),
+              "query.backbone": encode(BackboneOffer("r", t, {"model": "m", "config": {}, "sha256": "a" * 64})),
+              "query.backbone reply": encode(BackboneRes("a" * 64)), "train": encode(plain),
+              "train reply": encode(res, plain), "train legacy": encode(legacy),
+              "train legacy reply": encode(res, legacy),
+              "evaluate": encode(EvaluateIns("r", 2, "a" * 64, ("val",), t)),
+              "evaluate reply": encode(EvaluateRes({"test_psnr": 1.0}, "a"))}
+    assert PROTOCOL in LAYOUTS, f"record protocol {PROTOCOL}'s layout in LAYOUTS"
+    assert {k: _layout(v) for k, v in layout.items()} == LAYOUTS[PROTOCOL], (
+        f"the wire layout changed: bump messages.PROTOCOL (now {PROTOCOL}) and record the new layout in LAYOUTS")
