@@ -21,11 +21,13 @@ from petite_fl.errors import ConfigError
 from petite_fl.federation.fields import Unreadable
 from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.messages import (
+    PROTOCOL,
     BackboneRes,
     EvaluateIns,
     EvaluateRes,
     Hello,
     HelloRes,
+    ProtocolMismatch,
     TrainIns,
     TrainRes,
 )
@@ -131,8 +133,9 @@ def test_replies_read_back_in_both_layouts():
     ({"site": "", "held": "", "num_examples": 3, "device": "cpu"}, "'site' must be a non-empty string"),
 ])
 def test_a_malformed_hello_reply_is_one_line_naming_the_field(config, why):
+    versions = {"protocol": PROTOCOL, "petite_fl": "0.1.0"}  # of this protocol: its other fields are read
     with pytest.raises(Unreadable, match=why):
-        decode(HelloRes, RecordDict({"config": ConfigRecord(config)}))
+        decode(HelloRes, RecordDict({"config": ConfigRecord({**versions, **config})}))
 
 
 def test_a_train_reply_without_a_weight_a_hash_or_with_a_list_metric_is_unreadable():
@@ -236,7 +239,7 @@ def test_a_reply_of_another_kind_or_layout_is_unreadable_not_a_crash():
 
     ins = _train_ins()
     hello = HelloRes("scanner4", (), 3, "cpu")
-    with pytest.raises(Unreadable, match="hello reply: missing"):  # a train reply's content as a hello's
+    with pytest.raises(ProtocolMismatch, match="a site no versioned wire protocol"):  # a train reply as a hello's
         _reply_to(Hello("r", {}), lambda sent: Message(
             encode(TrainRes({"x.lora.A": torch.ones(2, 3)}, 4, "c" * 64), ins), reply_to=sent))
     assert _reply_to(Hello("r", {}), lambda sent: Message(encode(hello), reply_to=sent)) == hello

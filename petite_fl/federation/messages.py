@@ -6,7 +6,8 @@ builds and reads only these. Their wire format lives at the Flower edge
 finiteness), so a malformed reply becomes one line of refusal at the server instead of an
 exception deep inside a round.
 
-Flow: `Hello` (the run's site config, once per run) → `HelloRes`; `BackboneOffer` to
+Flow: `Hello` (the wire protocol's version and the run's site config, once per run) → `HelloRes`
+(the site's protocol version first, then who it is); `BackboneOffer` to
 sites that lack the backbone → `BackboneRes`; rounds of `TrainIns` → `TrainRes`;
 `EvaluateIns` → `EvaluateRes`. Train messages travel in Flower's legacy FitIns/FitRes
 layout when a protection needs it (`TrainIns.legacy`: SecAgg+ and client-side DP clipping
@@ -15,12 +16,49 @@ are Flower mods that read only that layout).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from petite_fl import __version__
+from petite_fl.errors import PetiteError
+
 Tensors = dict[str, torch.Tensor]
+
+#: The version of the wire protocol, carried by the hello and by its reply. Bump it, in the same commit,
+#: with ANY change of a message's fields or of their meaning: a key added, renamed, removed or read
+#: differently, a new message kind, a setting a site must now honour. Never move the hello's and the
+#: reply's `protocol` and `petite_fl` keys (their "config" record): every version reads them first.
+PROTOCOL = 1
+#: The first numbered protocol: a peer that sends none runs a petite-fl from before it.
+FIRST_PROTOCOL = 1
+VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,39}")  # a PEP 440 version, safe in a line sent to a peer
+
+
+class ProtocolMismatch(PetiteError):
+    """The peer speaks another wire protocol: one line naming both sides' versions (numbers and a
+    version string only, so a site may send it whole)."""
+
+
+def _speaks(protocol: Any, version: Any) -> str:
+    if protocol is None:
+        return f"no versioned wire protocol (a petite-fl from before wire protocol {FIRST_PROTOCOL})"
+    if isinstance(protocol, bool) or not isinstance(protocol, int):
+        return "an unreadable wire protocol version"
+    shown = version if isinstance(version, str) and VERSION.fullmatch(version) else "unknown"
+    return f"{protocol} (petite-fl {shown})"
+
+
+def check_protocol(protocol: Any, version: Any, us: str, them: str) -> None:
+    """Refuse a peer (`them`: "the coordinator", "site scanner4") whose `protocol` is not ours, before any
+    other field of its message is read: a peer of another version may have other fields."""
+    if isinstance(protocol, int) and not isinstance(protocol, bool) and protocol == PROTOCOL:
+        return
+    line = (f"this {us} speaks petite-fl wire protocol {PROTOCOL} (petite-fl {__version__}), {them} "
+            f"{_speaks(protocol, version)}; install the same petite-fl version at both")
+    raise ProtocolMismatch(line, public=f"refused: {line}")
 
 
 # -- handshake ------------------------------------------------------------------------------
@@ -28,11 +66,13 @@ Tensors = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Hello:
-    """Server → site, once per run: the run's name and the settings a site trains with."""
+    """Server → site, once per run: its wire protocol, the run's name and the settings a site trains with."""
 
     KIND: ClassVar[str] = "query.hello"
     run: str
     config: dict[str, Any]  # the resolved sections of the run config a site uses (see runconfig.SITE_SECTIONS)
+    protocol: int = PROTOCOL          # read first: a site of another protocol refuses before any other field
+    petite_fl: str = __version__      # the coordinator's petite-fl, named in that refusal
 
 
 @dataclass(frozen=True)
@@ -43,6 +83,8 @@ class HelloRes:
     held: tuple[str, ...]
     num_examples: int
     device: str
+    protocol: int = PROTOCOL          # read first: the coordinator leaves out a site of another protocol
+    petite_fl: str = __version__
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ record keys. A decoder validates what it reads (types, ranges, finiteness) field
 (`federation.fields`), so that a malformed reply is one line of refusal naming the message
 and the field. Replies are encoded and decoded knowing the instruction they answer
 (`asked`): a train reply travels in Flower's legacy FitRes layout when its instruction did.
+The hello and its reply are read protocol version first (`messages.check_protocol`): a peer of another
+version gets the line naming both versions, never an error about a field it lays out differently.
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common import Code, FitIns, FitRes, Status
 from flwr.compat.common import recorddict_compat as compat
 
-from petite_fl.federation.fields import Unreadable, config_of, flag, get, json_field, name, number_metrics, text, whole
+from petite_fl.federation.fields import (
+    Unreadable,
+    bad_name,
+    config_of,
+    flag,
+    get,
+    json_field,
+    name,
+    number_metrics,
+    text,
+    whole,
+)
 from petite_fl.federation.flower.records import (
     FITINS,
     FITRES,
@@ -29,6 +42,7 @@ from petite_fl.federation.flower.records import (
     to_record,
 )
 from petite_fl.federation.messages import (
+    VERSION,
     BackboneOffer,
     BackboneRes,
     EvaluateIns,
@@ -37,6 +51,7 @@ from petite_fl.federation.messages import (
     HelloRes,
     TrainIns,
     TrainRes,
+    check_protocol,
 )
 
 _ARRAYS, _CONFIG, _METRICS = "arrays", "config", "metrics"
@@ -50,30 +65,54 @@ M = TypeVar("M")
 # -- handshake ------------------------------------------------------------------------------
 
 
+def _versions(m: Hello | HelloRes) -> dict[str, Any]:
+    """The two keys every version of the hello and its reply carries in the same place (`messages.PROTOCOL`).
+    "run" and "config" keep their place too: a site from before versions still reads such a hello and
+    answers, unversioned, so that the coordinator names both versions (docs: the versioned wire)."""
+    return {"protocol": m.protocol, "petite_fl": m.petite_fl}
+
+
+def _protocol_first(content: RecordDict, us: str, them: str) -> None:
+    """Refuse a peer of another protocol before reading any other field (`messages.check_protocol`)."""
+    c = content.config_records.get(_CONFIG) or {}
+    check_protocol(c.get("protocol"), c.get("petite_fl"), us, them)
+
+
+def _version(c: dict[str, Any], what: str) -> str:
+    value = get(c, "petite_fl", what)
+    if not isinstance(value, str) or not VERSION.fullmatch(value):
+        raise Unreadable(f"{what}: 'petite_fl' is not a petite-fl version")
+    return value
+
+
 def _encode_hello(m: Hello, asked: Any = None) -> RecordDict:
-    return RecordDict({_CONFIG: ConfigRecord({"run": m.run, "config": json.dumps(m.config)})})
+    return RecordDict({_CONFIG: ConfigRecord({**_versions(m), "run": m.run, "config": json.dumps(m.config)})})
 
 
 def _decode_hello(content: RecordDict, asked: Any = None) -> Hello:
+    _protocol_first(content, "site", "the coordinator")
     c = config_of(content, "hello")
     config = json_field(c, "config", "hello")
     if not isinstance(config, dict):
         raise Unreadable("hello: 'config' is not a mapping")
-    return Hello(name(c, "run", "hello"), config)
+    return Hello(name(c, "run", "hello"), config, c["protocol"], _version(c, "hello"))
 
 
 def _encode_hello_res(m: HelloRes, asked: Hello | None = None) -> RecordDict:
-    return RecordDict({_CONFIG: ConfigRecord({"site": m.site, "held": ",".join(m.held),
+    return RecordDict({_CONFIG: ConfigRecord({**_versions(m), "site": m.site, "held": ",".join(m.held),
                                               "num_examples": m.num_examples, "device": m.device})})
 
 
 def _decode_hello_res(content: RecordDict, asked: Hello | None = None) -> HelloRes:
+    said = (content.config_records.get(_CONFIG) or {}).get("site")
+    _protocol_first(content, "coordinator", f"site {said}" if bad_name(said) is None else "a site")
     c = config_of(content, "hello reply")
     held = get(c, "held", "hello reply")
     if not isinstance(held, str):
         raise Unreadable(f"hello reply: 'held' must be a comma-separated string, got {held!r}")
     return HelloRes(text(c, "site", "hello reply"), tuple(h for h in held.split(",") if h),
-                    whole(c, "num_examples", "hello reply", 1), text(c, "device", "hello reply"))
+                    whole(c, "num_examples", "hello reply", 1), text(c, "device", "hello reply"),
+                    c["protocol"], _version(c, "hello reply"))
 
 
 def _encode_offer(m: BackboneOffer, asked: Any = None) -> RecordDict:

@@ -2,7 +2,8 @@
 
 Each typed instruction becomes one Flower message (`codec.encode`), each reply is
 read back and validated by its type's decoder (`codec.decode`): a reply that is not what it claims
-is one line of error for that node, never an exception that ends the ServerApp.
+is one line of error for that node, never an exception that ends the ServerApp. A hello reply of
+another wire protocol is one line naming both versions (`messages.check_protocol`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from petite_fl.console import one_line
 from petite_fl.federation.fields import Unreadable
 from petite_fl.federation.flower.codec import decode, encode
 from petite_fl.federation.flower.records import record_bytes
-from petite_fl.federation.messages import REPLIES
+from petite_fl.federation.messages import REPLIES, ProtocolMismatch
 from petite_fl.federation.server.protections import Protected, Protection, protect_plain
 from petite_fl.federation.server.rounds import plain_round
 from petite_fl.federation.transport import Exchange
@@ -82,6 +83,9 @@ class FlowerTransport:
                 out.replies[node] = read_reply(reply, messages[node])
             except SiteRefused as exc:
                 out.errors[node] = str(exc)
+                continue
+            except ProtocolMismatch as exc:  # a site of another petite-fl: the line naming both versions
+                out.errors[node] = one_line(str(exc))
                 continue
             except Exception as exc:  # whatever a reply holds, it is one line for its node, never the ServerApp's end
                 out.errors[node] = one_line(f"unreadable reply ({type(exc).__name__}: {exc})")
