@@ -18,7 +18,10 @@ SMALL_SHAPE = (24, 22, 20)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The suite runs in one worker per core (pyproject: -n 2): one torch thread each, not two
-    # threads per worker spinning against each other on two cores.
+    # threads per worker spinning against each other on two cores. The processes a test starts (real
+    # sites, Flower's apps) get one thread too: the deployment tests compare their tensors bit for bit with
+    # an in-process run, and a sum over two threads is not the sum over one.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
 
 
