@@ -114,6 +114,7 @@ def _explain(tail: list[str], site: str = "<name>") -> str | None:
 def cmd_join(args) -> int:
     from petite_fl.atomic import atomic_path
     from petite_fl.deploy.processes import (
+        flower_env,
         site_superexec_command,
         stop_process_tree,
         supernode_command,
@@ -165,7 +166,7 @@ def cmd_join(args) -> int:
         superexec = subprocess.Popen(
             site_superexec_command(site=site.name, port=site.port, approved=approved, superexec_secret=secret,
                                    parent_pid=os.getpid(), limits=site.bundle_limits),
-            env={**os.environ, "FLWR_HOME": str(home / "flwr")}, start_new_session=True, cwd=home)
+            env=flower_env({**os.environ, "FLWR_HOME": str(home / "flwr")}), start_new_session=True, cwd=home)
         while True:
             try:
                 run_foreground(cmd, explain=lambda tail: _explain(tail, site.name), cwd=home)

@@ -99,7 +99,7 @@ def cmd_register(args) -> int:
 
     from petite_fl.deploy import registry
     from petite_fl.deploy.connection import NAME
-    from petite_fl.deploy.processes import BIN
+    from petite_fl.deploy.processes import flower_executable
     from petite_fl.errors import ConfigError, PetiteError
     from petite_fl.federation.fields import bad_name
 
@@ -109,7 +109,7 @@ def cmd_register(args) -> int:
     if why:
         raise ConfigError(f"--site: {why}")
     registry.attestation(args.max_train_weight, args.max_eval_count)  # a bad figure before Flower registers
-    out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site,
+    out = subprocess.run([flower_executable("flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site,
                           "--format", "json"], capture_output=True, text=True, timeout=120)
     try:
         node_id = int(json.loads(out.stdout)["node-id"]) if out.returncode == 0 else None
