@@ -127,6 +127,27 @@ def test_the_containers_entrypoint_resolves_and_runs():
     assert out.returncode == 0 and "usage: petite-client" in out.stdout, out.stdout + out.stderr
 
 
+def test_flowers_helpers_started_by_name_are_found_on_systemds_path(tmp_path):
+    """What Flower's SuperLink does (start `flower-superexec` by name) works under systemd's PATH:
+    petite-server's and petite-client's processes have this installation's scripts folder first."""
+    from petite_fl.deploy.processes import BIN
+    from petite_fl.deploy.run import run_foreground
+
+    found = tmp_path / "found"
+    run_foreground(["/bin/sh", "-c", f"command -v flower-superexec > {found}"], env={"PATH": SYSTEMD_PATH})
+    assert found.read_text().strip() == str(BIN / "flower-superexec")
+
+
+def test_a_python_without_flower_is_named_in_one_line(tmp_path, monkeypatch):
+    from petite_fl.deploy import processes
+    from petite_fl.errors import ConfigError
+
+    monkeypatch.setattr(processes, "BIN", tmp_path)
+    with pytest.raises(ConfigError, match=f"flower-superlink not found in {tmp_path} ") as refused:
+        processes.superlink_command(tls=None, auth=False, host="127.0.0.1", port=1, database=tmp_path / "db")
+    assert "\n" not in str(refused.value)
+
+
 def _nginx_installed() -> bool:
     try:
         return bool(find_nginx())
