@@ -65,7 +65,12 @@ def build_keygen_parser() -> argparse.ArgumentParser:
 def cmd_keygen(args) -> int:
     from petite_fl.config import compose, expand_path
     from petite_fl.deploy.certs import make_site_keys
+    from petite_fl.errors import ConfigError
+    from petite_fl.federation.fields import bad_name
 
+    why = bad_name(args.site)  # as `petite-server register --site`: it names the key files and their folder
+    if why:
+        raise ConfigError(f"--site: {why}")
     out = args.out or expand_path(compose(overrides=args.overrides).paths.cache) / "sites" / args.site / "keys"
     private, public = make_site_keys(out, args.site, overwrite=args.overwrite)
     console.print(f"private key (stays at the site): {escape(str(private))}")
