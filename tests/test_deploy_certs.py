@@ -71,3 +71,22 @@ def test_client_overrides_follow_the_options_like_every_cli_and_the_old_o_flag_s
     assert client(["keygen", "--site", "scanner1", "-o", f"paths.cache={tmp_path / 'b'}"]) == 0
     for folder in ("a", "b"):
         assert (tmp_path / folder / "sites" / "scanner1" / "keys" / "scanner1.key.pub").is_file()
+
+
+@pytest.mark.parametrize("site", ["../x", "a/../../x", "..", "{tmp}/abs", "x/y", ""])
+def test_keygen_refuses_a_site_that_is_not_a_name_like_register(tmp_path, capsys, monkeypatch, site):
+    """`keygen --site` names the key files and their folder: a path there would write outside the keys
+    folder, so it is checked as `petite-server register --site` checks it, in one line, before any write."""
+    from petite_fl.cli.client import main as client
+    from petite_fl.cli.server import main as server
+
+    site = site.format(tmp=tmp_path)  # an absolute path, kept inside this test's folder
+    monkeypatch.setenv("PETITE_FL_HOME", str(tmp_path / "home" / "cache"))  # ../x lands in home/: still seen
+    assert client(["keygen", "--site", site]) == 2
+    assert client(["keygen", "--site", site, "--out", str(tmp_path / "keys" / "in")]) == 2
+    (tmp_path / "key.pub").write_text("not used: refused before")
+    assert server(["register", "--site", site, "--key", str(tmp_path / "key.pub")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("petite-client: error: --site: ") and lines[1] == lines[0]
+    assert lines[2].replace("petite-server", "petite-client") == lines[0]
+    assert [p.name for p in tmp_path.rglob("*")] == ["key.pub"]

@@ -123,6 +123,6 @@ def test_the_deployment_kit_has_a_site_config_per_scanner_and_a_buildable_recipe
         data = load_site_config(str(root / "client" / "sites" / f"scanner{i}.yaml"))
         assert data["name"] == f"scanner{i}" and data["private_key"].endswith(f"scanner{i}.key")
     recipe = (root / "client" / "Dockerfile").read_text()
-    assert "ARG BASE=" in recipe and "FROM ${BASE}" in recipe and 'ENTRYPOINT ["petite-client"]' in recipe
+    assert "ARG BASE=" in recipe and "FROM ${BASE}" in recipe and 'ENTRYPOINT ["/opt/venv/bin/petite-client"]' in recipe
     copied = [src for line in recipe.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
     assert copied and all((root / src).exists() for src in copied), copied

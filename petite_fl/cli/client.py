@@ -65,7 +65,12 @@ def build_keygen_parser() -> argparse.ArgumentParser:
 def cmd_keygen(args) -> int:
     from petite_fl.config import compose, expand_path
     from petite_fl.deploy.certs import make_site_keys
+    from petite_fl.errors import ConfigError
+    from petite_fl.federation.fields import bad_name
 
+    why = bad_name(args.site)  # as `petite-server register --site`: it names the key files and their folder
+    if why:
+        raise ConfigError(f"--site: {why}")
     out = args.out or expand_path(compose(overrides=args.overrides).paths.cache) / "sites" / args.site / "keys"
     private, public = make_site_keys(out, args.site, overwrite=args.overwrite)
     console.print(f"private key (stays at the site): {escape(str(private))}")
@@ -114,6 +119,7 @@ def _explain(tail: list[str], site: str = "<name>") -> str | None:
 def cmd_join(args) -> int:
     from petite_fl.atomic import atomic_path
     from petite_fl.deploy.processes import (
+        flower_env,
         site_superexec_command,
         stop_process_tree,
         supernode_command,
@@ -165,7 +171,7 @@ def cmd_join(args) -> int:
         superexec = subprocess.Popen(
             site_superexec_command(site=site.name, port=site.port, approved=approved, superexec_secret=secret,
                                    parent_pid=os.getpid(), limits=site.bundle_limits),
-            env={**os.environ, "FLWR_HOME": str(home / "flwr")}, start_new_session=True, cwd=home)
+            env=flower_env({**os.environ, "FLWR_HOME": str(home / "flwr")}), start_new_session=True, cwd=home)
         while True:
             try:
                 run_foreground(cmd, explain=lambda tail: _explain(tail, site.name), cwd=home)

@@ -41,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no proxy: the SuperLink itself on 127.0.0.1:--port, for sites on this machine only")
     parser.add_argument("--database", type=Path, help="SuperLink state (default: $PETITE_FL_HOME/server/state.db)")
     parser.add_argument("--insecure", action="store_true", help="plain text and no site authentication (testing only)")
-    parser.add_argument("--no-auth", action="store_true", help="TLS without site authentication")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="TLS without site keys: anyone who reaches the port and holds ca.crt joins as any "
+                             "site not yet claimed; loopback --host only, unless --no-auth-public")
+    parser.add_argument("--no-auth-public", action="store_true",
+                        help="with --no-auth: serve a non-loopback --host anyway, accepting the above")
     parser.add_argument("--resume", action="store_true",
                         help="after a crash: submit again every run that was in progress when the server stopped; "
                              "each continues from its last completed round")
@@ -99,7 +103,7 @@ def cmd_register(args) -> int:
 
     from petite_fl.deploy import registry
     from petite_fl.deploy.connection import NAME
-    from petite_fl.deploy.processes import BIN
+    from petite_fl.deploy.processes import flower_executable
     from petite_fl.errors import ConfigError, PetiteError
     from petite_fl.federation.fields import bad_name
 
@@ -109,7 +113,7 @@ def cmd_register(args) -> int:
     if why:
         raise ConfigError(f"--site: {why}")
     registry.attestation(args.max_train_weight, args.max_eval_count)  # a bad figure before Flower registers
-    out = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site,
+    out = subprocess.run([flower_executable("flwr"), "supernode", "register", str(args.key), NAME, "--name", args.site,
                           "--format", "json"], capture_output=True, text=True, timeout=120)
     try:
         node_id = int(json.loads(out.stdout)["node-id"]) if out.returncode == 0 else None
@@ -159,7 +163,8 @@ def cmd_serve(args) -> int:
 
     serve(CoordinatorPlan(cache=_cache(), tls=args.tls, host=args.host, port=args.port,
                           control_port=args.control_port, local_only=args.local_only, database=args.database,
-                          insecure=args.insecure, no_auth=args.no_auth, resume=args.resume, app=args.app))
+                          insecure=args.insecure, no_auth=args.no_auth,
+                          no_auth_public=args.no_auth_public, resume=args.resume, app=args.app))
     return 0
 
 

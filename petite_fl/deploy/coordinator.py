@@ -44,6 +44,7 @@ class CoordinatorPlan:
     database: Path | None = None
     insecure: bool = False
     no_auth: bool = False
+    no_auth_public: bool = False  # --no-auth on a non-loopback --host, asked for explicitly
     resume: bool = False
     app: Path | None = None
 
@@ -51,11 +52,12 @@ class CoordinatorPlan:
 def serve(plan: CoordinatorPlan) -> None:
     """Run the coordinator in the foreground until Ctrl-C (or one of its processes ends)."""
     state = plan.cache / "server"
+    host = plan.host or ("127.0.0.1" if plan.local_only else "0.0.0.0")
+    _no_auth_reach(plan, host)
     private_dir(state)  # the SuperLink's database, the run journal, the site table: 0700, files 0600
     tls = None if plan.insecure else ServerTLS.from_folder(plan.tls or plan.cache / "tls")
     if plan.insecure:
         err_console.print("[bold yellow]warning:[/] --insecure: updates travel in plain text and any node may join")
-    host = plan.host or ("127.0.0.1" if plan.local_only else "0.0.0.0")
     proxy, link_tls, link_port = None, tls, plan.port
     if plan.local_only:
         _loopback_only(host)
@@ -109,6 +111,17 @@ def private_database(database: Path) -> Path:
         if path.exists():
             os.chmod(path, 0o600)
     return database
+
+
+def _no_auth_reach(plan: CoordinatorPlan, host: str) -> None:
+    """--no-auth lets any holder of ca.crt join under any name not yet claimed: on this machine
+    only, unless the operator says --no-auth-public as well."""
+    if plan.no_auth_public and not plan.no_auth:
+        raise ConfigError("--no-auth-public goes with --no-auth only (it lets --no-auth serve a non-loopback --host)")
+    if plan.no_auth and host not in LOOPBACK and not plan.no_auth_public:
+        raise ConfigError(f"--no-auth on --host {host}: without site keys anyone who reaches this address and holds "
+                          "ca.crt can join as any site not yet claimed; register site keys instead, use "
+                          "--host 127.0.0.1, or add --no-auth-public to accept that")
 
 
 def _loopback_only(host: str) -> None:

@@ -6,7 +6,9 @@ unless `insecure` is asked for explicitly; a site's SuperNode measures and appro
 before Flower reads it (`site_node`), and its apps run in Flower's SuperExec and
 `flwr-clientapp` code behind petite-fl's approval check (`site_superexec_command`).
 A site's own Python processes start with `-P`: the working directory is not on sys.path.
-These functions only build their arguments,
+Flower's executables come from this interpreter's scripts folder (`BIN`, a venv's bin), which
+also goes first on the PATH of every process started (`flower_env`), so a service unit or a
+container needs no PATH of its own. These functions only build their arguments,
 so that the CLIs start exactly the same processes everywhere, and `stop_process_tree`
 stops what they started. (The `flwr` connection entry is written by `connection.py`.)
 """
@@ -18,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +33,27 @@ from petite_fl.atomic import atomic_path
 from petite_fl.deploy.bundle import BundleLimits
 from petite_fl.errors import ConfigError
 
-BIN = Path(sys.executable).parent
+#: This interpreter's scripts folder (a venv's bin, where pip put Flower's executables); not the
+#: PATH's, which under systemd is the system's and holds no venv.
+BIN = Path(sysconfig.get_path("scripts"))
+
+
+def flower_executable(name: str) -> str:
+    """The path of one of Flower's executables (`flower-superlink`, `flwr`) in `BIN`, or one line why not."""
+    path = BIN / name
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"{name} not found in {BIN} (the scripts folder of {sys.executable}): install petite-fl "
+                          "into this Python's environment (pip install petite-fl) and start it from there")
+    return str(path)
+
+
+def flower_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) with `BIN` first on PATH: Flower's SuperLink starts
+    `flower-superexec` by name, which must be this installation's whatever PATH the caller had."""
+    env = dict(os.environ if env is None else env)
+    rest = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and Path(p) != BIN]
+    env["PATH"] = os.pathsep.join([str(BIN), *rest])
+    return env
 
 
 @dataclass(frozen=True)
@@ -58,7 +81,7 @@ def superlink_command(*, tls: ServerTLS | None, auth: bool, host: str, port: int
     """
     if auth and tls is None:
         raise ConfigError("SuperNode authentication needs TLS: drop --insecure or pass --no-auth")
-    cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port), "--database", str(database),
+    cmd = [flower_executable("flower-superlink"), "--host", host, "--port", str(port), "--database", str(database),
            "--disable-runtime-dependency-installation"]
     if tls is None:
         cmd.append("--insecure")

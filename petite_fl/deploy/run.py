@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from petite_fl.deploy.processes import stop_process_tree
+from petite_fl.deploy.processes import flower_env, stop_process_tree
 from petite_fl.errors import PetiteError
 
 
@@ -30,13 +30,15 @@ def run_foreground(cmd: list[str], env: dict[str, str] | None = None,
 
     Flower's processes start helpers (a SuperNode its SuperExec) that inherit the output
     pipe and outlive a failed parent, so the parent's exit, not the pipe's end, decides;
-    its process group goes with it.
+    its process group goes with it. They run with this installation's scripts folder first on
+    PATH (`flower_env`: `env`, default this process's), as Flower starts some helpers by name.
     """
     def on_term(signum, frame):  # a service manager's stop (SIGTERM) is a Ctrl-C: the child goes too
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)  # before the child exists: no window to orphan it
     launched: list[subprocess.Popen] = []
+    env = flower_env(env)
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1, start_new_session=True, cwd=cwd)
