@@ -23,7 +23,7 @@ from petite_fl.deploy import registry
 from petite_fl.deploy.certs import make_loopback_credentials
 from petite_fl.deploy.connection import NAME, write_connection
 from petite_fl.deploy.processes import ServerTLS, superlink_command
-from petite_fl.deploy.proxy import ProxyPlan, explain_exit, find_nginx, write_proxy
+from petite_fl.deploy.proxy import Limits, ProxyPlan, explain_exit, find_nginx, write_proxy
 from petite_fl.deploy.resubmit import resubmit
 from petite_fl.deploy.run import Companion, run_foreground
 from petite_fl.errors import ConfigError, PetiteError
@@ -46,6 +46,7 @@ class CoordinatorPlan:
     no_auth: bool = False
     resume: bool = False
     app: Path | None = None
+    limits: Limits | None = None  # the proxy's per-address limits (None: its defaults)
 
 
 def serve(plan: CoordinatorPlan) -> None:
@@ -59,6 +60,9 @@ def serve(plan: CoordinatorPlan) -> None:
     proxy, link_tls, link_port = None, tls, plan.port
     if plan.local_only:
         _loopback_only(host)
+        if plan.limits is not None:
+            raise ConfigError("--rate-limit, --burst and --max-connections are the public proxy's limits; "
+                              "--local-only has no proxy: drop them or drop --local-only")
     else:
         proxy, link_tls = _public_proxy(plan, host, tls, state)
         link_port = plan.control_port
@@ -129,7 +133,7 @@ def _public_proxy(plan: CoordinatorPlan, host: str, tls: ServerTLS | None,
         link_tls = ServerTLS(creds.ca_cert, creds.server_cert, creds.server_key)
     plan = ProxyPlan(host=host, port=plan.port, upstream_port=plan.control_port,
                      cert=tls.server_cert if tls else None, key=tls.server_key if tls else None,
-                     upstream_ca=link_tls.ca_cert if link_tls else None)
+                     upstream_ca=link_tls.ca_cert if link_tls else None, limits=plan.limits or Limits())
     folder = state / "proxy"
     return Companion("nginx (the public proxy)", write_proxy(plan, folder), lambda: explain_exit(folder)), link_tls
 
