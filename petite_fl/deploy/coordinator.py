@@ -51,6 +51,9 @@ class CoordinatorPlan:
 
 def serve(plan: CoordinatorPlan) -> None:
     """Run the coordinator in the foreground until Ctrl-C (or one of its processes ends)."""
+    if plan.local_only and plan.limits is not None:
+        raise ConfigError("--rate-limit, --burst and --max-connections are the public proxy's limits; "
+                          "--local-only has no proxy: drop them or drop --local-only")
     state = plan.cache / "server"
     private_dir(state)  # the SuperLink's database, the run journal, the site table: 0700, files 0600
     tls = None if plan.insecure else ServerTLS.from_folder(plan.tls or plan.cache / "tls")
@@ -60,9 +63,6 @@ def serve(plan: CoordinatorPlan) -> None:
     proxy, link_tls, link_port = None, tls, plan.port
     if plan.local_only:
         _loopback_only(host)
-        if plan.limits is not None:
-            raise ConfigError("--rate-limit, --burst and --max-connections are the public proxy's limits; "
-                              "--local-only has no proxy: drop them or drop --local-only")
     else:
         proxy, link_tls = _public_proxy(plan, host, tls, state)
         link_port = plan.control_port
