@@ -53,12 +53,13 @@ LIMITED_LOG_SAMPLE = "1%"
 class Limits:
     """What nginx allows one client address (`$binary_remote_addr`) on the public port.
 
-    Measured (tests/test_flood.py's figures, 1.42's SuperNode over this proxy): an idle site asks
-    about 0.4 requests/s (a pull every 3 s, a heartbeat every ~24 s); a round's transfers run in
-    bursts, one request per object (each tensor, each 5 MiB chunk; a backbone is ~200 tensors, up
-    to ~430 objects), two at a time. `rate` is the sustained rate, `burst` the requests beyond it
-    served at once (a whole backbone's objects fit), `connections` the requests in flight at once
-    (a SuperNode has at most ~4). A hospital whose sites share one NAT address shares these.
+    What sites ask (flwr 1.42's SuperNode): a pull every 3 s and a heartbeat every ~24 s when idle,
+    and one request per object in a transfer (each tensor, each 5 MiB chunk: a backbone is ~200
+    tensors, at most ~430 objects for the shipped models), two at a time. Measured through this
+    proxy (nginx's log, tests/test_flood.py's slow test, 3 one-round runs): two sites dialing from
+    one address made 4,340 requests in 1,118 s (3.9/s), at most 59 in a second and 431 in 10 s;
+    at 20/s they needed a burst of 385. So one site per address stays far below these defaults;
+    sites behind one NAT address share them (raise --burst for several).
     """
 
     rate: int = 20            # requests per second, sustained
