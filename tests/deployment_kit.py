@@ -101,8 +101,8 @@ class Link:
             "--port", str(self.port), "--control-port", str(self.control_port),
             "--database", str(self.folder / "state.db"), *extra],
             # inert until a test writes the file: then the hello carries what it says (a hostile coordinator)
-            PYTHONPATH=os.pathsep.join(p for p in (str(HOSTILE), self.procs.env.get("PYTHONPATH")) if p),
-            PETITE_TEST_HOSTILE_HELLO=str(self.hostile_hello))
+            # this checkout's petite_fl (not the editable install's) behind the hostile sitecustomize
+            PYTHONPATH=os.pathsep.join([str(HOSTILE), str(ROOT)]), PETITE_TEST_HOSTILE_HELLO=str(self.hostile_hello))
         return self.server
 
     def yaml(self, site: str, ca: str = "tls", key: str | None = None, port: int | None = None,

@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="port of the SuperLink on 127.0.0.1, for `flwr` on this machine (default 9093)")
     parser.add_argument("--local-only", action="store_true",
                         help="no proxy: the SuperLink itself on 127.0.0.1:--port, for sites on this machine only")
+    parser.add_argument("--rate-limit", metavar="R/s", help="requests per second one client address may make "
+                        "on the public port, sustained (default 20/s; beyond it nginx answers 503)")
+    parser.add_argument("--burst", metavar="B", help="requests above that rate one address may make at once, "
+                                                     "e.g. a backbone's chunks (default 600)")
+    parser.add_argument("--max-connections", metavar="N", help="requests one address may have in flight on the "
+                                                               "public port (default 32)")
     parser.add_argument("--database", type=Path, help="SuperLink state (default: $PETITE_FL_HOME/server/state.db)")
     parser.add_argument("--insecure", action="store_true", help="plain text and no site authentication (testing only)")
     parser.add_argument("--no-auth", action="store_true",
@@ -160,11 +166,14 @@ def _say_attested(args) -> None:
 
 def cmd_serve(args) -> int:
     from petite_fl.deploy.coordinator import CoordinatorPlan, serve
+    from petite_fl.deploy.proxy import Limits
 
+    flags = (args.rate_limit, args.burst, args.max_connections)
     serve(CoordinatorPlan(cache=_cache(), tls=args.tls, host=args.host, port=args.port,
                           control_port=args.control_port, local_only=args.local_only, database=args.database,
                           insecure=args.insecure, no_auth=args.no_auth,
-                          no_auth_public=args.no_auth_public, resume=args.resume, app=args.app))
+                          no_auth_public=args.no_auth_public, resume=args.resume, app=args.app,
+                          limits=Limits.parse(*flags) if any(f is not None for f in flags) else None))
     return 0
 
 

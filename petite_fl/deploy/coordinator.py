@@ -23,7 +23,7 @@ from petite_fl.deploy import registry
 from petite_fl.deploy.certs import make_loopback_credentials
 from petite_fl.deploy.connection import NAME, write_connection
 from petite_fl.deploy.processes import ServerTLS, superlink_command
-from petite_fl.deploy.proxy import ProxyPlan, explain_exit, find_nginx, write_proxy
+from petite_fl.deploy.proxy import Limits, ProxyPlan, explain_exit, find_nginx, write_proxy
 from petite_fl.deploy.resubmit import resubmit
 from petite_fl.deploy.run import Companion, run_foreground
 from petite_fl.errors import ConfigError, PetiteError
@@ -47,10 +47,14 @@ class CoordinatorPlan:
     no_auth_public: bool = False  # --no-auth on a non-loopback --host, asked for explicitly
     resume: bool = False
     app: Path | None = None
+    limits: Limits | None = None  # the proxy's per-address limits (None: its defaults)
 
 
 def serve(plan: CoordinatorPlan) -> None:
     """Run the coordinator in the foreground until Ctrl-C (or one of its processes ends)."""
+    if plan.local_only and plan.limits is not None:
+        raise ConfigError("--rate-limit, --burst and --max-connections are the public proxy's limits; "
+                          "--local-only has no proxy: drop them or drop --local-only")
     state = plan.cache / "server"
     host = plan.host or ("127.0.0.1" if plan.local_only else "0.0.0.0")
     _no_auth_reach(plan, host)
@@ -142,7 +146,7 @@ def _public_proxy(plan: CoordinatorPlan, host: str, tls: ServerTLS | None,
         link_tls = ServerTLS(creds.ca_cert, creds.server_cert, creds.server_key)
     plan = ProxyPlan(host=host, port=plan.port, upstream_port=plan.control_port,
                      cert=tls.server_cert if tls else None, key=tls.server_key if tls else None,
-                     upstream_ca=link_tls.ca_cert if link_tls else None)
+                     upstream_ca=link_tls.ca_cert if link_tls else None, limits=plan.limits or Limits())
     folder = state / "proxy"
     return Companion("nginx (the public proxy)", write_proxy(plan, folder), lambda: explain_exit(folder)), link_tls
 

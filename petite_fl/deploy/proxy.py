@@ -10,6 +10,11 @@ routes that Flower declares, as POST, under their canonical paths. Any other req
 answered 403 by nginx and never reaches Flower. SuperNode authentication is untouched: it
 is a signature in request headers (`flwr-public-key`, `flwr-signature`, `flwr-timestamp`)
 that nginx passes through and the SuperLink verifies.
+
+nginx also bounds what one client address may ask of the SuperLink (`Limits`): a request rate with a
+burst, and requests in flight. A refusal is a 503, which Flower's SuperNode retries with backoff
+(flwr 1.42 retries 502/503/504 and gives up on any other status, 429 included), so a site that ever
+met a limit would slow down, not fail; the defaults are far above what a site asks (see `Limits`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -35,6 +41,56 @@ REFUSAL = ("petite-fl: this port serves SuperNodes only (the Fleet API); the Con
            "(flwr run, ls, log, stop, supernode register) is served on the coordinator host only")
 
 
+#: Refused by a limit: Flower's SuperNode retries 503 with exponential backoff, 429 it does not.
+LIMITED_STATUS = 503
+LIMITED = ("petite-fl: too many requests from this address (the coordinator limits request rate and connections "
+           "per client address); retry later")  # no quote in it either
+#: One refusal by a limit in this many is written to refused.log (a flood must not fill the disk).
+LIMITED_LOG_SAMPLE = "1%"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What nginx allows one client address (`$binary_remote_addr`) on the public port.
+
+    What sites ask (flwr 1.42's SuperNode): a pull every 3 s and a heartbeat every ~24 s when idle,
+    and one request per object in a transfer (each tensor, each 5 MiB chunk: a backbone is ~200
+    tensors, at most ~430 objects for the shipped models), two at a time. Measured through this
+    proxy (nginx's log, tests/test_flood.py's slow test, 3 one-round runs): two sites dialing from
+    one address made 4,340 requests in 1,118 s (3.9/s), at most 59 in a second and 431 in 10 s;
+    at 20/s they needed a burst of 385. So one site per address stays far below these defaults;
+    sites behind one NAT address share them (raise --burst for several).
+    """
+
+    rate: int = 20            # requests per second, sustained
+    burst: int = 600          # requests above the rate served at once, then refilled at `rate`
+    connections: int = 32     # requests in flight at once
+
+    def __post_init__(self) -> None:
+        for flag, value, least in (("--rate-limit", self.rate, 1), ("--burst", self.burst, 0),
+                                   ("--max-connections", self.connections, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{flag} {value!r}: give a whole number ≥ {least}")
+
+    @staticmethod
+    def parse(rate: str | None = None, burst: str | None = None, connections: str | None = None) -> Limits:
+        """From petite-server's flags as typed (None: the default); the rate as `R/s` (or `R`)."""
+        d = Limits()
+        given = {"--rate-limit": (rate, r"(\d+)\s*(?:r?/s)?", f"{d.rate}/s", 1,
+                                  "the requests per second one client address may make, as R/s with R"),
+                 "--burst": (burst, r"(\d+)", d.burst, 0, "the requests above that rate served at once,"),
+                 "--max-connections": (connections, r"(\d+)", d.connections, 1,
+                                       "the requests one client address may have in flight,")}
+        values = []
+        for field, (flag, (text, pattern, default, least, what)) in zip(("rate", "burst", "connections"),
+                                                                        given.items(), strict=True):
+            match = re.fullmatch(pattern, text.strip()) if text is not None else None
+            if text is not None and (match is None or int(match[1]) < least):
+                raise ConfigError(f"{flag} {text!r}: {what} a whole number ≥ {least} (default {default})")
+            values.append(int(match[1]) if match else getattr(d, field))
+        return Limits(*values)
+
+
 @dataclass(frozen=True)
 class ProxyPlan:
     """What the proxy listens on and forwards to; `cert`/`key` None means plain text (--insecure)."""
@@ -45,6 +101,7 @@ class ProxyPlan:
     cert: Path | None
     key: Path | None
     upstream_ca: Path | None  # the SuperLink's loopback CA (None: the SuperLink is plain text)
+    limits: Limits = Limits()
 
 
 def find_nginx() -> Path:
@@ -76,12 +133,37 @@ def _worker_user() -> str:
         return "nobody"
 
 
+def _limits(lim: Limits) -> str:
+    """The http-level part of the per-address limits, and refused.log (whose limit refusals are sampled)."""
+    return f"""    # Per client address: a rate with a burst, and requests in flight (Limits); refused with 503.
+    limit_req_zone $binary_remote_addr zone=per_address:10m rate={lim.rate}r/s;
+    limit_conn_zone $binary_remote_addr zone=in_flight:10m;
+    limit_req_status {LIMITED_STATUS};
+    limit_conn_status {LIMITED_STATUS};
+    limit_req_log_level info;  # below error_log's level: no error.log line per refused request
+    limit_conn_log_level info;
+    # refused.log: every refusal, but those of the limits sampled (a flood must not fill the disk).
+    split_clients "$msec $connection $connection_requests" $sampled {{
+        {LIMITED_LOG_SAMPLE} 1;
+        * 0;
+    }}
+    map "$limit_req_status $limit_conn_status :$sampled:$status" $refused {{
+        ~REJECTED.*:1: 1;
+        ~REJECTED 0;
+        ~:[45][0-9][0-9]$ 1;
+        default 0;
+    }}
+    log_format refused '$time_iso8601 $remote_addr "$request_method $request_uri" $status '
+                       'limit=$limit_req_status/$limit_conn_status';"""
+
+
 def nginx_config(plan: ProxyPlan, folder: Path, routes: list[str]) -> str:
     """nginx.conf for the plan; every path nginx writes is under `folder`."""
     names = "|".join(p.removeprefix("/v1/fleet/") for p in routes)
     tls = plan.cert is not None
     upstream = "https" if plan.upstream_ca is not None else "http"
     refusal = json.dumps({"code": 403, "detail": REFUSAL})  # inside '…' in nginx.conf: no quote in it
+    limited = json.dumps({"code": LIMITED_STATUS, "detail": LIMITED})
     temp = "\n".join(f"    {kind}_temp_path {folder / 'tmp' / kind};"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     upstream_tls = (f"""
@@ -106,11 +188,7 @@ error_log {folder / "error.log"} warn;
 http {{
     server_tokens off;
 {temp}
-    map $status $refused {{
-        ~^[45] 1;
-        default 0;
-    }}
-    log_format refused '$time_iso8601 $remote_addr "$request_method $request_uri" $status';
+{_limits(plan.limits)}
     access_log {folder / "refused.log"} refused if=$refused;
     upstream superlink {{
         server 127.0.0.1:{plan.upstream_port};
@@ -119,6 +197,10 @@ http {{
     server {{
         listen {host}:{plan.port}{" ssl" if tls else ""};{server_tls}
         client_max_body_size {MAX_BODY};
+        limit_req zone=per_address burst={plan.limits.burst} nodelay;
+        limit_conn in_flight {plan.limits.connections};
+        error_page 403 @refusal;
+        error_page {LIMITED_STATUS} @limited;
         proxy_request_buffering off;
         proxy_buffering off;
         proxy_http_version 1.1;
@@ -134,9 +216,18 @@ http {{
             limit_except GET {{ deny all; }}
             proxy_pass {upstream}://superlink/health;
         }}
+        # Denied in the access phase, after the limits (a `return` here would come before them).
         location / {{
+            error_log {folder / "error.log"} crit;  # refused.log has it: no "access forbidden" line each
+            deny all;
+        }}
+        location @refusal {{
             default_type application/json;
             return 403 '{refusal}';
+        }}
+        location @limited {{
+            default_type application/json;
+            return {LIMITED_STATUS} '{limited}';
         }}
     }}
 }}
