@@ -41,14 +41,16 @@ def rises(summary: dict[str, Any]) -> dict[str, float]:
     return {site: v[last] - v[0] for site, v in val.items()}
 
 
-def assert_learned(summary: dict[str, Any], sites: list[str]) -> None:
-    """The run's sites' validation PSNR rose over round 0: by MEAN_RISE_DB on average, SITE_RISE_DB at each."""
+def assert_learned(summary: dict[str, Any], sites: list[str], every_site: bool = True) -> None:
+    """The run's sites' validation PSNR rose over round 0: by MEAN_RISE_DB on average, SITE_RISE_DB at each
+    (`every_site=False`: the mean only, for a run measured to lower one site's PSNR while it learns)."""
     rise = rises(summary)
     assert sorted(rise) == sorted(sites)
     mean = sum(rise.values()) / len(rise)
     shown = {s: round(r, 4) for s, r in rise.items()}
     assert mean >= MEAN_RISE_DB, f"{summary['strategy']}: mean val PSNR rise {mean:.4f} dB < {MEAN_RISE_DB}: {shown}"
-    assert min(rise.values()) >= SITE_RISE_DB, f"{summary['strategy']}: a site's rise < {SITE_RISE_DB} dB: {shown}"
+    least = min(rise.values()) if every_site else SITE_RISE_DB
+    assert least >= SITE_RISE_DB, f"{summary['strategy']}: a site's val PSNR rise < {SITE_RISE_DB} dB: {shown}"
 
 
 def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: set[str]) -> float:
