@@ -266,13 +266,14 @@ def test_a_comparison_at_a_deployed_coordinator_with_three_sites_and_its_report_
         assert plan["federation"] == "petite" and plan["run_id"] and plan["arms"] == ["no-finetune", "local"]
         md = (out / "report.md").read_text()
         assert "Deployed federation `petite`" in md and "scanner3 2, scanner4 2, scanner5 2" in md
-        assert "## Δ head-mask PSNR (dB) vs no-finetune" in md and not list(out.glob("slices_*.png"))
+        assert "## Δ head-mask PSNR vs truth (dB) vs no-finetune" in md and not list(out.glob("slices_*.png"))
         with open(out / "differences.csv", newline="") as fh:
             diffs = list(csv.DictReader(fh))
         per_site = {r["site"]: r for r in diffs if (r["arm"], r["baseline"], r["metric"]) ==
                     ("local", "no-finetune", "psnr_fg")}
-        assert set(per_site) == {"scanner3", "scanner4", "scanner5", "pooled"}
-        assert all(r["subjects"] == "2" for s, r in per_site.items() if s != "pooled")
+        assert set(per_site) == {"scanner3", "scanner4", "scanner5", "fixed", "random"}  # + the two poolings
+        assert all(r["subjects"] == "2" for s, r in per_site.items() if s not in ("fixed", "random"))
+        assert per_site["fixed"]["subjects"] == per_site["random"]["subjects"] == "6"
         for line in md.splitlines():
             if line.startswith(("Command:", "Deployed", "| local", "| no-finetune")):
                 print(line)
