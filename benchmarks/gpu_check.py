@@ -259,8 +259,12 @@ def tests_view(out: Path) -> dict[str, Any] | None:
     text = _text(out / "parts" / "tests.out")
     if text is None:
         return None
-    outcome = re.compile(r"^(tests/\S+::.+?) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b", re.M)
+    statuses = "PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS"
+    outcome = re.compile(rf"^(tests/\S+::.+?) ({statuses})\b", re.M)
+    # pytest-xdist (the project's default -n 2) writes the status first: "[gw1] [ 94%] PASSED tests/…::name"
+    xdist = re.compile(rf"^\[gw\d+\] \[\s*\d+%\] ({statuses}) (tests/\S+::.+?)\s*$", re.M)
     results = {name: status for name, status in outcome.findall(text)}
+    results.update({name: status for status, name in xdist.findall(text)})
     counts: dict[str, int] = {}
     for status in results.values():
         counts[status.lower()] = counts.get(status.lower(), 0) + 1

@@ -62,6 +62,17 @@ def test_the_report_keeps_what_a_failed_or_timed_out_part_left_and_names_each_ou
     assert change["psnr"] == pytest.approx(1.0) and change["ssim"] == pytest.approx(0.2 / 3)
 
 
+def test_test_outcomes_are_read_from_xdist_lines_too(tmp_path: Path):
+    """The suite runs under pytest-xdist by default, whose -v lines put the status first."""
+    _write(tmp_path / "parts" / "tests.out", "\n".join([
+        "[gw0] [ 50%] PASSED tests/test_metrics.py::test_psnr[random-0-cuda] ",
+        "[gw1] [100%] FAILED tests/test_metrics.py::test_bad_shapes_are_refused[args0-differ in shape] ",
+        "============================= 1 failed, 1 passed in 10.05s =============================="]))
+    view = _gpu_check().tests_view(tmp_path)
+    assert view["counts"] == {"passed": 1, "failed": 1} and view["summary"] == "1 failed, 1 passed in 10.05s"
+    assert view["not_passed"] == {"tests/test_metrics.py::test_bad_shapes_are_refused[args0-differ in shape]": "FAILED"}
+
+
 def test_test_outcomes_are_read_from_pytest_lines_even_without_its_closing_summary(tmp_path: Path):
     _write(tmp_path / "parts" / "tests.out", "\n".join([
         "tests/test_metrics.py::test_psnr[random-0-cuda] PASSED [  5%]",
