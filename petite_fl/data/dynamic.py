@@ -34,6 +34,8 @@ class DynamicSeries:
     identity: dict[str, Any] = field(default_factory=dict)  # patient name/id/birth date, study date, series UID
     problems: list[str] = field(default_factory=list)       # header-level refusals found while reading
     notes: list[str] = field(default_factory=list)          # facts worth reporting, not refusals
+    # DICOM only: every file of the series (path order), for what is written from its headers (#28)
+    files: list[Path] = field(default_factory=list)
 
     @property
     def label(self) -> str:
