@@ -325,3 +325,20 @@ def test_petite_data_import_from_pacs_refuses_bad_arguments_in_one_line(tmp_path
 
 def test_the_pacs_error_is_a_petite_error_printed_without_traceback():
     assert issubclass(PacsError, PetiteError) and CALLING_AE == "PETITE"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--from-pacs", "{url}", "--series", "1.3"], "give --site SITE and one of --study UID or --series UID"),
+    (["--site", "s", "--from-pacs", "{url}", "--study", "1.2", "--series", "1.3"], "one of --study UID or --series"),
+    (["--site", "s", "--to-pacs", "{url}", "--series", "1.3"], "give --from-pacs [URL]"),
+    (["--site", "s", "--from-pacs", "{url}", "--series", "1.3", "scan.nii.gz"], "without input files or --out"),
+    (["--site", "s", "--from-pacs", "--series", "1.3"], "no PACS address"),
+    (["--site", "s", "--from-pacs", "{url}", "--series", "1.2.3.999"], "no series matches SeriesInstanceUID=sha256:")])
+def test_petite_infer_from_pacs_refuses_in_one_line(orthanc, capsys, argv, words):
+    """`petite infer --site X --from-pacs …`: what is missing or matches nothing, one line, before any model loads."""
+    from petite_fl.cli.main import main
+
+    argv = [a.format(url=orthanc.dicomweb) for a in argv]
+    assert main(["infer", *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1, err
