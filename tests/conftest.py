@@ -82,3 +82,13 @@ def federation_cache(tmp_path_factory) -> Path:
     """One cache (synthetic scanner4/5 data, pretrained tiny backbone) for the in-process federation
     tests of several modules; each of their runs has its own name, so none resumes another's."""
     return tmp_path_factory.mktemp("petite-fed")
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc (DICOMweb and DIMSE, authentication on) for the session: tests/orthanc.py."""
+    from orthanc import start_orthanc
+
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()

@@ -15,9 +15,9 @@ from rich.table import Table
 from petite_fl.config import compose
 from petite_fl.console import console, human_bytes, one_line, run_cli
 from petite_fl.data.check import SiteReport, check_site
-from petite_fl.data.importer import ImportReport, import_site, parse_splits
+from petite_fl.data.importer import ImportReport, import_from_pacs, import_site, parse_splits
 from petite_fl.data.synthetic import SynthSpec, dataset_dir, disk_size, generate
-from petite_fl.errors import DataError
+from petite_fl.errors import ConfigError, DataError
 from petite_fl.scanners import available_scanners, get_scanner
 
 PROG = "petite-data"
@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--force", action="store_true", help="regenerate even if the data is current")
 
     imp = sub.add_parser("import", help="turn a site's dynamic PET (DICOM, ECAT 7, BIDS-PET) into a site")
-    imp.add_argument("src", type=Path, help="a download folder, a DICOMDIR, a .v file or a BIDS-PET root")
+    imp.add_argument("src", type=Path, nargs="?",
+                     help="a download folder, a DICOMDIR, a .v file or a BIDS-PET root (or --from-pacs)")
+    imp.add_argument("--from-pacs", metavar="URL|SITE",
+                     help="retrieve the series from a PACS instead: https://host/dicom-web (DICOMweb), "
+                          "dicom://CALLED_AE@host:port (DIMSE), or a site config with a pacs: block")
+    imp.add_argument("--query", nargs="+", metavar="KEY=VALUE",
+                     help="--from-pacs: the series to bring, as DICOM keywords, e.g. Modality=PT StudyDate=2024")
     imp.add_argument("--out", type=Path, required=True, help="the site folder to make")
     imp.add_argument("--site", help="site name in the manifest (default: the --out folder's name)")
     imp.add_argument("--scanner", help="registered scanner profile (default: matched by matrix and voxel size)")
@@ -172,19 +178,35 @@ def cmd_scanners(_: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     splits = parse_splits(args.splits)
+    if (args.src is None) == (args.from_pacs is None):
+        raise ConfigError("import: give a source folder or file, or --from-pacs URL --query KEY=VALUE…, not both")
+    if args.from_pacs is None and args.query:
+        raise ConfigError("import: --query belongs to --from-pacs")
+    source = args.src if args.src is not None else args.from_pacs
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("importing series", total=None)
-        report = import_site(
-            args.src, args.out, site=args.site, scanner=args.scanner, splits=splits, seed=args.seed,
+        options = dict(
+            site=args.site, scanner=args.scanner, splits=splits, seed=args.seed,
             dry_run=args.dry_run, input_minutes=args.input_minutes, expect_frames=args.frames,
             dtype="float32" if args.float32 else "int16",
             on_found=lambda n: progress.update(task, total=n),
             on_subject=lambda row: progress.update(task, advance=1, description=f"imported {row.get('id', '—')}"),
         )
+        if args.from_pacs is None:
+            report = import_site(args.src, args.out, **options)
+        else:
+            from petite_fl.deploy.site import site_pacs  # the site configs: only for a PACS import
+            from petite_fl.pacs.series import parse_query
+            from petite_fl.pacs.transfer import open_pacs
+
+            pacs = open_pacs(site_pacs(args.from_pacs, where="--from-pacs"))
+            source = pacs.label
+            progress.update(task, description=f"retrieving from {pacs.label}")
+            report = import_from_pacs(pacs, parse_query(args.query or [], "--query"), args.out, **options)
     _print_import(report)
     if not report.imported:
-        raise DataError(f"{args.src}: nothing imported ({len(report.skipped)} series skipped, reasons above)")
+        raise DataError(f"{source}: nothing imported ({len(report.skipped)} series skipped, reasons above)")
     return 0
 
 

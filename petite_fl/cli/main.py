@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, metavar="FILE", help="-i form: adapter file (default: none)")
     p.add_argument("items", nargs="*", metavar="IN | KEY=VALUE",
                    help="input NIfTI files and folders (--site), and Hydra overrides key=value, in any order")
+    p.add_argument("--from-pacs", nargs="?", const="", metavar="URL",
+                   help="--site: retrieve the short scan from a PACS instead of IN (https://host/dicom-web, "
+                        "dicom://AE@host:port; no URL: the site config's pacs: block)")
+    p.add_argument("--to-pacs", nargs="?", const="", metavar="URL",
+                   help="--from-pacs: store the derived series on this PACS (default: the one it came from)")
+    p.add_argument("--study", metavar="UID", help="--from-pacs: the PET series of this study")
+    p.add_argument("--series", metavar="UID", help="--from-pacs: this series")
 
     p = sub.add_parser("evaluate", help="PSNR / SSIM / NRMSE per subject and mean ± std over a split")
     p.add_argument("--backbone", type=Path, help="default: the one pretrained on `source`")
@@ -137,6 +144,8 @@ def cmd_infer(args) -> int:
     if args.site is None and args.device:  # the -i form reads its device from the config
         overrides.append(f"train.device={args.device}")
     cfg = compose(overrides=overrides)
+    if args.from_pacs is not None or args.to_pacs is not None:
+        return _infer_pacs(args, cfg, inputs)
     if args.site is None:
         from petite_fl.training.jobs import infer_file
 
@@ -166,6 +175,34 @@ def cmd_infer(args) -> int:
                   f"{first['device']}{' with mixed precision' if first['mixed_precision'] else ''} in "
                   f"{sum(s['seconds'] for s in sidecars):.1f} s → {escape(str(args.out))}")
     return 0
+
+
+def _infer_pacs(args, cfg, inputs: list[Path]) -> int:
+    """`petite infer --site X --from-pacs [URL] --study UID|--series UID [--to-pacs [URL]]` (adapters.clinic)."""
+    from petite_fl.adapters.clinic import infer_from_pacs
+    from petite_fl.deploy.site import site_pacs
+    from petite_fl.errors import ConfigError
+    from petite_fl.pacs.transfer import open_pacs
+
+    if args.from_pacs is None or inputs or args.input or args.out:
+        raise ConfigError("infer --to-pacs: give --from-pacs [URL] and --study UID or --series UID, without "
+                          "input files or --out (the derived series goes back to the PACS)")
+    if args.site is None or (args.study is None) == (args.series is None):
+        raise ConfigError("infer --from-pacs: give --site SITE and one of --study UID or --series UID")
+    source = open_pacs(site_pacs(args.from_pacs or None, args.site, "--from-pacs"))
+    target = open_pacs(site_pacs(args.to_pacs, args.site, "--to-pacs")) if args.to_pacs is not None else source
+    query = {"StudyInstanceUID": args.study, "Modality": "PT"} if args.study else {"SeriesInstanceUID": args.series}
+    report = infer_from_pacs(cfg, args.site, source, target, query, run=args.run,
+                             site_root=expand_path(args.site_root) if args.site_root else None, device=args.device,
+                             backbone=expand_path(args.backbone) if args.backbone else None,
+                             input_minutes=getattr(args, "input_minutes", 5.0))
+    for stored in report.stored:
+        console.print(f"stored {stored.name} ({stored.instances} instances, confirmed) on {escape(target.label)}")
+    for line in report.failed:
+        console.print(f"  [red]✗[/] {escape(line)}", soft_wrap=True)
+    console.print(f"{len(report.stored)} series denoised from {escape(source.label)} and stored, "
+                  f"{len(report.failed)} failed")
+    return 0 if report.stored and not report.failed else 1
 
 
 def cmd_evaluate(args) -> int:

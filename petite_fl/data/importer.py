@@ -15,7 +15,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ from petite_fl.data.source_tree import screen
 from petite_fl.data.synthetic import MANIFEST_FILE, subject_id
 from petite_fl.data.synthetic import _swap_in as swap_in  # the same build-beside-and-swap steps
 from petite_fl.errors import ConfigError, DataError, PetiteError
+from petite_fl.pacs.connection import PacsError
+from petite_fl.pacs.series import SeriesRef, describe_query
+from petite_fl.pacs.transfer import Pacs, retrieve_matching
 from petite_fl.scanners import get_scanner
 
 #: Bump when the importer's output changes for the same sources: sites are then re-imported.
@@ -291,3 +295,43 @@ def _finish(staging: Path, report: ImportReport, accepted: list[tuple[str, Dynam
         "format": "petite-fl/site-import", "importer_version": IMPORTER_VERSION,
         "fingerprint": fingerprint, "scanner": report.scanner, "skipped": len(report.skipped),
         "subjects": {sid: split for (sid, _), split in zip(accepted, labels, strict=True)}})
+
+
+def import_from_pacs(pacs: Pacs, query: Mapping[str, str], out: str | Path,
+                     on_series: Callable[[SeriesRef], None] | None = None, **options: Any) -> ImportReport:
+    """`import_site` on the series a PACS query matches, retrieved into a private temporary folder
+    beside `out` (0700, on the site's own disk) that is removed afterwards, also on error.
+
+    Each series is retrieved whole or not at all; one that fails is a skip line and the rest go on.
+    Sources are named `<PACS> series <hash>` in the report and the private mapping, not by the
+    temporary path. The temporary copy is new each time, so a PACS import always rebuilds the site."""
+    out = Path(out).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.pacs-", dir=out.parent))
+    try:
+        got = retrieve_matching(pacs, query, work, on_series)
+        if not got.folders:
+            raise PacsError(f"PACS {pacs.label}: none of the series matching {describe_query(query)} could be "
+                            "retrieved:\n" + "\n".join(got.failed))
+        report = import_site(work, out, **options)
+        report.skipped[:0] = got.failed
+        _name_pacs_sources(report, work, pacs.label)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _name_pacs_sources(report: ImportReport, work: Path, label: str) -> None:
+    """The temporary folder's paths in what the import reports and keeps, replaced by the PACS and series hash."""
+    def name(text: str) -> str:
+        return text.replace(f"{work}{os.sep}", f"{label} series ").replace(str(work), label)
+
+    report.skipped = [name(line) for line in report.skipped]
+    report.notes = [name(line) for line in report.notes]
+    for row in report.imported:
+        if "source" in row:
+            row["source"] = name(str(row["source"]))
+    mapping = report.out / MAPPING_FILE
+    if report.changed and mapping.is_file():
+        entries = json.loads(mapping.read_text())
+        write_json(mapping, {sid: {**e, "source": name(str(e.get("source", "")))} for sid, e in entries.items()})

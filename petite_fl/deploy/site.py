@@ -9,7 +9,7 @@ import importlib.util
 import json
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from petite_fl.deploy.approval import approved_apps
 from petite_fl.deploy.bundle import BundleLimits
 from petite_fl.errors import ConfigError, DataError
 from petite_fl.federation.site.policy import NODE_KEY, SitePolicy
+from petite_fl.pacs.connection import PacsConnection, load_credentials, pacs_from_mapping, parse_url
 from petite_fl.runconfig import NODE_TRACKING, SITE_TRACKING
 from petite_fl.tracking import tracker_name
 
@@ -27,6 +28,7 @@ FIELDS = ("name", "manifest", "device", "cache", "server", "ca_cert", "private_k
 #: fields a site config may leave out, with their default
 OPTIONAL_FIELDS = {"approved_apps": None,   # app hashes this site runs besides petite-fl's own (deploy.approval)
                    "bundle_limits": None,   # bounds on an app bundle before it is read; None: the defaults
+                   "pacs": None,            # its PACS (petite_fl.pacs.connection); None: a URL on the command line
                    "policy": None,          # the site's own policy; None: its safe defaults (federation.site.policy)
                    "tracking": None}        # where its own curves go; None: TensorBoard at the site
 
@@ -94,6 +96,24 @@ def site_deployment(ref: str, insecure: bool = False, overrides: list[str] = ())
         bundle_limits=BundleLimits.from_mapping(d["bundle_limits"], f"site config '{ref}'"),
         policy=SitePolicy.from_mapping(d["policy"], f"site {d['name']}: policy"),
         tracking=site_tracking(d["tracking"], f"site config '{ref}'"))
+
+
+def site_pacs(url: str | None, site: str | None = None, where: str = "PACS") -> PacsConnection:
+    """The PACS a command names: `url` (https://…/dicom-web or dicom://AE@host:port) or a site config's name,
+    with the site config's `pacs:` block supplying credentials, CA file and timeout (and the address
+    when no URL is given). Without a block, credentials come from PETITE_PACS_USERNAME/PASSWORD/TOKEN."""
+    if url and "://" not in url:  # a site config's name (or YAML file), not an address
+        site, url = url, None
+    block = None
+    if site and (site in available_sites() or Path(site).suffix in (".yaml", ".yml")):
+        block = load_site_config(site)["pacs"]
+    if block is not None:
+        conn = pacs_from_mapping(block, f"site config '{site}'")
+        return conn.with_address(url) if url else conn
+    if not url:
+        raise ConfigError(f"{where}: no PACS address: give a URL (https://host/dicom-web or dicom://AE@host:port) "
+                          f"or a pacs: block in the site config{f' of {site}' if site else ''}")
+    return replace(parse_url(url), credentials=load_credentials(None, where))
 
 
 def site_tracking(data: Any, where: str) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""The clinic loop (#28): a short scan from the site's PACS, denoised with the site's adapter, the derived
+series stored back beside it. `petite infer --site X --from-pacs … --study UID|--series UID --to-pacs …`.
+
+Glue only: the PACS clients (`petite_fl.pacs`) retrieve into a private temporary folder, `infer_site`
+with `out_format="dicom"` writes one derived PET series per input series (deterministic UIDs, the
+source's study), and each is stored and confirmed by the PACS's own instance count. The temporary
+folder is removed afterwards, also on error. A series that fails is one line; the rest go on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from pydicom.misc import is_dicom
+
+from petite_fl.pacs.connection import PacsError
+from petite_fl.pacs.transfer import Pacs, Stored, retrieve_matching, store_series
+
+
+@dataclass
+class ClinicReport:
+    """What came back to the PACS (confirmed), what failed (one line each), and the inference sidecars."""
+
+    stored: list[Stored] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    sidecars: list[dict[str, Any]] = field(default_factory=list)
+
+
+def infer_from_pacs(cfg: DictConfig, site: str, source: Pacs, target: Pacs, query: dict[str, str], *,
+                    run: str = "latest", site_root: Path | None = None, device: str | None = None,
+                    backbone: Path | None = None, input_minutes: float = 5.0) -> ClinicReport:
+    """Retrieve what `query` matches on `source`, denoise it with the site's adapter, store it on `target`."""
+    from petite_fl.adapters.infer import infer_site
+
+    work = Path(tempfile.mkdtemp(prefix="petite-pacs-"))  # 0700: the patient's images stay private
+    try:
+        got = retrieve_matching(source, query, work / "in")
+        report = ClinicReport(failed=[_named(line, work, source.label) for line in got.failed])
+        if not got.folders:
+            return report
+        done = infer_site(cfg, site, list(got.folders.values()), work / "out", run=run, site_root=site_root,
+                          device=device, backbone=backbone, quiet=True, out_format="dicom",
+                          input_minutes=input_minutes)
+        report.sidecars = list(done.sidecars)
+        report.failed += [_named(line, work, source.label) for line in done.skipped]
+        source_studies = {_study_of(folder) for folder in got.folders.values()}
+        for folder in done.derived:
+            files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_dicom(p))
+            try:
+                stored = store_series(target, files)
+            except PacsError as exc:
+                report.failed.append(str(exc))
+                continue
+            if stored.study_uid not in source_studies:  # the derived series must sit beside its source
+                report.failed.append(f"PACS {target.label}: {stored.name} was stored outside the source's study")
+            report.stored.append(stored)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _study_of(folder: Path) -> str:
+    import pydicom
+
+    first = next(p for p in sorted(folder.iterdir()) if p.is_file())
+    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+
+
+def _named(line: str, work: Path, label: str) -> str:
+    """A line that names the temporary folder names the PACS instead (the folder is gone when it is read)."""
+    return line.replace(f"{work}/in/", f"{label} series ").replace(str(work), label)
