@@ -5,7 +5,9 @@ patient's study, a system file) would otherwise be read, and its data imported, 
 reads the series: pydicom, dcm2niix (which follows links itself) or nibabel. So links are
 looked at without being followed, and a series a reader would read through one is skipped with
 one line naming the link relative to the source. Links that stay inside the tree (a BIDS
-dataset managed by git-annex is made of them) are read as before.
+dataset managed by git-annex is made of them) are read as before. A DICOM series is its files
+wherever they lie (#28): it is skipped when a link out lies beside one of them, since that link
+may be one of its files.
 """
 
 from __future__ import annotations

@@ -79,9 +79,10 @@ def read_series_files(source: DicomSeriesFiles) -> DynamicSeries:
             return series
     series = combine(source, parts)
     add_header_facts(series, headers)
-    for line in slices:
-        if not ("bed position" in line and any("bed position" in p for p in series.problems)):
-            series.problems.append(line)
+    if any("bed position" in line for line in slices):  # the slice check says it more precisely, and
+        series.problems = [line for line in series.problems if "images of different grids" not in line]
+        series.frames = np.zeros((0, 0, 0, 0), np.float32)   # a volume of several beds has nothing more to check
+    series.problems += slices
     if source.duplicates:
         series.notes.append(f"{series.label}: {source.duplicates} duplicate file(s) of one instance left out")
     return series
@@ -131,6 +132,7 @@ def combine(source: DicomSeriesFiles, parts: list[DynamicSeries]) -> DynamicSeri
         shapes = ", ".join(f"{tuple(p.frames.shape)}" for p in parts)
         out.problems.append(f"{out.label}: {len(parts)} images of different grids or several multi-frame series "
                             f"(several bed positions?): {shapes}")
+        out.frames = np.zeros((0, 0, 0, 0), np.float32)   # no frame to check further
         return out
     if len({p.frame_start[0] for p in parts if p.frame_start}) < len(parts) and not restart_clock(out, parts):
         return out

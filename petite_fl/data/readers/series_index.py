@@ -2,8 +2,8 @@
 
 Media exports and PACS downloads split one series over several folders, or mix several series
 (several patients) in one; reading folder by folder then finds "missing slices" or "several bed
-positions" everywhere. So every DICOM file under the source (and every file a DICOMDIR there
-references) is opened for its header only, the files are grouped by SeriesInstanceUID across
+positions" everywhere. So every DICOM file under the source (a DICOMDIR's files included) is
+opened for its header only, the files are grouped by SeriesInstanceUID across
 the whole tree, and each group is handed to dcm2niix alone (`dicom.read_dicom`). Folders stay
 only as a hint in messages.
 
@@ -23,18 +23,18 @@ from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.fileset import FileSet
+from pydicom.tag import Tag
 
 from petite_fl.data.source_tree import source_top, stays_in
 
 #: Every tag the index, the slice checks and the reader use: headers are read with these only (speed).
-HEADER_TAGS = [
+HEADER_TAGS = [Tag(keyword) for keyword in [
     "SOPClassUID", "SOPInstanceUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
     "PatientName", "PatientID", "PatientBirthDate", "StudyDate", "SeriesDescription", "SeriesNumber", "SeriesType",
     "Rows", "Columns", "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "NumberOfSlices",
     "NumberOfTimeSlices", "ImageIndex", "FrameReferenceTime", "AcquisitionDate", "AcquisitionTime",
     "ActualFrameDuration", "Units", "DecayCorrection", "CorrectedImage", "ReconstructionMethod", "GantryDetectorTilt",
-]
+]]  # as tags: pydicom would convert each keyword again for every file
 _UNREADABLE = (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError)
 
 
@@ -53,15 +53,15 @@ class DicomSeriesFiles:
 
     @property
     def folder(self) -> Path:
-        """The folder of the first file: the hint messages give for where the series lies."""
-        return self.files[0].parent
+        """The first of its folders in path order: the hint messages give for where the series lies."""
+        return self.folders[0]
 
     @property
     def hint(self) -> str:
-        """'series 3f2a9c1e (6 series, one per frame), +2 folders': a hash of the UIDs, never an identity value."""
+        """'series 3f2a9c1e of 6 frame series, +2 folders': a hash of the UIDs, never an identity value."""
         text = f"series {uid_hash(self.uids)}"
         if len(self.uids) > 1:
-            text += f" ({len(self.uids)} series, one per frame)"
+            text += f" of {len(self.uids)} frame series"
         more = len(self.folders) - 1
         return text + (f", +{more} folder{'s' if more > 1 else ''}" if more else "")
 
@@ -119,10 +119,10 @@ def index_dicom(src: Path) -> list[DicomSeriesFiles]:
     """Every DICOM series under `src` (a folder or a DICOMDIR's folder), by SeriesInstanceUID, in path order."""
     top = source_top(src)
     groups: dict[str, _Group] = {}
-    for path, force in dicom_paths(Path(src), top):
-        ds = read_header(path, force)
+    for path in dicom_paths(Path(src), top):
+        ds = read_header(path)
         uid = str(ds.get("SeriesInstanceUID", "")) if ds is not None else ""
-        if not uid:  # not DICOM, a DICOMDIR, or no series UID (no image of a series)
+        if not uid:  # not DICOM (no 'DICM' after the preamble), or no image of a series
             continue
         groups.setdefault(uid, _Group(first=ds)).add(path, ds)
     found = []
@@ -133,38 +133,18 @@ def index_dicom(src: Path) -> list[DicomSeriesFiles]:
     return sorted(found, key=lambda s: s.files)
 
 
-def dicom_paths(src: Path, top: Path) -> Iterator[tuple[Path, bool]]:
-    """(path, force) of each file to open: walked files (Part 10 only) and DICOMDIR-referenced ones (forced).
+def dicom_paths(src: Path, top: Path) -> Iterator[Path]:
+    """Each file under `src` to open (path order), none that is a link out of `top` (os.walk follows no folder link).
 
-    A link out of `top` is never yielded (nor a folder link followed: os.walk does not descend them).
+    A DICOMDIR needs no reading: media files are DICOM Part 10 files under its folder
+    (PS3.10 §7, §8), so the walk finds every file it lists, and its own header has no series.
     """
-    seen: set[Path] = set()
-    referenced: list[Path] = []
     for root, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(root) / name
-            if name.startswith(".") or not stays_in(path, top):
-                continue
-            if name.upper() == "DICOMDIR":
-                referenced += referenced_files(path, top)
-                continue
-            seen.add(path.resolve())
-            yield path, False
-    for path in sorted(referenced):
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            yield path, True
-
-
-def referenced_files(dicomdir: Path, top: Path) -> list[Path]:
-    """The files a DICOMDIR lists (pydicom's FileSet), those that lie inside `top` only; none if unreadable."""
-    try:
-        instances = list(FileSet(pydicom.dcmread(dicomdir)))
-    except Exception:  # a damaged DICOMDIR: the walk still finds the Part 10 files it would list
-        return []
-    paths = [Path(instance.path) for instance in instances]
-    return [p for p in paths if p.is_file() and p.resolve().is_relative_to(top)]
+            if not name.startswith(".") and name.upper() != "DICOMDIR" and stays_in(path, top):
+                yield path
 
 
 def frame_families(groups: dict[str, _Group]) -> list[list[str]]:
