@@ -110,7 +110,8 @@ def test_a_dicomdir_is_found_as_its_folder_and_read(tmp_path: Path, frames: np.n
     for path in write_pet_dicom(tmp_path / "src", small):
         file_set.add(pydicom.dcmread(path))
     file_set.write(tmp_path / "cd")                          # DICOMDIR + PT000000/… as on a CD
-    assert find_series(tmp_path / "cd") == [tmp_path / "cd"]
+    [found] = find_series(tmp_path / "cd")                  # one series: the DICOMDIR's files (#28)
+    assert len(found.files) == 12 and all(f.is_relative_to(tmp_path / "cd") for f in found.files)
     series = read_series(tmp_path / "cd" / "DICOMDIR")
     assert series.problems == [] and series.frames.shape == small.shape
     assert series.frame_start == [FIRST_S, FIRST_S + FRAME_S, FIRST_S + 2 * FRAME_S]
@@ -120,7 +121,7 @@ def test_find_series_lists_every_format_in_a_mixed_tree(tmp_path: Path, frames: 
     small = frames[:8, :6, :4, :2]
     write_pet_dicom(tmp_path / "adni" / "S1" / "Co-registered_Dynamic" / "I1", small)
     write_pet_dicom(tmp_path / "cd" / "IMAGES" / "X", small)
-    (tmp_path / "cd" / "DICOMDIR").write_bytes(b"")          # found by name; dcm2niix reads the tree under it
+    (tmp_path / "cd" / "DICOMDIR").write_bytes(b"")          # unreadable: the files under it are found anyway
     pet = tmp_path / "bids" / "sub-01" / "ses-1" / "pet"
     pet.mkdir(parents=True)
     nib.save(nib.Nifti1Image(small, np.eye(4)), pet / "sub-01_ses-1_pet.nii.gz")
@@ -129,10 +130,10 @@ def test_find_series_lists_every_format_in_a_mixed_tree(tmp_path: Path, frames: 
     (tmp_path / "ecat").mkdir()
     (tmp_path / "ecat" / "scan.v").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a series")
-    assert find_series(tmp_path) == [
+    assert [getattr(c, "folder", c) for c in find_series(tmp_path)] == [   # a DICOM series: its files' folder
         tmp_path / "adni" / "S1" / "Co-registered_Dynamic" / "I1",
         pet / "sub-01_ses-1_pet.nii.gz",
-        tmp_path / "cd",
+        tmp_path / "cd" / "IMAGES" / "X",
         tmp_path / "ecat" / "scan.v",
     ]
     with pytest.raises(DataError, match="no such file or folder"):

@@ -36,11 +36,13 @@ class DynamicSeries:
     notes: list[str] = field(default_factory=list)          # facts worth reporting, not refusals
     # DICOM only: every file of the series (path order), for what is written from its headers (#28)
     files: list[Path] = field(default_factory=list)
+    # which series of `source` it is where a folder is not a series: "series 3f2a9c1e, +2 folders" (#28)
+    hint: str = ""
 
     @property
     def label(self) -> str:
-        """How a problem line names the series (no identifying value)."""
-        return f"{self.source} ({self.fmt})"
+        """How a problem line names the series (no identifying value: a hash of the series UID at most)."""
+        return f"{self.source} ({self.fmt}{' ' + self.hint if self.hint else ''})"
 
     @property
     def n_frames(self) -> int:

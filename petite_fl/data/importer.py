@@ -31,7 +31,7 @@ from petite_fl.data.nifti import save_volume
 from petite_fl.data.pairing import MOTION_NCC, check_series, input_frames, make_pair
 from petite_fl.data.profile import scanner_profile, series_geometry
 from petite_fl.data.provenance import public_header
-from petite_fl.data.source_tree import screen
+from petite_fl.data.source_tree import Source, screen
 from petite_fl.data.synthetic import MANIFEST_FILE, subject_id
 from petite_fl.data.synthetic import _swap_in as swap_in  # the same build-beside-and-swap steps
 from petite_fl.errors import ConfigError, DataError, PetiteError
@@ -47,8 +47,9 @@ MAPPING_FILE = "private/pseudonyms.json"
 SCANNER_DRAFT = "scanner-draft.yaml"
 DEFAULT_SPLITS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
-Finder = Callable[[Path], list[Path]]
-Reader = Callable[[Path], DynamicSeries]
+#: a finder returns candidates: paths (a file or folder per series) or series of files (DICOM, by UID, #28)
+Finder = Callable[[Path], list[Source]]
+Reader = Callable[[Source], DynamicSeries]
 
 
 @dataclass
@@ -94,15 +95,22 @@ def assign_splits(n: int, splits: dict[str, float], seed: int) -> list[str]:
     return [labels[int(i)] for i in np.argsort(order)]
 
 
-def source_fingerprint(sources: list[Path], params: dict[str, Any]) -> str:
-    """Hash of the found sources (paths, sizes, mtimes) and the import's parameters."""
+def source_fingerprint(sources: list[Source], params: dict[str, Any]) -> str:
+    """Hash of the found sources (each file's path, size, mtime) and the import's parameters."""
     files = []
-    for src in sorted(sources):
-        for f in sorted([src] if src.is_file() else (p for p in src.rglob("*") if p.is_file())):
+    for src in sorted(sources, key=_source_key):
+        found = src.files if not isinstance(src, Path) else [src] if src.is_file() else \
+            (p for p in src.rglob("*") if p.is_file())
+        for f in sorted(found):
             st = f.stat()
             files.append([str(f), st.st_size, st.st_mtime_ns])
     blob = json.dumps({"v": IMPORTER_VERSION, "files": files, "params": params}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _source_key(source: Source) -> tuple[Path, str]:
+    """Path order: a series of files sorts by its first file."""
+    return (source if isinstance(source, Path) else source.files[0]), str(source)
 
 
 def _sha256(value: Any) -> str:
@@ -156,7 +164,8 @@ def import_site(
         find, read = find or default_find, read or default_read
     splits = splits or dict(DEFAULT_SPLITS)
     report = ImportReport(out=out, site=site or out.name, dry_run=dry_run)
-    sources, refused = screen(src, sorted(Path(p) for p in find(src)))  # no link followed out of src
+    found = [p if not isinstance(p, str) else Path(p) for p in find(src)]
+    sources, refused = screen(src, sorted(found, key=_source_key))  # no link followed out of src
     report.skipped += refused
     if on_found:
         on_found(len(sources))
@@ -182,7 +191,7 @@ def _site_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def _build(sources: list[Path], read: Reader, out: Path, report: ImportReport, scanner: str | None,
+def _build(sources: list[Source], read: Reader, out: Path, report: ImportReport, scanner: str | None,
            splits: dict[str, float], seed: int, fingerprint: str, pairing: tuple[int, float, type],
            on_subject: Callable[[dict[str, Any]], None] | None) -> ImportReport:
     """Convert into a sibling folder, then swap it in: `out` is the old site or the new one."""
@@ -202,7 +211,7 @@ def _build(sources: list[Path], read: Reader, out: Path, report: ImportReport, s
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _convert_all(sources: list[Path], read: Reader, staging: Path, report: ImportReport,
+def _convert_all(sources: list[Source], read: Reader, staging: Path, report: ImportReport,
                  expect_frames: int, input_minutes: float, dtype: type,
                  on_subject: Callable[[dict[str, Any]], None] | None) -> list[tuple[str, DynamicSeries]]:
     accepted: list[tuple[str, DynamicSeries]] = []
@@ -230,7 +239,7 @@ def _convert_all(sources: list[Path], read: Reader, staging: Path, report: Impor
     return accepted
 
 
-def _read_one(read: Reader, source: Path) -> tuple[DynamicSeries | None, str | None]:
+def _read_one(read: Reader, source: Source) -> tuple[DynamicSeries | None, str | None]:
     try:
         return read(source), None
     except PetiteError as exc:
@@ -289,7 +298,8 @@ def _finish(staging: Path, report: ImportReport, accepted: list[tuple[str, Dynam
         for (sid, _), split in zip(accepted, labels, strict=True)])
     private_dir(staging / Path(MAPPING_FILE).parent)
     write_json(staging / MAPPING_FILE, {
-        sid: {"source": str(s.source), "identity_sha256": _sha256(s.identity), "header": _raw_header(s)}
+        sid: {"source": str(s.source), "identity_sha256": _sha256(s.identity), "header": _raw_header(s),
+              **({"series": s.hint, "folders": sorted({str(f.parent) for f in s.files})} if s.files else {})}
         for sid, s in accepted})
     write_json(staging / IMPORT_FILE, {
         "format": "petite-fl/site-import", "importer_version": IMPORTER_VERSION,

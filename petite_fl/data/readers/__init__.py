@@ -1,8 +1,10 @@
-"""Find a site's dynamic PET series under a folder and read each one into a DynamicSeries (#16).
+"""Find a site's dynamic PET series under a folder and read each one into a DynamicSeries (#16, #28).
 
 One module per format: `dicom` (dcm2niix + pydicom), `ecat` (nibabel), `nifti` (nibabel +
-BIDS-PET sidecar). A bad series is described in `DynamicSeries.problems`, never raised, so an
-import goes on with the other subjects; only a SRC that does not exist is an error.
+BIDS-PET sidecar). A DICOM series is its SeriesInstanceUID, wherever its files lie
+(`series_index`); an ECAT or NIfTI series is its file. A bad series is described in
+`DynamicSeries.problems`, never raised, so an import goes on with the other subjects; only a
+SRC that does not exist is an error.
 """
 
 from __future__ import annotations
@@ -16,42 +18,50 @@ from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.readers.dicom import read_dicom
 from petite_fl.data.readers.ecat import read_ecat
 from petite_fl.data.readers.nifti import read_nifti, sidecar_of
+from petite_fl.data.readers.series_index import DicomSeriesFiles, index_dicom
 from petite_fl.data.source_tree import source_top, stays_in
 from petite_fl.errors import DataError
 
-__all__ = ["find_series", "read_series"]
+__all__ = ["Candidate", "DicomSeriesFiles", "find_series", "read_series"]
+
+#: What `find_series` returns and `read_series` reads: a DICOM series' files, or an ECAT/NIfTI file.
+Candidate = DicomSeriesFiles | Path
 
 
-def find_series(src: Path) -> list[Path]:
-    """Candidate series under `src`: DICOM folders (or a DICOMDIR's folder), `.v` files, NIfTI with a sidecar."""
+def find_series(src: Path) -> list[Candidate]:
+    """Candidate series under `src`, in path order: DICOM series by UID (DICOMDIRs' too), `.v` files, BIDS NIfTI.
+
+    `src` may be a folder, a DICOMDIR (its folder's series), a DICOM file (its series, found in
+    its folder) or an ECAT/NIfTI file.
+    """
     src = Path(src)
     if not src.exists():
         raise DataError(f"{src}: no such file or folder")
     if src.is_file():
-        return [src.parent] if src.name == "DICOMDIR" or is_dicom(src) else [src] if _format(src) else []
-    found: list[Path] = []
+        if src.name.upper() == "DICOMDIR":
+            return list(index_dicom(src.parent))
+        if is_dicom(src):
+            return [s for s in index_dicom(src.parent) if src.resolve() in {f.resolve() for f in s.files}]
+        return [src] if _format(src) else []
     top = source_top(src)
+    found: list[Candidate] = list(index_dicom(src))
     for root, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(root)
-        if "DICOMDIR" in files:
-            found.append(here)         # dcm2niix reads the folders below it
-            dirs[:] = []
-            continue
         # a link out of the tree is never opened here; the importer's screen names it in one line
-        paths = [here / name for name in sorted(files) if not name.startswith(".") and stays_in(here / name, top)]
-        found += [p for p in paths if _format(p) in ("ecat", "nifti-bids")]
-        if any(is_dicom(p) for p in paths if _format(p) is None):
-            found.append(here)
-    return found
+        found += [here / name for name in sorted(files) if not name.startswith(".") and stays_in(here / name, top)
+                  and _format(here / name) in ("ecat", "nifti-bids")]
+    return sorted(found, key=lambda c: (c.files[0] if isinstance(c, DicomSeriesFiles) else c, str(c)))
 
 
-def read_series(path: Path) -> DynamicSeries:
-    """Read one candidate from `find_series` with the reader of its format."""
-    path = Path(path)
+def read_series(candidate: Candidate) -> DynamicSeries:
+    """Read one candidate from `find_series` with the reader of its format (a DICOM folder holding one series too)."""
+    if isinstance(candidate, DicomSeriesFiles):
+        return read_dicom(candidate)
+    path = Path(candidate)
     if path.is_dir():
         return read_dicom(path)
-    if path.name == "DICOMDIR":
+    if path.name.upper() == "DICOMDIR":
         return read_dicom(path.parent)
     fmt = _format(path)
     if fmt == "ecat":

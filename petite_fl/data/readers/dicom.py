@@ -1,9 +1,14 @@
-"""A folder of PET DICOM (or a DICOMDIR) → DynamicSeries, through dcm2niix.
+"""One PET DICOM series (its files, found by `series_index`) → DynamicSeries, through dcm2niix.
 
 dcm2niix is the community's converter: it sorts slices, applies per-slice rescale slopes and
 the vendors' geometry quirks, and writes a BIDS-PET sidecar, so no slice sorter is written here.
 pydicom reads only the tags the sidecar leaves out: the identifying ones (kept in `identity`)
 the gantry tilt and the slice positions (`slices.py`).
+
+dcm2niix converts a folder, and a series' files may lie in several folders beside other
+series: it is given a temporary folder of symbolic links to that series' files alone.
+Links, not copies (no data is copied) nor hard links (those fail across file systems and on
+read-only media); dcm2niix opens a linked file as the file itself.
 """
 
 from __future__ import annotations
@@ -16,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from petite_fl.data.dynamic import DynamicSeries
 from petite_fl.data.readers.nifti import clock_seconds, normalise_units, read_nifti
+from petite_fl.data.readers.series_index import DicomSeriesFiles, index_dicom, read_header
 from petite_fl.data.readers.slices import slice_problems
 
 IDENTITY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate")
@@ -38,58 +42,97 @@ def dcm2niix_binary() -> str | None:
     return shutil.which("dcm2niix", path=str(Path(sys.executable).parent)) or shutil.which("dcm2niix")
 
 
-def read_dicom(folder: Path) -> DynamicSeries:
-    """Convert with dcm2niix into a temporary folder, read that, add what pydicom tells."""
-    series = DynamicSeries(folder, "dicom", np.zeros((0, 0, 0, 0), np.float32), np.eye(4), [], [])
-    every = read_headers(folder)
+def read_dicom(source: Path | DicomSeriesFiles) -> DynamicSeries:
+    """Read one series: a `find_series` candidate, or a folder (or DICOMDIR's folder) holding exactly one."""
+    if isinstance(source, DicomSeriesFiles):
+        return read_series_files(source)
+    folder = Path(source)
+    found = index_dicom(folder)
+    if len(found) == 1:
+        return read_series_files(found[0])
+    series = _empty(folder)
+    why = "no readable DICOM file" if not found else (
+        f"{len(found)} DICOM series ({', '.join(s.hint for s in found[:3])}{', …' if len(found) > 3 else ''}); "
+        "read each one found by find_series")
+    series.problems.append(f"{series.label}: {why}")
+    return series
+
+
+def read_series_files(source: DicomSeriesFiles) -> DynamicSeries:
+    """Convert the series' files with dcm2niix in a temporary folder, read that, add what pydicom tells."""
+    series = _empty(source.folder, source)
+    every = [ds for ds in (read_header(path, force=True) for path in source.files) if ds is not None]
     headers = first_headers(every)
     if not headers:
         series.problems.append(f"{series.label}: no readable DICOM file")
         return series
-    slices = slice_problems(series.label, every)   # also told when dcm2niix then gives up
-    binary = dcm2niix_binary()
-    if binary is None:
-        series.problems.append(f"{series.label}: dcm2niix not found (pip install dcm2niix)")
+    modality = str(next(iter(headers.values())).get("Modality", "")).upper()
+    if modality and modality != "PT":   # refused from its header alone: no conversion
+        series.problems.append(f"{series.label}: not PET (Modality {modality})")
         return series
+    slices = slice_problems(series.label, every)   # also told when dcm2niix then gives up
     with tempfile.TemporaryDirectory(prefix="petite-dcm2niix-") as tmp:
-        args = [binary, "-b", "y", "-z", "n", "-f", "%s_%j", "-o", tmp, str(folder)]
-        try:
-            done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            series.problems.append(f"{series.label}: dcm2niix failed ({exc})")
+        parts, why = _convert(source, Path(tmp))
+        if why:
+            series.problems += slices if "made no image" in why else []
+            series.problems.append(f"{series.label}: {why}")
             return series
-        images = sorted(Path(tmp).glob("*.nii"))
-        if not images:
-            why = _last_error(done.stdout + done.stderr)
-            series.problems += slices
-            series.problems.append(f"{series.label}: dcm2niix made no image ({why})")
-            return series
-        parts = [read_nifti(image, fmt="dicom") for image in images]
-    series = combine(folder, parts)
+    series = combine(source, parts)
     add_header_facts(series, headers)
-    for line in slices:
-        if not ("bed position" in line and any("bed position" in p for p in series.problems)):
-            series.problems.append(line)
+    if any("bed position" in line for line in slices):  # the slice check says it more precisely, and
+        series.problems = [line for line in series.problems if "images of different grids" not in line]
+        series.frames = np.zeros((0, 0, 0, 0), np.float32)   # a volume of several beds has nothing more to check
+    series.problems += slices
+    if source.duplicates:
+        series.notes.append(f"{series.label}: {source.duplicates} duplicate file(s) of one instance left out")
     return series
 
 
-def combine(folder: Path, parts: list[DynamicSeries]) -> DynamicSeries:
+def _convert(source: DicomSeriesFiles, tmp: Path) -> tuple[list[DynamicSeries], str | None]:
+    """dcm2niix on a folder of links to the series' files alone: (images read back, or why none)."""
+    binary = dcm2niix_binary()
+    if binary is None:
+        return [], "dcm2niix not found (pip install dcm2niix)"
+    linked, out = tmp / "in", tmp / "out"
+    linked.mkdir()
+    out.mkdir()
+    for k, path in enumerate(source.files):  # numbered: two folders may hold files of one name
+        (linked / f"{k:06d}_{path.name}").symlink_to(path.resolve())
+    args = [binary, "-b", "y", "-z", "n", "-f", "%s_%j", "-o", str(out), str(linked)]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [], f"dcm2niix failed ({exc})"
+    images = sorted(out.glob("*.nii"))
+    if not images:
+        return [], f"dcm2niix made no image ({_last_error(done.stdout + done.stderr)})"
+    return [read_nifti(image, fmt="dicom") for image in images], None
+
+
+def _empty(folder: Path, source: DicomSeriesFiles | None = None) -> DynamicSeries:
+    hint, files = (source.hint, list(source.files)) if source else ("", [])
+    return DynamicSeries(folder, "dicom", np.zeros((0, 0, 0, 0), np.float32), np.eye(4), [], [], files=files,
+                         hint=hint)
+
+
+def combine(source: DicomSeriesFiles, parts: list[DynamicSeries]) -> DynamicSeries:
     """One image is the series; several single-frame images on one grid are one frame each."""
-    for part in parts:   # name the DICOM folder, not dcm2niix's temporary file
+    for part in parts:   # name the series, not dcm2niix's temporary file
         old = part.label
-        part.source = folder
+        part.source, part.hint, part.files = source.folder, source.hint, list(source.files)
         part.problems = [line.replace(old, part.label, 1) for line in part.problems]
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
     same_grid = all(p.frames.shape[:3] == first.frames.shape[:3] and np.allclose(p.affine, first.affine, atol=1e-3)
                     for p in parts)
-    out = DynamicSeries(folder, "dicom", first.frames, first.affine, [], [], first.units, first.decay_corrected,
-                        dict(first.info))
+    out = DynamicSeries(source.folder, "dicom", first.frames, first.affine, [], [], first.units,
+                        first.decay_corrected, dict(first.info), files=list(source.files), hint=source.hint)
     if not same_grid or any(p.n_frames != 1 for p in parts):
         shapes = ", ".join(f"{tuple(p.frames.shape)}" for p in parts)
         out.problems.append(f"{out.label}: {len(parts)} images of different grids or several multi-frame series "
-                            f"(several bed positions or series in one folder?): {shapes}")
+                            f"(several bed positions?): {shapes}")
+        out.frames = np.zeros((0, 0, 0, 0), np.float32)   # no frame to check further
         return out
     if len({p.frame_start[0] for p in parts if p.frame_start}) < len(parts) and not restart_clock(out, parts):
         return out
@@ -115,17 +158,6 @@ def restart_clock(out: DynamicSeries, parts: list[DynamicSeries]) -> bool:
         part.frame_start = [float(clock) - first] if clock is not None else []
     out.notes.append(f"{out.label}: frame starts from AcquisitionTime, counted from the first frame")
     return True
-
-
-def read_headers(folder: Path) -> list[Any]:
-    """Every readable DICOM header under `folder` (no pixel data), in path order."""
-    headers = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
-            continue
-    return headers
 
 
 def first_headers(every: list[Any]) -> dict[str, Any]:
