@@ -296,6 +296,7 @@ def test_petite_data_import_from_pacs_makes_a_pseudonymised_site_and_leaves_no_c
     assert check_site(site / "manifest.json").ok
     mapping = json.loads((site / "private" / "pseudonyms.json").read_text())
     assert [e["source"].split(" series ")[0] for e in mapping.values()] == [url]
+    assert ".pacs-" not in json.dumps(mapping), "the private mapping names the deleted temporary folder"
     assert sorted(p.name for p in site.parent.iterdir()) == [".hospital.lock", "hospital"]
     for path in site.rglob("*"):
         if path.is_file() and "private" not in path.parts:

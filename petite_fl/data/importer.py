@@ -344,4 +344,6 @@ def _name_pacs_sources(report: ImportReport, work: Path, label: str) -> None:
     mapping = report.out / MAPPING_FILE
     if report.changed and mapping.is_file():
         entries = json.loads(mapping.read_text())
-        write_json(mapping, {sid: {**e, "source": name(str(e.get("source", "")))} for sid, e in entries.items()})
+        write_json(mapping, {sid: {**e, "source": name(str(e.get("source", ""))),
+                                   **({"folders": [name(str(f)) for f in e["folders"]]} if "folders" in e else {})}
+                             for sid, e in entries.items()})

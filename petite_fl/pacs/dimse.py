@@ -154,7 +154,10 @@ class DimsePacs:
             for path in files:
                 ds = pydicom.dcmread(path)
                 self._sent = time.monotonic()
-                status = assoc.send_c_store(ds)
+                try:
+                    status = assoc.send_c_store(ds)
+                except RuntimeError:  # pynetdicom: the association ended (the peer went down) before this send
+                    status = Dataset()
                 self._status(assoc, status, f"C-STORE of instance {stored + 1} of {len(files)}, "
                                             f"{stored} stored before")
                 stored += 1
