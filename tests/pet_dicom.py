@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
+from pydicom.valuerep import format_number_as_ds
 
 LAYOUTS = ("one-series", "series-per-frame")
 
@@ -86,7 +87,7 @@ def write_pet_dicom(folder: Path, frames: np.ndarray, *, layout: str = "one-seri
                 continue
             shift = (t % beds) * 0.8 * nz * geometry.spacing[2] + (jitter[1] if jitter and jitter[0] == k else 0.0)
             ds = _slice(frames[:, :, k, t], k, t, geometry, study_uid, series_uid, nz, nt, layout)
-            ds.ImagePositionPatient = [float(v) for v in geometry.lps_of(np.array([0.0, 0.0, k + shift
+            ds.ImagePositionPatient = [_ds(v) for v in geometry.lps_of(np.array([0.0, 0.0, k + shift
                                                                                    / geometry.spacing[2]]))]
             ds.Modality, ds.Units, ds.PatientName = modality, units, patient
             start = first_start_s + t * frame_s
@@ -124,11 +125,12 @@ def _slice(plane: np.ndarray, k: int, t: int, geo: Geometry, study_uid: str, ser
     ds.ReconstructionMethod = "OSEM 4i16s"
     ds.DecayCorrection, ds.CorrectedImage = "START", ["DECY", "ATTN", "SCAT"]
     ds.SeriesType = ["DYNAMIC", "IMAGE"]
+    _plausible_pet(ds, start_s=1800.0 + 0.0 * t)
     ds.NumberOfSlices = nz
     ds.NumberOfTimeSlices = nt if layout == "one-series" else 1
     ds.ImageIndex = t * nz + k + 1
-    ds.ImageOrientationPatient = [*geo.row_cos, *geo.col_cos]
-    ds.ImagePositionPatient = [float(v) for v in geo.lps_of(np.array([0.0, 0.0, k]))]
+    ds.ImageOrientationPatient = [_ds(v) for v in (*geo.row_cos, *geo.col_cos)]
+    ds.ImagePositionPatient = [_ds(v) for v in geo.lps_of(np.array([0.0, 0.0, k]))]
     ds.PixelSpacing = [geo.spacing[1], geo.spacing[0]]   # row spacing (along j), column spacing (along i)
     ds.SliceThickness = geo.spacing[2]
     ds.Rows, ds.Columns = plane.shape[1], plane.shape[0]
@@ -140,6 +142,35 @@ def _slice(plane: np.ndarray, k: int, t: int, geo: Geometry, study_uid: str, ser
     stored = np.round(plane.T / float(f"{slope:.10g}")).clip(0, 65535).astype(np.uint16)
     ds.PixelData = np.ascontiguousarray(stored).tobytes()
     return ds
+
+
+def _plausible_pet(ds: Dataset, start_s: float) -> None:
+    """The rest of the PET Image IOD (modules Patient … PET Image) that dciodvfy asks for: a plausible source."""
+    ds.PatientSex, ds.ReferringPhysicianName, ds.AccessionNumber = "F", "", ""
+    ds.PositionReferenceIndicator, ds.BodyPartExamined = "", "HEAD"  # PatientPosition: not with the code sequence
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.AcquisitionDate = ds.ContentDate = "20240102"
+    ds.ContentTime = _clock(0.0)
+    ds.CountsSource, ds.CollimatorType = "EMISSION", "NONE"
+    ds.RandomsCorrectionMethod, ds.AttenuationCorrectionMethod = "DLYD", "CT"
+    ds.DecayFactor = "1.0"
+    drug = Dataset()
+    drug.Radiopharmaceutical = "Fluorodeoxyglucose"
+    drug.RadiopharmaceuticalStartTime = _clock(-start_s)   # injected 30 min before the first frame
+    drug.RadionuclideTotalDose = "200000000"
+    drug.RadionuclideHalfLife = "6586.2"
+    drug.RadionuclidePositronFraction = "0.9673"
+    nuclide = Dataset()
+    nuclide.CodeValue, nuclide.CodingSchemeDesignator, nuclide.CodeMeaning = "77004003", "SCT", "^18^Fluorine"
+    drug.RadionuclideCodeSequence = [nuclide]
+    ds.RadiopharmaceuticalInformationSequence = [drug]
+    ds.PatientOrientationCodeSequence = []
+    ds.PatientGantryRelationshipCodeSequence = []
+
+
+def _ds(value: float) -> str:
+    """A decimal string of at most 16 characters (the DS limit dciodvfy checks)."""
+    return format_number_as_ds(float(value))
 
 
 def _clock(seconds_after_nine: float) -> str:

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="PEFT / Mix-PEFT / full fine-tuning on the target site → adapter")
     p.add_argument("overrides", **over)
 
-    p = sub.add_parser("infer", help="denoise NIfTI scans with a site's adapter (or a backbone + adapter file)",
+    p = sub.add_parser("infer", help="denoise NIfTI scans or DICOM series with a site's adapter "
+                                     "(or a backbone + adapter file)",
                        description=INFER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--site", metavar="SITE",
                    help="the site whose adapter denoises the inputs (its folder under the site root)")
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "its cache folder)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="output folder (--site): <name>.nii[.gz] and <name>.json per input")
+    p.add_argument("--out-format", choices=("nifti", "dicom", "both"), default=None,
+                   help="--site: nifti | dicom (a derived PET series per DICOM input) | both "
+                        "(default: nifti for NIfTI inputs, dicom for DICOM inputs)")
+    p.add_argument("--input-minutes", type=float, default=5.0, metavar="MIN",
+                   help="--site, DICOM inputs: the short scan is the first MIN minutes of the dynamic series "
+                        "(as petite-data import; default 5)")
     p.add_argument("--device", metavar="auto|cpu|cuda",
                    help="auto (CUDA when present) | cpu | cuda[:N]; CUDA predicts in mixed precision "
                         "(default: train.device)")
@@ -124,12 +131,17 @@ def cmd_finetune(args) -> int:
 INFER_HELP = """Denoise scans with a site's own federated adapter, or with a backbone (+ adapter) file.
 
   petite infer --site scanner3 [--run latest|NAME] [--site-root DIR] IN... --out DIR [--device auto|cpu|cuda]
+               [--out-format nifti|dicom|both] [--input-minutes 5]
   petite infer -i IN -o OUT --backbone FILE [--adapter FILE]
 
 --site: IN is a NIfTI file or a folder (its *.nii / *.nii.gz files); each becomes DIR/<same name> with the
 input's affine, orientation and header, and DIR/<name>.json naming the adapter and backbone (SHA-256), the
 settings and the device. The settings are those of the run's final test (the adapter's card), so a run's test
-scans come out with its test PSNR. Positional arguments of the form key=value are Hydra overrides
+scans come out with its test PSNR.
+IN may also be DICOM: a folder of a dynamic PET series (or several), a DICOMDIR or a DICOM file. Its first
+--input-minutes are denoised into DIR/series-<hash>/, a derived PET series in the source's study and geometry
+(--out-format dicom, the default for DICOM), and/or DIR/series-<hash>.nii.gz; a series that is not PET, static
+or multi-bed is skipped in one line and the others go on. Positional arguments of the form key=value are Hydra overrides
 (e.g. paths.cache=/data/petite federation.site_root=/x train.amp=false); every other one is an input."""
 
 #: a Hydra override among `petite infer`'s positional arguments (anything else is an input path)
@@ -164,17 +176,24 @@ def cmd_infer(args) -> int:
         raise ConfigError("infer --site: give inputs as positional files or folders and --out DIR "
                           "(-i, -o and --adapter belong to the -i form)")
     if not inputs or args.out is None:
-        raise ConfigError("infer --site: give one or more input NIfTI files or folders and --out DIR")
-    sidecars = infer_site(cfg, args.site, inputs, expand_path(args.out), run=args.run,
-                          site_root=expand_path(args.site_root) if args.site_root else None, device=args.device,
-                          backbone=expand_path(args.backbone) if args.backbone else None)
-    first = sidecars[0]
-    console.print(f"{len(sidecars)} scan(s) denoised with site {escape(first['site'])}'s adapter of run "
-                  f"{escape(first['run'])} ({escape(first['peft'])}, {escape(str(first['strategy']))}; adapter "
-                  f"{first['adapter']['sha256'][:12]}…, backbone {first['backbone']['sha256'][:12]}…) on "
-                  f"{first['device']}{' with mixed precision' if first['mixed_precision'] else ''} in "
-                  f"{sum(s['seconds'] for s in sidecars):.1f} s → {escape(str(args.out))}")
-    return 0
+        raise ConfigError("infer --site: give one or more input NIfTI or DICOM files or folders and --out DIR")
+    report = infer_site(cfg, args.site, inputs, expand_path(args.out), run=args.run,
+                        site_root=expand_path(args.site_root) if args.site_root else None, device=args.device,
+                        backbone=expand_path(args.backbone) if args.backbone else None, out_format=args.out_format,
+                        input_minutes=args.input_minutes)
+    sidecars = report.sidecars
+    if sidecars:
+        first = sidecars[0]
+        console.print(f"{len(sidecars)} scan(s) denoised with site {escape(first['site'])}'s adapter of run "
+                      f"{escape(first['run'])} ({escape(first['peft'])}, {escape(str(first['strategy']))}; adapter "
+                      f"{first['adapter']['sha256'][:12]}…, backbone {first['backbone']['sha256'][:12]}…) on "
+                      f"{first['device']}{' with mixed precision' if first['mixed_precision'] else ''} in "
+                      f"{sum(s['seconds'] for s in sidecars):.1f} s → {escape(str(args.out))}")
+    if report.skipped:
+        console.print(f"{len(sidecars)} denoised, {len(report.skipped)} skipped:")
+        for line in report.skipped:
+            console.print(f"  skipped: {escape(line)}", soft_wrap=True)
+    return 0 if sidecars else 1
 
 
 def _infer_pacs(args, cfg, inputs: list[Path]) -> int:

@@ -226,29 +226,38 @@ def infer_file(cfg: DictConfig, input_path: Path, output_path: Path, backbone_pa
     return predict_file(model, input_path, output_path, inference_settings(cfg, roi), device=device, amp=amp)
 
 
-def predict_file(model: Backbone, input_path: Path, output_path: Path, settings: Mapping[str, Any], *,
-                 device: torch.device, amp: bool) -> Path:
-    """Predict one NIfTI file whole-volume and write the result with the input's affine and header.
+def predict_array(model: Backbone, data: np.ndarray, zooms: tuple[float, ...], settings: Mapping[str, Any], *,
+                  device: torch.device, amp: bool) -> np.ndarray:
+    """Predict one RAS+ float32 volume whole; the result is on the same grid, in the input's units.
 
     `settings` is an adapter card's `inference` block (patch, scaling, overlap, sw_batch_size,
     region): the settings a run's test metrics were measured with, so that they reproduce.
     The prediction goes back to the input's units with the input's own map (`data.scalings`:
-    × the factor for `grey-matter`, the input's range for `minmax`) and to the file's own orientation.
+    × the factor for `grey-matter`, the input's range for `minmax`). A NIfTI file and a DICOM
+    series (`adapters.infer`) both come here.
     """
-    import nibabel as nib
-
-    from petite_fl.data.nifti import load_volume
     from petite_fl.data.scalings import get_scaling
     from petite_fl.training.inference import predict_volume
 
     scaling = get_scaling(settings["scaling"], "the adapter card's inference.scaling")
-    volume = load_volume(input_path, what="input")
-    to_network = scaling.of_input(volume.data, volume.zooms)
-    pred = predict_volume(model, to_network.apply(volume.data), tuple(int(p) for p in settings["patch"]),
+    to_network = scaling.of_input(data, zooms)
+    pred = predict_volume(model, to_network.apply(data), tuple(int(p) for p in settings["patch"]),
                           device=device, overlap=float(settings["overlap"]),
                           sw_batch_size=int(settings["sw_batch_size"]), amp=amp,
                           region=str(settings.get("region", "full")))
-    pred = to_network.invert(pred)  # back to the input's units
+    return to_network.invert(pred)  # back to the input's units
+
+
+def predict_file(model: Backbone, input_path: Path, output_path: Path, settings: Mapping[str, Any], *,
+                 device: torch.device, amp: bool) -> Path:
+    """Predict one NIfTI file whole-volume (`predict_array`) and write the result with the input's affine and header,
+    in the file's own orientation."""
+    import nibabel as nib
+
+    from petite_fl.data.nifti import load_volume
+
+    volume = load_volume(input_path, what="input")
+    pred = predict_array(model, volume.data, volume.zooms, settings, device=device, amp=amp)
     original = nib.load(input_path)  # header and affine only: load_volume above bounded this file's claim
     # The model ran on the RAS+ array: put the result back in the file's own orientation.
     to_original = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
