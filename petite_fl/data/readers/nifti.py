@@ -87,9 +87,10 @@ def apply_sidecar(series: DynamicSeries, sidecar: dict[str, Any]) -> None:
     starts = _floats(starts) if starts is not None else None
     durations = _floats(durations) if durations is not None else None
     n = series.n_frames
+    if n == 1:  # a frame of a series per frame: `readers.dicom.restart_clock` orders them by it
+        series.info["AcquisitionTime"] = sidecar.get("AcquisitionTime")
     if starts is None and n == 1 and durations is not None:
         starts = [clock_offset(sidecar)]       # dcm2niix gives a single-frame series no FrameTimesStart
-        series.info["AcquisitionTime"] = sidecar.get("AcquisitionTime")
     if starts is None or durations is None:
         series.problems.append(f"{series.label}: no FrameTimesStart/FrameDuration in the sidecar (timing unknown)")
         return
