@@ -26,6 +26,7 @@ from test_federation_run import federate, run_config
 from petite_fl import __version__
 from petite_fl.cli.main import main
 from petite_fl.data.readers.dicom import dcm2niix_binary
+from petite_fl.errors import DataError
 
 SITE = "scanner5"
 GEOMETRY = oblique(20.0)
@@ -197,6 +198,7 @@ def test_a_batch_skips_what_it_cannot_denoise_one_line_each_and_goes_on(federati
     assert "1 denoised, 3 skipped" in printed and len(skipped) == 3
     for folder, says in (("a-ct", "not PET"), ("b-static", "a static series"), ("c-beds", "several bed positions")):
         assert any(str(batch / folder) in line and says in line for line in skipped), (folder, skipped)
+    assert not [line for line in skipped if "c-beds" in line and "static" in line]  # beds are not a static series
     assert len(list(out.glob("series-*/"))) == 1
     static = tmp_path / "static-out"
     assert infer(batch / "b-static", "--out", static, *site_args(federation_cache, site_root)) == 1  # nothing done
@@ -227,3 +229,16 @@ def test_bad_inputs_and_outputs_are_one_line(federation_cache, site_root, source
     assert infer(scan, "--out", tmp_path / "out", "--out-format", "dicom", *args) == 2
     assert "is NIfTI; a DICOM series is derived only from a DICOM source" in error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prediction_off_the_series_grid_is_refused_not_written(source, tmp_path):
+    from petite_fl.adapters.dicom_in import dicom_candidates, read_input
+    from petite_fl.adapters.dicom_out import write_derived_series
+
+    src = read_input(dicom_candidates(source)[0])
+    shifted = src.series.affine.copy()
+    shifted[:3, 3] += [0.0, 0.0, 1.0]  # a millimetre off the headers' positions
+    with pytest.raises(DataError, match="does not match the series' own geometry"):
+        write_derived_series(src.volume, shifted, src.headers, tmp_path / "series", adapter_sha256="a" * 64,
+                             backbone_sha256="b" * 64, frames=src.frames)
+    assert list(tmp_path.iterdir()) == []  # no folder, no staging left behind

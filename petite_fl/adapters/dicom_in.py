@@ -87,9 +87,11 @@ def refusals(series: DynamicSeries, input_minutes: float) -> tuple[list[str], li
     """(problems, notes): the importer's refusals (any frame count will do) and a static series."""
     if series.fmt != "dicom":
         return [f"{series.label}: not a DICOM series"], []
+    if series.n_frames == 1 and series.problems:   # the reader's lines say why (e.g. beds read as one frame)
+        return list(series.problems), []
     if series.n_frames == 1 and series.frames.size:
-        return [*series.problems, f"{series.label}: a static series (one frame); inference needs a dynamic series, "
-                                  f"whose first {input_minutes:g} min are the short scan"], []
+        return [f"{series.label}: a static series (one frame); inference needs a dynamic series, "
+                f"whose first {input_minutes:g} min are the short scan"], []
     return check_series(series, expect_frames=max(series.n_frames, 1), input_minutes=input_minutes)
 
 

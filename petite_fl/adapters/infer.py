@@ -251,15 +251,8 @@ def infer_site(cfg: DictConfig, site: str, items: Sequence[Path], out: Path, *, 
     check_out(out, inputs, out_format)
     jobs = plan(inputs.nifti, out)
     model, meta, adapter_meta = load_model(backbone_path, adapter.path, torch_device)
-    try:
-        adapter_file = str(adapter.path.relative_to(root))
-    except ValueError:
-        adapter_file = adapter.path.name
-    common = {"site": adapter.site, "run": adapter.run, "strategy": adapter.strategy, "peft": adapter.peft,
-              "peft_spec": adapter_meta["peft"], "adapter": {"file": adapter_file, "sha256": file_sha256(adapter.path)},
-              "backbone": {"sha256": meta["sha256"], "model": meta["model"]}, "inference": settings,
-              "inference_from": source, "device": str(torch_device), "mixed_precision": amp,
-              "petite_fl": __version__}
+    common = {**_made_by(adapter, root, meta, adapter_meta), "inference": settings, "inference_from": source,
+              "device": str(torch_device), "mixed_precision": amp, "petite_fl": __version__}
     predict = _Predictor(model, settings, torch_device, amp, common)
     report = InferenceReport()
     log_lines = not quiet and not console.is_terminal
@@ -287,8 +280,19 @@ def infer_site(cfg: DictConfig, site: str, items: Sequence[Path], out: Path, *, 
                 line = f"{sidecar['stem']} ({sidecar['seconds']:.1f} s)"
             progress.advance(task)
             if log_lines:
-                console.print(f"{i}/{total} {line}", markup=False)
+                console.print(f"{i}/{total} {line}", markup=False, soft_wrap=True)
     return report
+
+
+def _made_by(adapter: AdapterEntry, root: Path, meta: dict[str, Any], adapter_meta: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's adapter and backbone, by hash (the adapter's file relative to the site root)."""
+    try:
+        adapter_file = str(adapter.path.relative_to(root))
+    except ValueError:
+        adapter_file = adapter.path.name
+    return {"site": adapter.site, "run": adapter.run, "strategy": adapter.strategy, "peft": adapter.peft,
+            "peft_spec": adapter_meta["peft"], "adapter": {"file": adapter_file, "sha256": file_sha256(adapter.path)},
+            "backbone": {"sha256": meta["sha256"], "model": meta["model"]}}
 
 
 @dataclass

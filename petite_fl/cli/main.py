@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="-i form: output NIfTI (input's affine and header)")
     p.add_argument("--adapter", type=Path, metavar="FILE", help="-i form: adapter file (default: none)")
     p.add_argument("items", nargs="*", metavar="IN | KEY=VALUE",
-                   help="input NIfTI files and folders (--site), and Hydra overrides key=value, in any order")
+                   help="input NIfTI files, DICOM series (a folder, a DICOMDIR, a DICOM file) and folders (--site), "
+                        "and Hydra overrides key=value, in any order")
     p.add_argument("--from-pacs", nargs="?", const="", metavar="URL",
                    help="--site: retrieve the short scan from a PACS instead of IN (https://host/dicom-web, "
                         "dicom://AE@host:port; no URL: the site config's pacs: block)")
