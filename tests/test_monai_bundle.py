@@ -218,6 +218,9 @@ def test_other_bad_exports_are_one_line(backbones, tmp_path):
     code, _, err, _ = export(backbones, tmp_path, "unetr", {"patch": PATCH})  # a card from before the settings
     assert code == 2 and "card's inference settings lack scaling, overlap, sw_batch_size" in " ".join(err.split())
     assert not (tmp_path / "bundle").exists()
+    code, _, err, _ = export(backbones, tmp_path, "unetr", settings(scaling="percentile"))
+    assert code == 2 and "inference.scaling 'percentile' is not one the bundle's scripts/petite_pet.py" in " ".join(
+        err.split())
     code, _, err = cli("adapters", "export", "--adapter", str(tmp_path / "adapter.safetensors"), "--format",
                        "monai-bundle", "--out", str(tmp_path / "b"), "--site-root", str(tmp_path))
     assert code == 2 and "--format monai-bundle needs --merged" in err and len(err.strip().splitlines()) == 1

@@ -20,12 +20,14 @@ from typing import Any
 import torch
 
 from petite_fl.adapters.bundle_metadata import metadata, readme
+from petite_fl.adapters.bundle_scripts.petite_pet import SCALINGS as BUNDLE_SCALINGS
 from petite_fl.adapters.catalog import file_sha256
 from petite_fl.adapters.export import Source, output_folder
 from petite_fl.adapters.merge import NOT_FOLDABLE, TOLERANCE, Merged, merge_adapter
 from petite_fl.atomic import atomic_path, write_json
 from petite_fl.errors import PetiteError
 from petite_fl.peft.spec import PeftSpec
+from petite_fl.training.inference import REGIONS
 
 SCRIPTS = Path(__file__).with_name("bundle_scripts")
 MODEL = "models/model.pt2"
@@ -56,7 +58,7 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 SETTINGS = ("patch", "scaling", "overlap", "sw_batch_size")
 
 
-def settings_of(source: Source) -> dict[str, Any]:
+def bundle_settings(source: Source) -> dict[str, Any]:
     """The card's inference settings (window, scaling, overlap, windows per batch, region), or one line."""
     block = dict(source.card.get("inference") or {})
     missing = [k for k in SETTINGS if k not in block]
@@ -64,8 +66,12 @@ def settings_of(source: Source) -> dict[str, Any]:
         raise PetiteError(f"{source.adapter}: its card's inference settings lack {', '.join(missing)}: a MONAI bundle "
                           "needs the window, scaling and overlap its test was measured with")
     block.setdefault("region", "full")
-    if block["region"] not in ("full", "head"):
-        raise PetiteError(f"{source.adapter}: the card's inference.region '{block['region']}' is not full or head")
+    if block["region"] not in REGIONS:
+        raise PetiteError(f"{source.adapter}: the card's inference.region '{block['region']}' is none of "
+                          f"{', '.join(REGIONS)}")
+    if block["scaling"] not in BUNDLE_SCALINGS:
+        raise PetiteError(f"{source.adapter}: the card's inference.scaling '{block['scaling']}' is not one the "
+                          f"bundle's scripts/petite_pet.py computes ({', '.join(BUNDLE_SCALINGS)})")
     return block
 
 
@@ -145,7 +151,7 @@ def _copy(src: Path, dst: Path) -> None:
 def export_monai_bundle(source: Source, out: Path) -> tuple[list[Path], Merged, dict[str, Any]]:
     """The bundle folder; (files written, the merge, the bundle's check figures)."""
     refuse_unfoldable(source)
-    settings = settings_of(source)
+    settings = bundle_settings(source)
     merged = merge_adapter(source.backbone, source.adapter)
     program, export_diff = exported_program(merged.model, settings["patch"], int(settings["sw_batch_size"]))
     if not export_diff <= TOLERANCE * merged.output_range:
