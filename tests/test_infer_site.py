@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from test_federation_run import NODES, federate, run_config
+from test_monai_bundle import relative_diff, run_bundle
 
 from petite_fl.adapters.infer import collect_inputs, nifti_stem
 from petite_fl.artifacts import load_backbone, save_backbone
@@ -287,3 +288,26 @@ def test_mixed_precision_is_the_same_path_with_autocast_on(federation_cache, sit
     psnr = compute_metrics(torch.as_tensor(half / full.max()), target)["psnr"]
     print(f"bfloat16 vs float32 prediction: PSNR {psnr:.1f} dB")
     assert psnr > 40
+
+
+def test_a_monai_bundle_of_the_site_model_denoises_as_petite_infer_without_petite_fl(site_root, runs, test_entries,
+                                                                                    inferred, tmp_path):
+    """`petite adapters export --merged --format monai-bundle`, then `python -m monai.bundle run` in an
+    interpreter where `import petite_fl` fails, on a folder of the site's test scans: the outputs are
+    `petite infer --site`'s within 1e-5 of their range, with the same affine."""
+    bundle = tmp_path / "bundle"
+    assert main(["adapters", "export", "--site", SITE, "--merged", "--format", "monai-bundle", "--out", str(bundle),
+                 "--site-root", str(site_root)]) == 0
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for entry in test_entries:
+        (scans / entry.input.name).symlink_to(entry.input)
+    (tmp_path / "out").mkdir()
+    done, seconds = run_bundle(bundle, scans, tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder, _ = inferred["latest"]
+    worst = max(relative_diff(folder / e.input.name, tmp_path / "out" / e.input.name) for e in test_entries)
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    print(f"monai.bundle run vs petite infer --site: max |diff| / range {worst:.2e} over {len(test_entries)} scan(s); "
+          f"bundle {size / 1e6:.2f} MB, run {seconds:.1f} s")
+    assert worst <= 1e-5

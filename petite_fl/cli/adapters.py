@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--backbone", type=Path, help="its backbone file (default: the site's backbone cache)")
     exp.add_argument("--merged", action="store_true",
                      help="fold the adapter into the backbone: model.safetensors + config.json, no PEFT code needed")
+    exp.add_argument("--format", choices=("safetensors", "monai-bundle"), default="safetensors",
+                     help="with --merged: safetensors (default, for petite-fl) or monai-bundle (a MONAI bundle "
+                          "folder that `python -m monai.bundle run` executes without petite-fl)")
     exp.add_argument("--site-root", type=Path, help="a deployed site's cache folder (default: federation.site_root)")
     exp.add_argument("--out", type=Path, required=True, help="folder to write")
     exp.add_argument("overrides", **over)
@@ -123,11 +126,21 @@ def cmd_export(args) -> int:
 
     if args.adapter and args.site:
         raise PetiteError("give either --site (with --run) or --adapter FILE, not both")
+    if args.format == "monai-bundle" and not args.merged:
+        raise PetiteError("--format monai-bundle needs --merged: a MONAI bundle holds one standalone network")
     root, _ = _site_root(args)
     source = resolve(root, args.site, args.run, expand_path(args.adapter) if args.adapter else None,
                      expand_path(args.backbone) if args.backbone else None)
     label = f"{source.site} / {source.run} ({source.card.get('peft') or source.meta['peft'].get('kind')})"
-    if args.merged:
+    if args.format == "monai-bundle":
+        from petite_fl.adapters.monai_bundle import export_monai_bundle
+
+        paths, merged, check = export_monai_bundle(source, expand_path(args.out))
+        console.print(f"MONAI bundle of {label}: max |diff| merged vs backbone + adapter "
+                      f"{check['merge_max_abs_diff']:.3g}, exported vs merged {check['export_max_abs_diff']:.3g} "
+                      f"(output range {merged.output_range:.3g}); to run it: docs/README.md", markup=False,
+                      soft_wrap=True)
+    elif args.merged:
         paths, merged = export_merged(source, expand_path(args.out))
         slots = ", ".join(f"{len(v)} {k}" for k, v in merged.slots.items()) or "none"
         console.print(f"merged {label}: checked against backbone + adapter, max |diff| {merged.max_abs_diff:.3g} "
