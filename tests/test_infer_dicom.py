@@ -9,6 +9,7 @@ it, and dicom3tools' dciodvfy finds no error for the PET Image IOD.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -242,3 +243,41 @@ def test_a_prediction_off_the_series_grid_is_refused_not_written(source, tmp_pat
         write_derived_series(src.volume, shifted, src.headers, tmp_path / "series", adapter_sha256="a" * 64,
                              backbone_sha256="b" * 64, frames=src.frames)
     assert list(tmp_path.iterdir()) == []  # no folder, no staging left behind
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_the_clinic_loop_takes_the_scan_from_orthanc_and_stores_the_denoised_series_in_its_study(
+        orthanc, federation_cache, site_root, source, denoised, monkeypatch, capsys, protocol):
+    """`petite infer --site X --from-pacs URL --study UID`: a real Orthanc holds the short scan; afterwards
+    it holds the derived series in the same study, instance for instance the series `petite infer` writes
+    from the same files (same UIDs, same stored values); a rerun passes that series over and stores
+    nothing new."""
+    from orthanc import PASSWORD, USER
+
+    monkeypatch.setenv("PETITE_PACS_USERNAME", USER)
+    monkeypatch.setenv("PETITE_PACS_PASSWORD", PASSWORD)
+    orthanc.clear()
+    files = sorted(source.glob("*.dcm"))
+    orthanc.upload(files)
+    head = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study, series = str(head.StudyInstanceUID), str(head.SeriesInstanceUID)
+    before = orthanc.series_of_study(study)
+    url = orthanc.dicomweb if protocol == "dicomweb" else orthanc.dimse
+    argv = ["--from-pacs", url, "--study", study, *site_args(federation_cache, site_root)]
+    capsys.readouterr()
+    assert infer(*argv) == 0, capsys.readouterr()
+    after = orthanc.series_of_study(study)
+    local = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, only(denoised, "series-*/").glob("*.dcm"))}
+    derived_uid = next(iter(local.values())).SeriesInstanceUID
+    print(f"Orthanc, study {study[-12:]}: series before {[s[-12:] for s in before]}, after {[s[-12:] for s in after]}")
+    assert before == [series] and after == sorted([series, derived_uid])
+    held = orthanc.series_instances(derived_uid)
+    assert len(held) == len(local) == 16
+    for row in held:
+        stored = pydicom.dcmread(io.BytesIO(orthanc.rest("get", f"/instances/{row['ID']}/file").content))
+        mine = local[str(stored.SOPInstanceUID)]
+        assert stored.StudyInstanceUID == study and stored.RescaleSlope == mine.RescaleSlope
+        assert np.array_equal(stored.pixel_array, mine.pixel_array)
+    assert USER not in capsys.readouterr().out
+    assert infer(*argv) == 0   # the study's derived series is passed over, the scan denoised again, same UIDs
+    assert "passed over" in capsys.readouterr().out and orthanc.series_of_study(study) == after

@@ -18,7 +18,9 @@ from typing import Any
 from omegaconf import DictConfig
 from pydicom.misc import is_dicom
 
+from petite_fl.adapters.dicom_out import DERIVED_BY
 from petite_fl.pacs.connection import PacsError
+from petite_fl.pacs.series import uid_hash
 from petite_fl.pacs.transfer import Pacs, Stored, retrieve_matching, store_series
 
 
@@ -28,6 +30,7 @@ class ClinicReport:
 
     stored: list[Stored] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)   # series petite-fl derived itself: not a short scan
     sidecars: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -41,6 +44,11 @@ def infer_from_pacs(cfg: DictConfig, site: str, source: Pacs, target: Pacs, quer
     try:
         got = retrieve_matching(source, query, work / "in")
         report = ClinicReport(failed=[_named(line, work, source.label) for line in got.failed])
+        for uid, folder in list(got.folders.items()):
+            if _made_by_petite(folder):  # a study's earlier result: denoising it again would be a new, wrong series
+                report.passed_over.append(f"PACS {source.label}: series {uid_hash(uid)} is a series petite-fl "
+                                          "derived (DerivationDescription); passed over")
+                del got.folders[uid]
         if not got.folders:
             return report
         done = infer_site(cfg, site, list(got.folders.values()), work / "out", run=run, site_root=site_root,
@@ -69,6 +77,16 @@ def _study_of(folder: Path) -> str:
 
     first = next(p for p in sorted(folder.iterdir()) if p.is_file())
     return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+
+
+def _made_by_petite(folder: Path) -> bool:
+    import pydicom
+
+    first = next((p for p in sorted(folder.iterdir()) if p.is_file()), None)
+    if first is None:
+        return False
+    head = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["DerivationDescription"])
+    return str(head.get("DerivationDescription", "")).startswith(DERIVED_BY)
 
 
 def _named(line: str, work: Path, label: str) -> str:

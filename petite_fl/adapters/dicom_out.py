@@ -41,6 +41,8 @@ from petite_fl.errors import DataError
 
 #: how far (mm) the prediction's grid may sit from the one the source's headers give
 GRID_TOLERANCE_MM = 0.01
+#: how the DerivationDescription of every series petite-fl derives begins (the clinic loop passes such series over)
+DERIVED_BY = "Denoised by petite-fl"
 #: a derived series is numbered after its source's, as scanners number their reformats
 SERIES_NUMBER_OFFSET = 1000
 INT16_MAX = 32767
@@ -152,7 +154,7 @@ def write_derived_series(pred: np.ndarray, affine: np.ndarray, groups: Sequence[
     source_uid = str(template[0].SeriesInstanceUID)
     uids = derived_uids(source_uid, adapter_sha256, backbone_sha256, window, len(template))
     duration_ms = sum(_float(groups[f][0].get("ActualFrameDuration")) for f in frames)
-    description = (f"Denoised by petite-fl {__version__} from the {window or 'input'} of the source series: "
+    description = (f"{DERIVED_BY} {__version__} from the {window or 'input'} of the source series: "
                    f"adapter sha256 {adapter_sha256}, backbone sha256 {backbone_sha256}")
     now = dt.datetime.now()
     staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
