@@ -245,7 +245,7 @@ def test_a_prediction_off_the_series_grid_is_refused_not_written(source, tmp_pat
     assert list(tmp_path.iterdir()) == []  # no folder, no staging left behind
 
 
-@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+@pytest.mark.parametrize("protocol", ["dicomweb", pytest.param("dimse", marks=pytest.mark.slow)])
 def test_the_clinic_loop_takes_the_scan_from_orthanc_and_stores_the_denoised_series_in_its_study(
         orthanc, federation_cache, site_root, source, denoised, monkeypatch, capsys, protocol):
     """`petite infer --site X --from-pacs URL --study UID`: a real Orthanc holds the short scan; afterwards

@@ -290,6 +290,7 @@ def test_mixed_precision_is_the_same_path_with_autocast_on(federation_cache, sit
     assert psnr > 40
 
 
+@pytest.mark.slow  # ~18 s: a fresh interpreter imports torch and MONAI to run the bundle
 def test_a_monai_bundle_of_the_site_model_denoises_as_petite_infer_without_petite_fl(site_root, runs, test_entries,
                                                                                     inferred, tmp_path):
     """`petite adapters export --merged --format monai-bundle`, then `python -m monai.bundle run` in an

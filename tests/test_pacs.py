@@ -26,6 +26,8 @@ from petite_fl.pacs.series import uid_hash
 from petite_fl.pacs.transfer import find_matching, open_pacs, retrieve_matching, store_series
 
 PROTOCOLS = ("dicomweb", "dimse")
+#: the transfers of whole series: DIMSE against Orthanc waits ~0.05-0.1 s per instance, so its cases run with -m slow
+TRANSFERS = ("dicomweb", pytest.param("dimse", marks=pytest.mark.slow))
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +71,7 @@ def derived_copy(files: list[Path], folder: Path, name: str = "derived") -> tupl
     return out, str(ds.SeriesInstanceUID)
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", TRANSFERS)
 def test_a_series_uploaded_to_orthanc_is_found_and_retrieved_whole(orthanc, tmp_path, protocol):
     """Found by its study, its series UID and by Modality=PT; retrieved into a folder holding every instance,
     pixel for pixel; the files are named by hashes, and no partial folder is left beside it."""
@@ -89,7 +91,7 @@ def test_a_series_uploaded_to_orthanc_is_found_and_retrieved_whole(orthanc, tmp_
     assert {p.name for p in folder.iterdir()} == {f"{uid_hash(k)}.dcm" for k in back}  # no UID in a file name
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", TRANSFERS)
 def test_a_stored_series_is_in_orthanc_under_the_same_study_with_every_instance(orthanc, tmp_path, protocol):
     """Store → Orthanc's own REST API shows the derived series beside the source, in the same study,
     with all its instances and their values; storing it again changes nothing (same UIDs)."""
@@ -210,7 +212,7 @@ def _kill(orthanc: Orthanc) -> None:
     orthanc.proc = None
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", TRANSFERS)
 def test_an_orthanc_that_goes_down_mid_store_is_one_line_and_a_rerun_completes_the_series(tmp_path, protocol):
     """Orthanc killed after the first instances: the store fails in one line saying the series is
     incomplete; Orthanc, restarted, holds that part (DICOM has no transaction); storing again (same
@@ -276,7 +278,7 @@ pacs:
         site_pacs("https://pacs.example.org/dicom-web")
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("protocol", TRANSFERS)
 def test_petite_data_import_from_pacs_makes_a_pseudonymised_site_and_leaves_no_copy(orthanc, tmp_path, capsys,
                                                                                       protocol):
     """`petite-data import --from-pacs URL --query StudyInstanceUID=…`: a checked site as from a folder, the
