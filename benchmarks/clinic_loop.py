@@ -5,8 +5,8 @@ site's adapter by `petite infer --site X --from-pacs URL --study UID`, the deriv
 
 What it does (checkout only: it uses the tests' Orthanc launcher and DICOM series writer):
 1. a site adapter of scanner1's grid: one local round of the tiny preset on synthetic scanner1 data
-   (its 48³ window, pretraining and training cut to a few steps: the weights' values do not change the
-   time of a prediction), cached in DIR;
+   (its window for scanner1, 64³, and overlap 0.5; pretraining and training cut to a few steps: the
+   weights' values do not change the time of a prediction), cached in DIR;
 2. a real Orthanc (tests/orthanc.py) holding one dynamic PET series of scanner1's grid
    (192×192×136, 1.21875 mm, 6 × 5-min frames: 816 instances) written by tests/pet_dicom.py;
 3. `petite infer … --from-pacs … --study …` as a user runs it (a new process: imports included), timed
@@ -42,6 +42,7 @@ def site_adapter(work: Path) -> tuple[Path, Path]:
         "data.synth.scanners": f"[{SITE}]", "federation.sites": f"[{SITE}]", "federation.rounds": 1,
         "federation.local_steps": 1, "train.patch_scale": 1.0, "federation.run_name": "clinic-bench",
         "overrides": f"federation.val.patches=2 federation.site_root={root}"})
+    rc.pop("train.eval.overlap")  # the tests' 0.0; the card then carries the preset's (0.5, the paper's)
     federate(rc, [{"partition-id": 0, "num-partitions": 1}])
     return cache, root
 
