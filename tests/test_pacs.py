@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from orthanc import CALLING_AE, PASSWORD, USER, Orthanc, start_orthanc
+from orthanc import PASSWORD, USER, Orthanc, start_orthanc
 from pet_dicom import known_frames, write_pet_dicom
 from pydicom.uid import generate_uid
 
 from petite_fl.atomic import private_dir
-from petite_fl.errors import ConfigError, PetiteError
+from petite_fl.errors import ConfigError
 from petite_fl.pacs.connection import Credentials, PacsConnection, PacsError, parse_url
 from petite_fl.pacs.series import uid_hash
 from petite_fl.pacs.transfer import find_matching, open_pacs, retrieve_matching, store_series
@@ -163,11 +163,14 @@ def test_a_pacs_that_does_not_answer_times_out_in_one_line(orthanc, protocol):
     (f"https://{USER}:{PASSWORD}@pacs.example.org/dicom-web", "a user name or password in the URL is refused"),
     ("ftp://pacs.example.org/", "scheme 'ftp'"),
     ("dicom://pacs.example.org:104", "dicom://CALLED_AE@host:port"),
-    ("dicom://AN-AE-TITLE-OF-MORE-THAN-16@pacs:104", "1 to 16 printable characters")])
+    ("dicom://AN-AE-TITLE-OF-MORE-THAN-16@pacs:104", "1 to 16 printable characters"),
+    (f"https://{USER}:{PASSWORD[:4]}@{PASSWORD[4:]}@pacs.example.org/dicom-web", "a user name or password"),
+    (f"https://{USER}:{PASSWORD[:4]}/{PASSWORD[4:]}@pacs.example.org/dicom-web", "not a URL")])
 def test_a_bad_pacs_url_is_one_line_and_never_echoes_a_password(url, words):
     with pytest.raises(ConfigError) as caught:
         parse_url(url)
     assert words in str(caught.value) and PASSWORD not in str(caught.value)
+    assert PASSWORD[4:] not in str(caught.value) and PASSWORD[:4] not in str(caught.value)
 
 
 def test_a_missing_series_leaves_no_folder_and_no_partial_one(orthanc, tmp_path):
@@ -237,7 +240,8 @@ def test_an_orthanc_that_goes_down_mid_store_is_one_line_and_a_rerun_completes_t
         server.stop()
 
 
-def test_a_site_yaml_pacs_block_gives_the_connection_and_a_url_overrides_only_the_address(tmp_path, monkeypatch):
+def test_a_site_yaml_pacs_block_gives_the_connection_and_its_password_goes_to_its_own_server_only(tmp_path,
+                                                                                                  monkeypatch):
     from petite_fl.deploy.site import site_pacs
 
     secret = private_dir(tmp_path / "secret") / "pacs.yaml"
@@ -263,9 +267,21 @@ pacs:
     assert (conn.protocol, conn.url, conn.timeout, conn.ca_file) == ("dicomweb", "https://pacs.example.org/dicom-web",
                                                                      12.0, tmp_path / "pacs-ca.pem")
     assert conn.credentials == Credentials(USER, PASSWORD) and PASSWORD not in repr(conn)
-    other = site_pacs("dicom://PACS@10.0.0.7:11112", str(yaml))
-    assert (other.protocol, other.label, other.credentials) == ("dimse", "dicom://PACS@10.0.0.7:11112",
-                                                                conn.credentials)
+    same = site_pacs("https://pacs.example.org:443/dicom-web", str(yaml))  # the same server: its credentials
+    assert same.credentials == conn.credentials and same.timeout == 12.0
+    monkeypatch.delenv("PETITE_PACS_USERNAME")
+    monkeypatch.delenv("PETITE_PACS_PASSWORD")
+    for url in ("https://research-pacs.example.org/dicom-web", "http://pacs.example.org/dicom-web",
+                "dicom://PACS@10.0.0.7:11112"):  # another server (host, port or scheme): never the block's password
+        other = site_pacs(url, str(yaml))
+        assert other.credentials.kind == "none" and other.timeout == 12.0, url
+    assert site_pacs("dicom://PACS@10.0.0.7:11112", str(yaml)).label == "dicom://PACS@10.0.0.7:11112"
+    monkeypatch.setenv("PETITE_PACS_USERNAME", USER)
+    monkeypatch.setenv("PETITE_PACS_PASSWORD", PASSWORD)
+    with pytest.raises(ConfigError) as caught:  # the environment's password, over plain http to another host
+        site_pacs("http://pacs.example.org/dicom-web")
+    assert "not sent over plain http" in str(caught.value) and PASSWORD not in str(caught.value)
+    assert site_pacs("http://127.0.0.1:8042/dicom-web").credentials.kind == "basic"  # this machine: allowed
     assert site_pacs(str(yaml)).label == conn.label  # a site config named where a URL goes
     os.chmod(secret, 0o644)
     with pytest.raises(ConfigError, match="readable by others: chmod 600"):
@@ -323,10 +339,6 @@ def test_petite_data_import_from_pacs_refuses_bad_arguments_in_one_line(tmp_path
     assert main([*argv[:-1], str(tmp_path / argv[-1])]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
-
-
-def test_the_pacs_error_is_a_petite_error_printed_without_traceback():
-    assert issubclass(PacsError, PetiteError) and CALLING_AE == "PETITE"
 
 
 @pytest.mark.parametrize(("argv", "words"), [

@@ -20,7 +20,13 @@ from petite_fl.deploy.approval import approved_apps
 from petite_fl.deploy.bundle import BundleLimits
 from petite_fl.errors import ConfigError, DataError
 from petite_fl.federation.site.policy import NODE_KEY, SitePolicy
-from petite_fl.pacs.connection import PacsConnection, load_credentials, pacs_from_mapping, parse_url
+from petite_fl.pacs.connection import (
+    PacsConnection,
+    load_credentials,
+    pacs_from_mapping,
+    parse_url,
+    refuse_plain_http_secrets,
+)
 from petite_fl.runconfig import NODE_TRACKING, SITE_TRACKING
 from petite_fl.tracking import tracker_name
 
@@ -109,11 +115,11 @@ def site_pacs(url: str | None, site: str | None = None, where: str = "PACS") -> 
         block = load_site_config(site)["pacs"]
     if block is not None:
         conn = pacs_from_mapping(block, f"site config '{site}'")
-        return conn.with_address(url) if url else conn
+        return refuse_plain_http_secrets(conn.with_address(url, where) if url else conn, where)
     if not url:
         raise ConfigError(f"{where}: no PACS address: give a URL (https://host/dicom-web or dicom://AE@host:port) "
                           f"or a pacs: block in the site config{f' of {site}' if site else ''}")
-    return replace(parse_url(url), credentials=load_credentials(None, where))
+    return refuse_plain_http_secrets(replace(parse_url(url), credentials=load_credentials(None, where)), where)
 
 
 def site_tracking(data: Any, where: str) -> dict[str, Any]:

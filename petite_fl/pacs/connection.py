@@ -76,11 +76,35 @@ class PacsConnection:
             return str(self.url)
         return f"dicom://{self.called_ae}@{self.host}:{self.port}"
 
-    def with_address(self, url: str) -> PacsConnection:
-        """This connection's credentials, TLS and timeout at the address of `url` (a command-line override)."""
+    @property
+    def endpoint(self) -> tuple[str, str, int | None]:
+        """(scheme, host, port): the server its credentials are meant for."""
+        if self.protocol == "dicomweb":
+            parts = urlsplit(str(self.url))
+            return parts.scheme, str(parts.hostname), parts.port or (443 if parts.scheme == "https" else 80)
+        return "dicom", str(self.host), self.port
+
+    def with_address(self, url: str, where: str = "PACS") -> PacsConnection:
+        """This connection's TLS and timeout at the address of `url` (a command-line override); its
+        credentials only where `url` is the same server, else the environment's (PETITE_PACS_*): a
+        hospital password is never sent to a host the site's configuration does not name for it."""
         other = parse_url(url)
+        same = other.endpoint == self.endpoint
         return replace(self, protocol=other.protocol, url=other.url, host=other.host, port=other.port,
-                       called_ae=other.called_ae)
+                       called_ae=other.called_ae,
+                       credentials=self.credentials if same else load_credentials(None, where))
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def refuse_plain_http_secrets(conn: PacsConnection, where: str) -> PacsConnection:
+    """Credentials travel over https (or to this machine) only: over plain http anyone on the path reads them."""
+    scheme, host, _ = conn.endpoint
+    if conn.protocol == "dicomweb" and scheme == "http" and conn.credentials.kind != "none" and host not in LOOPBACK:
+        raise ConfigError(f"{where}: PACS {conn.label}: credentials are not sent over plain http to another host; "
+                          "use the PACS's https address")
+    return conn
 
 
 def parse_url(url: str) -> PacsConnection:
@@ -108,8 +132,19 @@ def parse_url(url: str) -> PacsConnection:
 
 
 def _no_userinfo(url: str) -> str:
-    """`url` with any password part blanked, for a refusal line."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+    """`url` with everything between `://` and the last `@` of its authority blanked, for a refusal line."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        user, host = authority.rsplit("@", 1)
+        keep = scheme == "dicom" and ":" not in user and "@" not in user  # dicom://CALLED_AE@…: an AE title
+        authority = f"{user if keep else '***'}@{host}"
+    elif ":" in authority and not authority.rsplit(":", 1)[1].isdigit():
+        authority = "***"  # `user:pa/ss@host`: what follows may be a password's remainder
+        path = ""
+    return f"{scheme}://{authority}{slash if path else ''}{path}"
 
 
 def _ae(value: Any, what: str) -> str:
