@@ -281,3 +281,30 @@ def test_the_clinic_loop_takes_the_scan_from_orthanc_and_stores_the_denoised_ser
     assert USER not in capsys.readouterr().out
     assert infer(*argv) == 0   # the study's derived series is passed over, the scan denoised again, same UIDs
     assert "passed over" in capsys.readouterr().out and orthanc.series_of_study(study) == after
+
+
+def test_the_clinic_loop_groups_a_scan_stored_as_one_series_per_frame(orthanc, federation_cache, site_root,
+                                                                       tmp_path, monkeypatch, capsys):
+    """A dynamic scan a PACS holds as six one-frame series is one short scan (as a folder import groups it),
+    not six static series refused; the PACS loop's temporary copy is gone afterwards."""
+    import tempfile
+
+    from orthanc import PASSWORD, USER
+
+    monkeypatch.setenv("PETITE_PACS_USERNAME", USER)
+    monkeypatch.setenv("PETITE_PACS_PASSWORD", PASSWORD)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    orthanc.clear()
+    files = write_pet_dicom(tmp_path / "frames", known_frames(), geometry=GEOMETRY, layout="series-per-frame")
+    orthanc.upload(files)
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    before = orthanc.series_of_study(study)
+    assert len(before) == 6
+    capsys.readouterr()
+    assert infer("--from-pacs", orthanc.dicomweb, "--study", study, *site_args(federation_cache, site_root)) == 0, \
+        capsys.readouterr()
+    after = orthanc.series_of_study(study)
+    (derived,) = set(after) - set(before)
+    assert len(orthanc.series_instances(derived)) == 16
+    assert list((tmp_path / "tmp").iterdir()) == []

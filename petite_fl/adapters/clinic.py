@@ -48,10 +48,12 @@ def infer_from_pacs(cfg: DictConfig, site: str, source: Pacs, target: Pacs, quer
             if _made_by_petite(folder):  # a study's earlier result: denoising it again would be a new, wrong series
                 report.passed_over.append(f"PACS {source.label}: series {uid_hash(uid)} is a series petite-fl "
                                           "derived (DerivationDescription); passed over")
-                del got.folders[uid]
+                shutil.rmtree(got.folders.pop(uid))
         if not got.folders:
             return report
-        done = infer_site(cfg, site, list(got.folders.values()), work / "out", run=run, site_root=site_root,
+        # the retrieved series together, so that a scan stored as one series per frame is grouped back into one
+        # (data.readers.series_index), as a folder import groups it
+        done = infer_site(cfg, site, [work / "in"], work / "out", run=run, site_root=site_root,
                           device=device, backbone=backbone, quiet=True, out_format="dicom",
                           input_minutes=input_minutes)
         report.sidecars = list(done.sidecars)
