@@ -120,9 +120,12 @@ def to_dicom_order(pred: np.ndarray, affine: np.ndarray, slices: Sequence[Datase
     return data
 
 
-def derived_uids(source_uid: str, adapter_sha256: str, backbone_sha256: str, window: str, n: int) -> list[str]:
-    """[series UID, instance 1 UID, …]: the same source and model give the same UIDs (a rerun completes a store)."""
-    seed = [source_uid, adapter_sha256, backbone_sha256, window]
+def derived_uids(source_uid: str, adapter_sha256: str, backbone_sha256: str, window: str, n: int,
+                 made_with: str = "") -> list[str]:
+    """[series UID, instance 1 UID, …]: the same source, model, settings and writer give the same UIDs (a rerun
+    completes a store); anything that changes the pixels (`made_with`: inference settings, mixed precision,
+    petite-fl's version) gives new ones, since a PACS keeps the first copy of an instance it already holds."""
+    seed = [source_uid, adapter_sha256, backbone_sha256, window, made_with, __version__]
     return [str(generate_uid(entropy_srcs=[*seed, "series"]))] + [
         str(generate_uid(entropy_srcs=[*seed, f"instance {k}"])) for k in range(1, n + 1)]
 
@@ -138,7 +141,7 @@ def quantise(plane: np.ndarray) -> tuple[np.ndarray, str]:
 
 def write_derived_series(pred: np.ndarray, affine: np.ndarray, groups: Sequence[Sequence[Dataset]], out_dir: Path,
                          *, adapter_sha256: str, backbone_sha256: str, frames: Sequence[int] = (0,),
-                         window: str = "") -> DerivedSeries:
+                         window: str = "", made_with: str = "") -> DerivedSeries:
     """Write `pred` (float, on `affine`'s RAS+ grid) as a derived PET series into folder `out_dir`.
 
     `groups` are the source's headers, `frames_in_time_order(files)`; `frames` the source frames
@@ -152,7 +155,10 @@ def write_derived_series(pred: np.ndarray, affine: np.ndarray, groups: Sequence[
     template = groups[frames[0]]
     data = to_dicom_order(np.asarray(pred, np.float32), affine, template, label)
     source_uid = str(template[0].SeriesInstanceUID)
-    uids = derived_uids(source_uid, adapter_sha256, backbone_sha256, window, len(template))
+    if not np.isfinite(pred).all():
+        raise DataError(f"{label}: the prediction holds {int((~np.isfinite(pred)).sum())} non-finite value(s) "
+                        "(NaN or infinity); no derived series written")
+    uids = derived_uids(source_uid, adapter_sha256, backbone_sha256, window, len(template), made_with)
     duration_ms = sum(_float(groups[f][0].get("ActualFrameDuration")) for f in frames)
     description = (f"{DERIVED_BY} {__version__} from the {window or 'input'} of the source series: "
                    f"adapter sha256 {adapter_sha256}, backbone sha256 {backbone_sha256}")
@@ -196,10 +202,16 @@ def derived_slice(src: Dataset, plane: np.ndarray, series_uid: str, sop_uid: str
     ds.SeriesType = ["STATIC", *list(src.get("SeriesType", ["DYNAMIC", "IMAGE"]))[1:2]]
     ds.NumberOfSlices, ds.ImageIndex, ds.InstanceNumber = n, k + 1, k + 1
     ds.SourceImageSequence = [_reference(r) for r in refs]
-    series_ref = Dataset()
-    series_ref.SeriesInstanceUID = str(src.SeriesInstanceUID)
-    series_ref.ReferencedInstanceSequence = [_reference(r) for r in refs]
-    ds.ReferencedSeriesSequence = [series_ref]
+    by_series: dict[str, list[Dataset]] = {}  # one item per source series (one series per frame: several)
+    for r in refs:
+        by_series.setdefault(str(r.SeriesInstanceUID), []).append(r)
+    items = []
+    for uid, members in by_series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = uid
+        item.ReferencedInstanceSequence = [_reference(r) for r in members]
+        items.append(item)
+    ds.ReferencedSeriesSequence = items
     stored, slope = quantise(plane)
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

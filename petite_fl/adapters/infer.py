@@ -16,6 +16,7 @@ denoised (not PET, static, several bed positions…) is one skip line, and the b
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -338,9 +339,13 @@ class _Predictor:
             derived = write_derived_series(pred, src.series.affine, src.headers, out / src.stem,
                                            adapter_sha256=self.common["adapter"]["sha256"],
                                            backbone_sha256=self.common["backbone"]["sha256"], frames=src.frames,
-                                           window=src.window)
+                                           window=src.window, made_with=json.dumps(
+                                               [self.common["inference"], self.common["mixed_precision"]],
+                                               sort_keys=True, default=str))
             folder = derived.folder
-            sidecar["dicom_series"] = {"folder": folder.name, "series_uid": derived.series_uid,
+            # the UID as a hash, like the source's: the series sits in the patient's record on the PACS
+            sidecar["dicom_series"] = {"folder": folder.name,
+                                       "series_uid_sha256": hashlib.sha256(derived.series_uid.encode()).hexdigest(),
                                        "instances": derived.instances}
         sidecar.update(_timing(begin))
         write_json(out / f"{src.stem}.json", sidecar)

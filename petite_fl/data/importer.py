@@ -321,8 +321,9 @@ def import_from_pacs(pacs: Pacs, query: Mapping[str, str], out: str | Path,
     try:
         got = retrieve_matching(pacs, query, work, on_series)
         if not got.folders:
-            raise PacsError(f"PACS {pacs.label}: none of the series matching {describe_query(query)} could be "
-                            "retrieved:\n" + "\n".join(got.failed))
+            more = f" (and {len(got.failed) - 1} more)" if len(got.failed) > 1 else ""
+            raise PacsError(f"PACS {pacs.label}: none of the {len(got.failed)} series matching "
+                            f"{describe_query(query)} could be retrieved; the first: {got.failed[0]}{more}")
         report = import_site(work, out, **options)
         report.skipped[:0] = got.failed
         _name_pacs_sources(report, work, pacs.label)

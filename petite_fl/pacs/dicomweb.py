@@ -62,6 +62,9 @@ class DicomWebPacs:
         except requests.ConnectionError:
             raise PacsError(f"PACS {self.label}: cannot connect or the connection broke ({what}); "
                             "is it running and the URL right?") from None
+        except requests.RequestException as exc:  # e.g. a stream cut mid-transfer (ChunkedEncodingError)
+            raise PacsError(f"PACS {self.label}: the exchange broke off ({what}: {type(exc).__name__}); "
+                            "is it still running?") from None
 
     def find_series(self, query: Mapping[str, str]) -> list[SeriesRef]:
         with self._asking(f"searching series {describe_query(query)}"):

@@ -70,6 +70,11 @@ class DimsePacs:
             assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             yield assoc
+        except ValueError as exc:
+            if "presentation context" not in str(exc):
+                raise
+            raise PacsError(f"PACS {self.label}: accepted the association but not this kind of request ({what}; "
+                            "no presentation context accepted: does it take PET images and C-GET?)") from None
         finally:
             assoc.release()
 
