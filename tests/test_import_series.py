@@ -167,3 +167,20 @@ def test_a_link_out_beside_a_series_file_skips_that_series_only(tmp_path: Path, 
     assert [r["source"].split(" (")[0] for r in report.imported] == [str(src / "s1")]
     [line] = report.skipped
     assert line.startswith("s2/zz.dcm: a symbolic link to outside") and "series s2 (series " in line
+
+
+def test_one_series_uid_reused_for_two_patients_is_refused_not_merged(tmp_path: Path, frames: np.ndarray) -> None:
+    """A faulty exporter gives two patients' scans the same SeriesInstanceUID: grouping by UID must not make
+    them one subject; the series is refused in one line (nothing identifying in it)."""
+    src = tmp_path / "download"
+    files = write_pet_dicom(tmp_path / "a", frames, patient="Doe^Jane")
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    other = write_pet_dicom(tmp_path / "b", frames * 1.5, patient="Roe^Rick",
+                            tags={"SeriesInstanceUID": uid, "PatientID": "PID-7"})
+    spread(files, [src], prefix="a_")
+    spread(other, [src], prefix="b_")
+    report = import_site(src, tmp_path / "site")
+    assert report.imported == [] and len(report.skipped) == 1
+    line = report.skipped[0]
+    assert "different studies or patients under one SeriesInstanceUID" in line and "\n" not in line
+    assert "Doe" not in line and "Roe" not in line and uid not in line

@@ -66,6 +66,11 @@ def read_series_files(source: DicomSeriesFiles) -> DynamicSeries:
     if not headers:
         series.problems.append(f"{series.label}: no readable DICOM file")
         return series
+    owners = {(str(ds.get("StudyInstanceUID", "")), str(ds.get("PatientID", ""))) for ds in every}
+    if len(owners) > 1:  # a UID reused across patients or studies (a faulty exporter): never one subject
+        series.problems.append(f"{series.label}: its files belong to {len(owners)} different studies or patients "
+                               "under one SeriesInstanceUID (a UID reused by an exporter or anonymiser?); refused")
+        return series
     modality = str(next(iter(headers.values())).get("Modality", "")).upper()
     if modality and modality != "PT":   # refused from its header alone: no conversion
         series.problems.append(f"{series.label}: not PET (Modality {modality})")
