@@ -63,6 +63,7 @@ def main() -> int:
                                                                              origin=(-117.0, -117.0, -82.0)))
     files = sorted(series_dir.glob("*.dcm"))
     env = {**os.environ, "PETITE_PACS_USERNAME": USER, "PETITE_PACS_PASSWORD": PASSWORD}
+    failed = False
     for protocol in ("dicomweb", "dimse") if args.protocol == "both" else (args.protocol,):
         server = start_orthanc(args.work / f"orthanc-{protocol}-{os.getpid()}")
         try:
@@ -79,13 +80,14 @@ def main() -> int:
             seconds = time.perf_counter() - start
             after = server.series_of_study(study)
             counts = {s[-12:]: len(server.series_instances(s)) for s in after}
+            failed = failed or done.returncode != 0
             print(f"{protocol}: exit {done.returncode}, {seconds:.1f} s PACS → PACS for {len(files)} instances "
                   f"({SHAPE[0]}×{SHAPE[1]}×{SHAPE[2]}, 6 frames); study series before {[s[-12:] for s in before]}, "
                   f"after {counts} (instances)")
             print("  " + "\n  ".join(line for line in (done.stdout + done.stderr).splitlines() if line.strip()))
         finally:
             server.stop()
-    return 0
+    return 1 if failed else 0  # a time of a failed run is no figure
 
 
 if __name__ == "__main__":
