@@ -266,6 +266,8 @@ def test_the_clinic_loop_takes_the_scan_from_orthanc_and_stores_the_denoised_ser
     before = orthanc.series_of_study(study)
     url = orthanc.dicomweb if protocol == "dicomweb" else orthanc.dimse
     argv = ["--from-pacs", url, "--study", study, *site_args(federation_cache, site_root)]
+    records = site_root / SITE / "clinic"
+    kept = set(records.glob("*.json")) if records.is_dir() else set()
     capsys.readouterr()
     assert infer(*argv) == 0, capsys.readouterr()
     after = orthanc.series_of_study(study)
@@ -281,6 +283,14 @@ def test_the_clinic_loop_takes_the_scan_from_orthanc_and_stores_the_denoised_ser
         assert stored.StudyInstanceUID == study and stored.RescaleSlope == mine.RescaleSlope
         assert np.array_equal(stored.pixel_array, mine.pixel_array)
     assert USER not in capsys.readouterr().out
+    (record,) = set(records.glob("*.json")) - kept   # the site's own record of what it stored, by hashes
+    text = record.read_text()
+    stored = json.loads(text)["stored"]
+    assert stored["instances"] == 16 and stored["confirmed"] and stored["pacs"] == url
+    assert stored["series_uid_sha256"] == hashlib.sha256(derived_uid.encode()).hexdigest()
+    for secret in ("Doe", "Jane", "PID-42", "19500101", study, series, derived_uid, PASSWORD):
+        assert secret not in text
+    assert records.stat().st_mode & 0o077 == 0
     assert infer(*argv) == 0   # the study's derived series is passed over, the scan denoised again, same UIDs
     assert "passed over" in capsys.readouterr().out and orthanc.series_of_study(study) == after
 

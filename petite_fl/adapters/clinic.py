@@ -4,11 +4,14 @@ series stored back beside it. `petite infer --site X --from-pacs … --study UID
 Glue only: the PACS clients (`petite_fl.pacs`) retrieve into a private temporary folder, `infer_site`
 with `out_format="dicom"` writes one derived PET series per input series (deterministic UIDs, the
 source's study), and each is stored and confirmed by the PACS's own instance count. The temporary
-folder is removed afterwards, also on error. A series that fails is one line; the rest go on.
+folder is removed afterwards, also on error. A series that fails is one line; the rest go on. What was
+stored is recorded at the site (`<site_root>/<site>/clinic/`, 0700): the inference sidecar and the
+store's confirmation, by hashes, so the site can answer what it put on its PACS, with what model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from omegaconf import DictConfig
 from pydicom.misc import is_dicom
 
 from petite_fl.adapters.dicom_out import DERIVED_BY
+from petite_fl.atomic import private_dir, write_json
 from petite_fl.pacs.connection import PacsError
 from petite_fl.pacs.series import uid_hash
 from petite_fl.pacs.transfer import Pacs, Stored, retrieve_matching, store_series
@@ -32,6 +36,7 @@ class ClinicReport:
     failed: list[str] = field(default_factory=list)
     passed_over: list[str] = field(default_factory=list)   # series petite-fl derived itself: not a short scan
     sidecars: list[dict[str, Any]] = field(default_factory=list)
+    records: list[Path] = field(default_factory=list)      # the site's record of each stored series
 
 
 def infer_from_pacs(cfg: DictConfig, site: str, source: Pacs, target: Pacs, query: dict[str, str], *,
@@ -69,9 +74,26 @@ def infer_from_pacs(cfg: DictConfig, site: str, source: Pacs, target: Pacs, quer
             if stored.study_uid not in source_studies:  # the derived series must sit beside its source
                 report.failed.append(f"PACS {target.label}: {stored.name} was stored outside the source's study")
             report.stored.append(stored)
+            made = next((s for s in done.sidecars if s.get("dicom_series", {}).get("folder") == Path(folder).name),
+                        None)
+            if made is not None:
+                root = Path(site_root if site_root is not None else cfg.federation.site_root).expanduser()
+                report.records.append(record(root, site, made, stored, target.label))
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def record(root: Path, site: str, sidecar: dict[str, Any], stored: Stored, pacs: str) -> Path:
+    """`<root>/<site>/clinic/<created>-<stem>.json`: what made the series and where it went, by hashes only."""
+    def sha(uid: str) -> str:
+        return hashlib.sha256(uid.encode()).hexdigest()
+
+    path = private_dir(root / site / "clinic") / f"{sidecar['created'].replace(':', '')}-{sidecar['stem']}.json"
+    write_json(path, {**sidecar, "stored": {"pacs": pacs, "study_uid_sha256": sha(stored.study_uid),
+                                            "series_uid_sha256": sha(stored.series_uid),
+                                            "instances": stored.instances, "confirmed": True}})
+    return path
 
 
 def _study_of(folder: Path) -> str:

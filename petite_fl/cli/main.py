@@ -218,6 +218,8 @@ def _infer_pacs(args, cfg, inputs: list[Path]) -> int:
                              input_minutes=getattr(args, "input_minutes", 5.0))
     for stored in report.stored:
         console.print(f"stored {stored.name} ({stored.instances} instances, confirmed) on {escape(target.label)}")
+    for path in report.records:
+        console.print(f"  recorded in {escape(str(path))}", soft_wrap=True)
     for line in report.passed_over:
         console.print(f"  {escape(line)}", soft_wrap=True)
     for line in report.failed:
