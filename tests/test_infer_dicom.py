@@ -23,6 +23,7 @@ import pytest
 from pet_dicom import Geometry, known_frames, oblique, write_pet_dicom
 from pydicom.fileset import FileSet
 from test_federation_run import federate, run_config
+from test_infer_site import error_line
 
 from petite_fl import __version__
 from petite_fl.cli.main import main
@@ -206,14 +207,6 @@ def test_a_batch_skips_what_it_cannot_denoise_one_line_each_and_goes_on(federati
     static = tmp_path / "static-out"
     assert infer(batch / "b-static", "--out", static, *site_args(federation_cache, site_root)) == 1  # nothing done
     assert "0 denoised, 1 skipped" in capsys.readouterr().out and not list(static.glob("series-*"))
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return " ".join(lines[0].split())
 
 
 def test_bad_inputs_and_outputs_are_one_line(federation_cache, site_root, source, tmp_path, capsys):

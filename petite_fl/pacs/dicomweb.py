@@ -75,18 +75,11 @@ class DicomWebPacs:
                           instances=_int(_value(r, _COUNT))) for r in found if _value(r, _SERIES)]
 
     def retrieve_series(self, ref: SeriesRef, folder: Path) -> Path:
-        out = SeriesFolder(folder)
-        try:
+        with SeriesFolder(folder) as out:
             with self._asking(f"retrieving {ref.name}"):
                 for ds in self.client.iter_series(ref.study_uid, ref.series_uid):
                     out.add(ds)
-        except BaseException:
-            out.discard()
-            raise
-        if not out.count:
-            out.discard()
-            raise PacsError(f"PACS {self.label}: {ref.name} returned no instances")
-        return out.finish()
+            return out.finish(f"PACS {self.label}: {ref.name} returned no instances")
 
     def store_files(self, files: Sequence[Path], on_batch: Callable[[int], None] | None = None) -> int:
         """STOW-RS in batches; returns the instances the PACS accepted. Raises on the first refusal."""

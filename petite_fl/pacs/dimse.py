@@ -121,17 +121,15 @@ class DimsePacs:
 
     def retrieve_series(self, ref: SeriesRef, folder: Path) -> Path:
         what = f"C-GET of {ref.name}"
-        out = SeriesFolder(folder)
+        with SeriesFolder(folder) as out:
+            def on_store(event: evt.Event) -> int:
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                out.add(ds)
+                return _SUCCESS
 
-        def on_store(event: evt.Event) -> int:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            out.add(ds)
-            return _SUCCESS
-
-        identifier = query_dataset({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": ref.study_uid,
-                                    "SeriesInstanceUID": ref.series_uid}, ())
-        try:
+            identifier = query_dataset({"QueryRetrieveLevel": "SERIES", "StudyInstanceUID": ref.study_uid,
+                                        "SeriesInstanceUID": ref.series_uid}, ())
             with self._association(what, [StudyRootQueryRetrieveInformationModelGet, *RETRIEVED_CLASSES],
                                    store_scp=True, handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
                 self._sent = time.monotonic()
@@ -141,13 +139,7 @@ class DimsePacs:
                     if failed:
                         raise PacsError(f"PACS {self.label}: {failed} instance(s) of {ref.name} failed to come "
                                         f"back ({what}; not PET/CT/MR/secondary capture?)")
-        except BaseException:
-            out.discard()
-            raise
-        if not out.count:
-            out.discard()
-            raise PacsError(f"PACS {self.label}: {ref.name} returned no instances ({what})")
-        return out.finish()
+            return out.finish(f"PACS {self.label}: {ref.name} returned no instances ({what})")
 
     def store_files(self, files: Sequence[Path], on_batch: Callable[[int], None] | None = None) -> int:
         """C-STORE each file on one association; returns the instances stored. Raises on the first refusal."""

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from petite_fl.atomic import atomic_path, private_dir
 from petite_fl.errors import ConfigError
+from petite_fl.pacs.connection import PacsError
 
 #: query keys whose values may be printed as they are (vocabulary, not identity)
 PLAIN_KEYS = frozenset({"Modality", "QueryRetrieveLevel"})
@@ -97,7 +98,17 @@ class SeriesFolder:
         self.count += 1
         return path
 
-    def finish(self) -> Path:
+    def __enter__(self) -> SeriesFolder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:  # a retrieve that failed (or was interrupted) leaves no partial folder
+            self.discard()
+
+    def finish(self, empty: str) -> Path:
+        """The whole series under `final`; `empty` is the refusal (a PacsError) when nothing came back."""
+        if not self.count:
+            raise PacsError(empty)
         if self.final.exists():
             shutil.rmtree(self.final)
         os.replace(self.partial, self.final)
